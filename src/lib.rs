@@ -1,0 +1,12 @@
+//! MedLSAM in Rust: few-shot localize-then-segment any organ in 3D CT.
+//!
+//! The modules follow the data flow:
+//! volume I/O → preprocessing → support atlas → localization → boxes →
+//! segmentation → outputs. The CLI (`src/main.rs`) and the web app are thin
+//! shells over this library.
+
+pub mod error;
+pub mod metrics;
+pub mod volume;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! CT volumes: NIfTI I/O, geometry, resampling, intensity, labels.
