@@ -335,7 +335,7 @@ mod tests {
             (i as f64 - 4.0).powi(2) + (j as f64 - 3.0).powi(2) + (k as f64 - 3.0).powi(2) < 7.0
         });
         let b = mask([9, 8, 7], |i, j, k| {
-            i >= 3 && i <= 7 && j <= 5 && k >= 1 && k <= 4
+            (3..=7).contains(&i) && j <= 5 && (1..=4).contains(&k)
         });
         let sp = [0.8, 1.3, 2.1];
         let (sa, sb) = (surface(&a), surface(&b));

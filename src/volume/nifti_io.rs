@@ -213,18 +213,21 @@ fn read_nifti_stream<R: Read>(mut r: R, gz: bool) -> Result<NiftiFile> {
             "only {got} bytes: too short for a NIfTI-1 header (348 bytes)"
         )));
     }
+    match &head[344..348] {
+        b"n+1\0" => {}
+        b"ni1\0" => {
+            return Err(Error::Unsupported(
+                "this is the header of a separate .hdr/.img pair; convert it to a single .nii or .nii.gz file".into(),
+            ));
+        }
+        _ => {
+            return Err(Error::NotNifti(
+                "wrong magic string (expected \"n+1\")".into(),
+            ));
+        }
+    }
     let h = NiftiHeader::from_reader(&head[..])
         .map_err(|e| Error::NotNifti(format!("the header cannot be parsed ({e})")))?;
-    if &h.magic == b"ni1\0" {
-        return Err(Error::Unsupported(
-            "this is the header of a separate .hdr/.img pair; convert it to a single .nii or .nii.gz file".into(),
-        ));
-    }
-    if &h.magic != b"n+1\0" {
-        return Err(Error::NotNifti(
-            "wrong magic string (expected \"n+1\")".into(),
-        ));
-    }
     let dims = spatial_dims(&h.dim)?;
     let n = checked_voxel_count(dims)?;
     let dtype = DataType::from_code(h.datatype)?;
@@ -239,7 +242,7 @@ fn read_nifti_stream<R: Read>(mut r: R, gz: bool) -> Result<NiftiFile> {
 
     // Skip extensions up to vox_offset (at least 352).
     let vox_offset = h.vox_offset;
-    if !vox_offset.is_finite() || vox_offset < 0.0 || vox_offset > 1.0e9 {
+    if !(0.0..=1.0e9).contains(&vox_offset) {
         return Err(Error::Corrupt(format!("invalid data offset {vox_offset}")));
     }
     let offset = (vox_offset as usize).max(DATA_OFFSET);

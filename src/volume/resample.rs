@@ -140,6 +140,58 @@ pub fn resample_nearest<T: Copy>(vol: &Volume<T>, target_mm: [f64; 3]) -> Result
     })
 }
 
+fn resample_to_grid_with<T: Copy, U>(
+    vol: &Volume<T>,
+    dims: [usize; 3],
+    affine: &Affine,
+    f: impl Fn([f64; 3]) -> U,
+) -> Result<Volume<U>> {
+    checked_voxel_count(dims)?;
+    // target voxel → world → source voxel
+    let to_src = vol.affine.inverse()?.compose(affine);
+    let mut data = Vec::with_capacity(dims.iter().product());
+    for k in 0..dims[2] {
+        for j in 0..dims[1] {
+            for i in 0..dims[0] {
+                data.push(f(to_src.voxel_to_world([i as f64, j as f64, k as f64])));
+            }
+        }
+    }
+    Ok(Volume {
+        dims,
+        data,
+        affine: *affine,
+    })
+}
+
+/// Resample a label map onto another grid (`dims`, `affine`) by nearest neighbour in
+/// world space; target voxels outside the source get `outside`.
+pub fn resample_nearest_to_grid<T: Copy>(
+    vol: &Volume<T>,
+    dims: [usize; 3],
+    affine: &Affine,
+    outside: T,
+) -> Result<Volume<T>> {
+    resample_to_grid_with(vol, dims, affine, |p| {
+        let q = p.map(|x| x.round());
+        if (0..3).all(|a| q[a] >= 0.0 && q[a] < vol.dims[a] as f64) {
+            vol.get(q[0] as usize, q[1] as usize, q[2] as usize)
+        } else {
+            outside
+        }
+    })
+}
+
+/// Resample an image onto another grid by trilinear interpolation in world space
+/// (positions outside the source are clamped to its border).
+pub fn resample_linear_to_grid<T: Sample>(
+    vol: &Volume<T>,
+    dims: [usize; 3],
+    affine: &Affine,
+) -> Result<Volume<f32>> {
+    resample_to_grid_with(vol, dims, affine, |p| sample_linear(vol, p))
+}
+
 /// A `size` patch whose first voxel is at `start` (may lie outside the volume);
 /// voxels outside are `fill`. The patch's affine keeps it in place in world space.
 pub fn crop_patch<T: Copy>(
