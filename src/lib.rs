@@ -8,8 +8,12 @@
 // Geometry and image code indexes several arrays by one axis variable; index loops read best there.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod output;
+pub mod pipeline;
 pub mod volume;
 
 pub use error::{Error, Result};

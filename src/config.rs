@@ -1,0 +1,384 @@
+//! Run configuration files for `medlsam segment --config FILE`: the reference
+//! MedLSAM test-config INI format (so existing users can switch with their own
+//! files) and an equivalent TOML or JSON format for new users.
+//!
+//! INI (`[data]` support_image_ls, support_label_ls, query_image_ls,
+//! query_label_ls — each a text file listing one path per line —, fg_class,
+//! bbox_mode, slice_interval, seg_save_path; `[weight]` medlam_load_path,
+//! vit_load_path). The reference's `slice_interval` counts voxels of MedLAM's
+//! 3 mm grid, so `slice_interval = 2` means 6 mm slabs; `False` means WPL.
+//!
+//! TOML/JSON:
+//! ```toml
+//! supports = [{ image = "s1.nii.gz", label = "s1.label.nii.gz" }]
+//! queries = [{ image = "q1.nii.gz" }, { image = "q2.nii.gz", label = "q2.label.nii.gz" }]
+//! organs = [1, 3]      # or "all"
+//! mode = "spl"         # or "wpl"
+//! slab_mm = 6
+//! out = "results"
+//! [weights]
+//! medlam = "weights/medlam.bpk"
+//! sam = "weights/lite_medsam.bpk"
+//! ```
+//! Relative paths are taken from the current directory if they exist there,
+//! else from the config file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pipeline::BoxMode;
+use crate::{Error, Result};
+
+/// Which organs to process.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Organs {
+    All,
+    List(Vec<u16>),
+}
+
+/// A support or query: image and optional label map.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CasePaths {
+    pub image: PathBuf,
+    #[serde(default)]
+    pub label: Option<PathBuf>,
+}
+
+/// Everything a run needs, from a config file or the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub supports: Vec<CasePaths>,
+    pub queries: Vec<CasePaths>,
+    pub organs: Organs,
+    pub mode: BoxMode,
+    pub out: Option<PathBuf>,
+    pub medlam_weights: Option<PathBuf>,
+    pub sam_weights: Option<PathBuf>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Parse `[1, 2, 3]`, `1,2,3` or `all`.
+pub fn parse_organs(text: &str) -> Result<Organs> {
+    let t = text
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim();
+    if t.eq_ignore_ascii_case("all") {
+        return Ok(Organs::All);
+    }
+    let list = t
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|_| bad(format!("organ {s:?} is not a label value (1-65535)")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if list.is_empty() || list.contains(&0) {
+        return Err(bad(
+            "organs must be label values ≥ 1, e.g. 1,3,4, or \"all\"",
+        ));
+    }
+    Ok(Organs::List(list))
+}
+
+fn parse_mode(mode: &str, slab_mm: Option<f64>) -> Result<BoxMode> {
+    match mode.trim().to_ascii_lowercase().as_str() {
+        "wpl" => Ok(BoxMode::Wpl),
+        "spl" => {
+            let s = slab_mm.unwrap_or(6.0);
+            if !(s > 0.0 && s.is_finite()) {
+                return Err(bad(format!("slab thickness must be positive, got {s} mm")));
+            }
+            Ok(BoxMode::Spl { slab_mm: s })
+        }
+        m => Err(bad(format!("box mode {m:?} is neither spl nor wpl"))),
+    }
+}
+
+fn resolve(p: &str, base: &Path) -> PathBuf {
+    let p = PathBuf::from(p.trim());
+    if p.is_absolute() || p.exists() {
+        p
+    } else {
+        base.join(&p)
+    }
+}
+
+fn read_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read list file {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Minimal INI: `[section]`, `key = value`, `#`/`;` comments.
+fn parse_ini(text: &str) -> Result<BTreeMap<(String, String), String>> {
+    let mut out = BTreeMap::new();
+    let mut section = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = s.trim().to_string();
+        } else if let Some((k, v)) = l.split_once('=') {
+            out.insert(
+                (section.clone(), k.trim().to_string()),
+                v.trim().to_string(),
+            );
+        } else {
+            return Err(bad(format!(
+                "config line {}: expected key = value, got {l:?}",
+                n + 1
+            )));
+        }
+    }
+    Ok(out)
+}
+
+impl RunConfig {
+    /// Load a config file (`.ini`/`.txt`/`.cfg` → reference INI, `.toml`, `.json`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read config {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+            "toml" => Self::from_toml(&text, base),
+            "json" => Self::from_json(&text, base),
+            _ => Self::from_ini(&text, base),
+        }
+    }
+
+    /// The reference MedLSAM INI format.
+    pub fn from_ini(text: &str, base: &Path) -> Result<Self> {
+        let ini = parse_ini(text)?;
+        let get = |s: &str, k: &str| ini.get(&(s.to_string(), k.to_string())).cloned();
+        let need =
+            |k: &str| get("data", k).ok_or_else(|| bad(format!("config: [data] {k} is missing")));
+        let list = |k: &str| -> Result<Vec<PathBuf>> {
+            Ok(read_list(&resolve(&need(k)?, base))?
+                .iter()
+                .map(|p| resolve(p, base))
+                .collect())
+        };
+        let (si, sl, qi) = (
+            list("support_image_ls")?,
+            list("support_label_ls")?,
+            list("query_image_ls")?,
+        );
+        let ql = if get("data", "query_label_ls").is_some() {
+            list("query_label_ls")?
+        } else {
+            Vec::new()
+        };
+        if si.len() != sl.len() {
+            return Err(bad(format!(
+                "config: {} support images but {} support labels",
+                si.len(),
+                sl.len()
+            )));
+        }
+        if !ql.is_empty() && ql.len() != qi.len() {
+            return Err(bad(format!(
+                "config: {} query images but {} query labels",
+                qi.len(),
+                ql.len()
+            )));
+        }
+        let slab = match get("data", "slice_interval").as_deref().map(str::trim) {
+            None | Some("False") | Some("false") => None,
+            Some(v) => Some(
+                v.parse::<f64>()
+                    .map_err(|_| bad(format!("slice_interval {v:?} is not a number")))?
+                    * 3.0,
+            ),
+        };
+        let mode = match get("data", "bbox_mode") {
+            Some(m) => parse_mode(&m, slab)?,
+            None => BoxMode::Spl {
+                slab_mm: slab.unwrap_or(6.0),
+            },
+        };
+        Ok(Self {
+            supports: si
+                .into_iter()
+                .zip(sl)
+                .map(|(image, label)| CasePaths {
+                    image,
+                    label: Some(label),
+                })
+                .collect(),
+            queries: qi
+                .into_iter()
+                .enumerate()
+                .map(|(n, image)| CasePaths {
+                    image,
+                    label: ql.get(n).cloned(),
+                })
+                .collect(),
+            organs: get("data", "fg_class")
+                .map(|v| parse_organs(&v))
+                .transpose()?
+                .unwrap_or(Organs::All),
+            mode,
+            out: get("data", "seg_save_path").map(PathBuf::from),
+            medlam_weights: get("weight", "medlam_load_path").map(|p| resolve(&p, base)),
+            sam_weights: get("weight", "vit_load_path").map(|p| resolve(&p, base)),
+        })
+    }
+
+    /// The TOML format (see the module documentation).
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| bad(format!("config: {e}")))?;
+        f.into_config(base)
+    }
+
+    /// The JSON equivalent of the TOML format.
+    pub fn from_json(text: &str, base: &Path) -> Result<Self> {
+        let f: FileConfig = serde_json::from_str(text).map_err(|e| bad(format!("config: {e}")))?;
+        f.into_config(base)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    supports: Vec<CasePaths>,
+    queries: Vec<CasePaths>,
+    #[serde(default)]
+    organs: Option<OrgansField>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    slab_mm: Option<f64>,
+    #[serde(default)]
+    out: Option<PathBuf>,
+    #[serde(default)]
+    weights: Option<WeightsField>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OrgansField {
+    List(Vec<u16>),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsField {
+    medlam: Option<PathBuf>,
+    sam: Option<PathBuf>,
+}
+
+impl FileConfig {
+    fn into_config(self, base: &Path) -> Result<RunConfig> {
+        let fix = |c: CasePaths| CasePaths {
+            image: resolve(&c.image.to_string_lossy(), base),
+            label: c.label.map(|l| resolve(&l.to_string_lossy(), base)),
+        };
+        let organs = match self.organs {
+            None => Organs::All,
+            Some(OrgansField::Text(t)) => parse_organs(&t)?,
+            Some(OrgansField::List(l)) => parse_organs(
+                &l.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )?,
+        };
+        let (medlam, sam) = self.weights.map_or((None, None), |w| (w.medlam, w.sam));
+        Ok(RunConfig {
+            supports: self.supports.into_iter().map(fix).collect(),
+            queries: self.queries.into_iter().map(fix).collect(),
+            organs,
+            mode: parse_mode(self.mode.as_deref().unwrap_or("spl"), self.slab_mm)?,
+            out: self.out,
+            medlam_weights: medlam.map(|p| resolve(&p.to_string_lossy(), base)),
+            sam_weights: sam.map(|p| resolve(&p.to_string_lossy(), base)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_ini_format() {
+        let dir = std::env::temp_dir().join(format!("medlsam-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("si.txt"), "a.nii.gz\nb.nii.gz\n").unwrap();
+        std::fs::write(dir.join("sl.txt"), "a.label.nii.gz\nb.label.nii.gz\n").unwrap();
+        std::fs::write(dir.join("qi.txt"), "q.nii.gz\n").unwrap();
+        let ini = "[data]\nsupport_image_ls = si.txt\nsupport_label_ls = sl.txt\nquery_image_ls = qi.txt\n\
+                   fg_class = [1,2,7]\nbbox_mode = SPL\nslice_interval = 2\nseg_save_path = result/x\n\n\
+                   [vit]\nnet_type = vit_b\n[weight]\nmedlam_load_path = checkpoint/medlam.pth\nvit_load_path = sam.pth\n";
+        let c = RunConfig::from_ini(ini, &dir).unwrap();
+        assert_eq!(c.supports.len(), 2);
+        assert_eq!(
+            c.supports[1].label.as_ref().unwrap(),
+            &dir.join("b.label.nii.gz")
+        );
+        assert_eq!(
+            c.queries,
+            vec![CasePaths {
+                image: dir.join("q.nii.gz"),
+                label: None
+            }]
+        );
+        assert_eq!(c.organs, Organs::List(vec![1, 2, 7]));
+        assert_eq!(c.mode, BoxMode::Spl { slab_mm: 6.0 });
+        assert_eq!(c.out, Some(PathBuf::from("result/x")));
+        let wpl = ini
+            .replace("bbox_mode = SPL", "bbox_mode = WPL")
+            .replace("slice_interval = 2", "slice_interval = False");
+        assert_eq!(RunConfig::from_ini(&wpl, &dir).unwrap().mode, BoxMode::Wpl);
+        std::fs::write(dir.join("sl.txt"), "a.label.nii.gz\n").unwrap();
+        let e = RunConfig::from_ini(ini, &dir).unwrap_err().to_string();
+        assert!(e.contains("2 support images but 1 support labels"), "{e}");
+        let e = RunConfig::from_ini("[data]\nsupport_image_ls = nope.txt\n", &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read list file"), "{e}");
+    }
+
+    #[test]
+    fn toml_and_json_formats() {
+        let t = "supports = [{ image = \"s.nii.gz\", label = \"s.l.nii.gz\" }]\n\
+                 queries = [{ image = \"q.nii.gz\" }]\norgans = \"all\"\nmode = \"wpl\"\n[weights]\nsam = \"w.bpk\"\n";
+        let c = RunConfig::from_toml(t, Path::new("/base")).unwrap();
+        assert_eq!(c.organs, Organs::All);
+        assert_eq!(c.mode, BoxMode::Wpl);
+        assert_eq!(c.sam_weights, Some(PathBuf::from("/base/w.bpk")));
+        let j = r#"{"supports": [{"image": "s", "label": "l"}], "queries": [{"image": "q"}], "organs": [3, 4], "slab_mm": 9}"#;
+        let c = RunConfig::from_json(j, Path::new("/b")).unwrap();
+        assert_eq!(c.organs, Organs::List(vec![3, 4]));
+        assert_eq!(c.mode, BoxMode::Spl { slab_mm: 9.0 });
+        let e = RunConfig::from_json(
+            r#"{"supports": [], "queries": [], "typo": 1}"#,
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(
+            parse_organs("1,x")
+                .unwrap_err()
+                .to_string()
+                .contains("not a label value")
+        );
+    }
+}

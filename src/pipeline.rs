@@ -1,0 +1,425 @@
+//! The MedLSAM pipeline for one query CT: localize each requested organ (a
+//! [`Localizer`]: MedLAM, or the true boxes of a label map for the "manual
+//! prompt" ceiling), then segment every axial slice that has a box with a
+//! [`SliceSegmenter`] — the image embedding of a slice is computed **once** and
+//! every organ's box on that slice is decoded against it — resolve overlaps
+//! (higher probability wins), and map the label map back to the file's grid.
+//!
+//! Which slices are segmented comes from the localizer's boxes only, never from
+//! query labels. Work happens on the canonical LPS grid (axial slices along
+//! axis 2, rows `j`, columns `i`); results are returned on the file grid.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::volume::labels::{BoxVox, SliceBox, bounding_box, extreme_points, slice_boxes};
+use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume};
+use crate::{Error, Result};
+
+/// Where one organ is in a query, in **canonical** voxel indices of the query.
+#[derive(Clone, Debug, Serialize)]
+pub struct OrganLocalization {
+    pub label: u16,
+    /// Higher is more certain; 0 when the organ could not be found.
+    pub confidence: f32,
+    pub extreme_points: [[usize; 3]; 6],
+    pub bbox: BoxVox,
+    /// One 2-D box per axial slice to segment (inclusive, `[i, j]`).
+    pub slice_boxes: Vec<SliceBox>,
+}
+
+/// Finds organs in a query CT given on the canonical grid.
+pub trait Localizer {
+    /// Localize `organs` in `query` (canonical grid); organs not found are left out.
+    fn localize(&mut self, query: &CtVolume, organs: &[u16]) -> Result<Vec<OrganLocalization>>;
+}
+
+/// Segments one 2-D slice from a box prompt.
+pub trait SliceSegmenter {
+    type Embedding;
+    /// Encode an axial slice: HU values row-major `[j][i]`, `width` = columns (i), `height` = rows (j).
+    fn encode(&mut self, slice_hu: &[f32], width: usize, height: usize) -> Result<Self::Embedding>;
+    /// Foreground probability per slice pixel (row-major, slice size) for the box
+    /// `[i_min, j_min, i_max, j_max]` in slice pixel coordinates (inclusive corners).
+    fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4]) -> Result<Vec<f32>>;
+}
+
+/// How 2-D boxes are derived from a localization.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum BoxMode {
+    /// Whole-patch: the organ's 3-D box on every slice it spans.
+    Wpl,
+    /// Sub-patch: a box per slab of this many mm along the slice axis.
+    Spl { slab_mm: f64 },
+}
+
+/// Options of [`segment_query`].
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    /// Box enlargement in pixels at the 1024² SAM scale (the paper's 10 px),
+    /// scaled to each slice's longest side.
+    pub margin_px_1024: f64,
+    /// Probability above which a pixel is foreground.
+    pub threshold: f32,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        Self {
+            margin_px_1024: 10.0,
+            threshold: 0.5,
+        }
+    }
+}
+
+/// Progress of one query.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub stage: &'static str,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Time spent per stage.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StageTimes {
+    pub localize: Duration,
+    pub encode: Duration,
+    pub decode: Duration,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, o: Self) {
+        self.localize += o.localize;
+        self.encode += o.encode;
+        self.decode += o.decode;
+    }
+}
+
+/// The result for one query.
+pub struct QueryResult {
+    /// Multi-label map on the query **file's** grid (its affine).
+    pub labels: LabelVolume,
+    /// Localizations in canonical indices (convert with [`Reorientation`] for output).
+    pub organs: Vec<OrganLocalization>,
+    /// Reorientation file → canonical of the query.
+    pub reorientation: Reorientation,
+    pub times: StageTimes,
+    pub slices_encoded: usize,
+    pub boxes_decoded: usize,
+}
+
+/// Run localization and slice segmentation on one query CT (file grid in, file grid out).
+pub fn segment_query<L: Localizer, S: SliceSegmenter>(
+    query: &CtVolume,
+    organs: &[u16],
+    localizer: &mut L,
+    segmenter: &mut S,
+    opt: &SegmentOptions,
+    cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<QueryResult> {
+    let (canon, r) = query.to_canonical();
+    let mut times = StageTimes::default();
+    progress(Progress {
+        stage: "localize",
+        done: 0,
+        total: 1,
+    });
+    let t = web_time::Instant::now();
+    let found = localizer.localize(&canon, organs)?;
+    times.localize = t.elapsed();
+    progress(Progress {
+        stage: "localize",
+        done: 1,
+        total: 1,
+    });
+
+    let [nx, ny, nz] = canon.dims;
+    let margin = opt.margin_px_1024 * nx.max(ny) as f64 / 1024.0;
+    // Slices to segment, each with the (organ index, box) pairs on it.
+    let mut per_slice: Vec<Vec<(usize, SliceBox)>> = vec![Vec::new(); nz];
+    for (o, loc) in found.iter().enumerate() {
+        for sb in &loc.slice_boxes {
+            if sb.k < nz {
+                per_slice[sb.k].push((o, *sb));
+            }
+        }
+    }
+    let todo: Vec<usize> = (0..nz).filter(|&k| !per_slice[k].is_empty()).collect();
+    let mut out = Volume::filled(canon.dims, 0u16, canon.affine)?;
+    let mut best = vec![0f32; nx * ny];
+    let (mut slices_encoded, mut boxes_decoded) = (0, 0);
+    for (n, &k) in todo.iter().enumerate() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::InvalidArgument("cancelled".into()));
+        }
+        progress(Progress {
+            stage: "segment",
+            done: n,
+            total: todo.len(),
+        });
+        let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
+        let t = web_time::Instant::now();
+        let emb = segmenter.encode(&slice, nx, ny)?;
+        times.encode += t.elapsed();
+        slices_encoded += 1;
+        best.iter_mut().for_each(|b| *b = opt.threshold);
+        let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
+        for &(o, sb) in &per_slice[k] {
+            let bbox = [
+                (sb.min[0] as f64 - margin).max(0.0) as f32,
+                (sb.min[1] as f64 - margin).max(0.0) as f32,
+                (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
+                (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
+            ];
+            let t = web_time::Instant::now();
+            let prob = segmenter.decode_box(&emb, bbox)?;
+            times.decode += t.elapsed();
+            boxes_decoded += 1;
+            if prob.len() != nx * ny {
+                return Err(Error::InvalidArgument(format!(
+                    "segmenter returned {} probabilities for a {nx}×{ny} slice",
+                    prob.len()
+                )));
+            }
+            for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
+                if *p > *b {
+                    *b = *p;
+                    *l = found[o].label;
+                }
+            }
+        }
+    }
+    progress(Progress {
+        stage: "segment",
+        done: todo.len(),
+        total: todo.len(),
+    });
+    Ok(QueryResult {
+        labels: out.from_canonical(&r)?,
+        organs: found,
+        reorientation: r,
+        times,
+        slices_encoded,
+        boxes_decoded,
+    })
+}
+
+/// Per-slice 2-D boxes of a 3-D localization: WPL repeats the 3-D box on each
+/// slice; SPL uses the given slab boxes (canonical indices).
+pub fn wpl_slice_boxes(bbox: &BoxVox) -> Vec<SliceBox> {
+    (bbox.min[2]..=bbox.max[2])
+        .map(|k| SliceBox {
+            k,
+            min: [bbox.min[0], bbox.min[1]],
+            max: [bbox.max[0], bbox.max[1]],
+        })
+        .collect()
+}
+
+/// Localizer that reads the true organ boxes from a label map on the query's grid:
+/// the "manual prompt" ceiling of the paper (never used for unlabeled queries).
+pub struct OracleLocalizer {
+    labels: LabelVolume,
+    mode: BoxMode,
+}
+
+impl OracleLocalizer {
+    /// `labels` must be on the query file's grid.
+    pub fn new(query: &CtVolume, labels: &LabelVolume, mode: BoxMode) -> Result<Self> {
+        query.check_same_grid(labels, "query image and label")?;
+        Ok(Self {
+            labels: labels.to_canonical().0,
+            mode,
+        })
+    }
+}
+
+impl Localizer for OracleLocalizer {
+    fn localize(&mut self, query: &CtVolume, organs: &[u16]) -> Result<Vec<OrganLocalization>> {
+        if query.dims != self.labels.dims {
+            return Err(Error::Mismatch(
+                "oracle labels are not on the query's grid".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for &label in organs {
+            let (Some(bbox), Some(extreme)) = (
+                bounding_box(&self.labels, label),
+                extreme_points(&self.labels, label),
+            ) else {
+                continue;
+            };
+            let slice_boxes = match self.mode {
+                BoxMode::Wpl => wpl_slice_boxes(&bbox),
+                BoxMode::Spl { slab_mm } => spl_true_boxes(&self.labels, label, &bbox, slab_mm),
+            };
+            out.push(OrganLocalization {
+                label,
+                confidence: 1.0,
+                extreme_points: extreme,
+                bbox,
+                slice_boxes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// True per-slab boxes: slabs of `slab_mm` along axis 2 starting at the organ's first
+/// slice; each slab's 2-D box on each of its slices. `slab_mm = 0` gives per-slice boxes.
+pub fn spl_true_boxes(
+    labels: &LabelVolume,
+    label: u16,
+    bbox: &BoxVox,
+    slab_mm: f64,
+) -> Vec<SliceBox> {
+    let per = slice_boxes(labels, label);
+    let sz = labels.spacing_mm()[2];
+    let slab = ((slab_mm / sz).round() as usize).max(1);
+    let mut out = Vec::new();
+    let mut k0 = bbox.min[2];
+    while k0 <= bbox.max[2] {
+        let k1 = (k0 + slab - 1).min(bbox.max[2]);
+        let in_slab: Vec<&SliceBox> = per.iter().filter(|s| s.k >= k0 && s.k <= k1).collect();
+        if let (Some(i0), Some(j0), Some(i1), Some(j1)) = (
+            in_slab.iter().map(|s| s.min[0]).min(),
+            in_slab.iter().map(|s| s.min[1]).min(),
+            in_slab.iter().map(|s| s.max[0]).max(),
+            in_slab.iter().map(|s| s.max[1]).max(),
+        ) {
+            for k in k0..=k1 {
+                out.push(SliceBox {
+                    k,
+                    min: [i0, j0],
+                    max: [i1, j1],
+                });
+            }
+        }
+        k0 = k1 + 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::dice_pct;
+    use crate::volume::labels::mask_of;
+    use crate::volume::synthetic::{PhantomOptions, phantom};
+
+    /// A stand-in segmenter for testing the pipeline's mechanics: soft-tissue pixels
+    /// (0..80 HU) inside the box. Not a model.
+    struct Threshold;
+    impl SliceSegmenter for Threshold {
+        type Embedding = (Vec<f32>, usize);
+        fn encode(&mut self, s: &[f32], w: usize, _h: usize) -> Result<Self::Embedding> {
+            Ok((s.to_vec(), w))
+        }
+        fn decode_box(&mut self, e: &Self::Embedding, b: [f32; 4]) -> Result<Vec<f32>> {
+            let (s, w) = (&e.0, e.1);
+            Ok(s.iter()
+                .enumerate()
+                .map(|(p, &v)| {
+                    let (i, j) = ((p % w) as f32, (p / w) as f32);
+                    let inside = i >= b[0] && i <= b[2] && j >= b[1] && j <= b[3];
+                    if inside && (0.0..80.0).contains(&v) {
+                        0.9
+                    } else {
+                        0.0
+                    }
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn oracle_boxes_segment_each_slice_once_and_map_back_to_any_orientation() {
+        for ras in [false, true] {
+            let opt = PhantomOptions {
+                dims: [64, 64, 40],
+                spacing_mm: [4.5, 4.5, 4.5],
+                ras,
+                ..Default::default()
+            };
+            let (ct, lab) = phantom(&opt).unwrap();
+            let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Spl { slab_mm: 0.0 }).unwrap();
+            let mut seg = Threshold;
+            let mut calls = 0;
+            let res = segment_query(
+                &ct,
+                &[2, 3, 4],
+                &mut loc,
+                &mut seg,
+                &SegmentOptions::default(),
+                None,
+                &mut |_| calls += 1,
+            )
+            .unwrap();
+            assert!(calls > 2);
+            assert_eq!(res.labels.affine, ct.affine, "result is on the file grid");
+            // Spleen and kidneys are far apart; one encode per slice, one decode per organ box.
+            let spans: usize = res.organs.iter().map(|o| o.slice_boxes.len()).sum();
+            assert_eq!(res.boxes_decoded, spans);
+            let distinct: std::collections::BTreeSet<usize> = res
+                .organs
+                .iter()
+                .flat_map(|o| o.slice_boxes.iter().map(|s| s.k))
+                .collect();
+            assert_eq!(res.slices_encoded, distinct.len());
+            for l in [2, 3, 4] {
+                let d = dice_pct(&mask_of(&res.labels, l), &mask_of(&lab, l))
+                    .unwrap()
+                    .unwrap();
+                assert!(d > 80.0, "organ {l} dsc {d} (ras={ras})");
+            }
+            assert!(
+                res.labels.data.iter().all(|&v| v != 1),
+                "liver was not requested"
+            );
+        }
+    }
+
+    #[test]
+    fn cancellation_stops_between_slices() {
+        let (ct, lab) = phantom(&PhantomOptions {
+            dims: [32, 32, 24],
+            spacing_mm: [9.0; 3],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Wpl).unwrap();
+        let flag = AtomicBool::new(true);
+        let e = segment_query(
+            &ct,
+            &[1],
+            &mut loc,
+            &mut Threshold,
+            &SegmentOptions::default(),
+            Some(&flag),
+            &mut |_| {},
+        );
+        assert!(e.err().unwrap().to_string().contains("cancelled"));
+    }
+
+    #[test]
+    fn spl_boxes_are_tighter_than_wpl() {
+        let (_, lab) = phantom(&PhantomOptions::default()).unwrap();
+        let (c, _) = lab.to_canonical();
+        let bb = bounding_box(&c, 1).unwrap();
+        let wpl = wpl_slice_boxes(&bb);
+        let spl = spl_true_boxes(&c, 1, &bb, 6.0);
+        assert_eq!(wpl.len(), spl.len());
+        let area = |v: &[SliceBox]| -> usize {
+            v.iter()
+                .map(|s| (s.max[0] - s.min[0] + 1) * (s.max[1] - s.min[1] + 1))
+                .sum()
+        };
+        assert!(area(&spl) < area(&wpl));
+        // Two slices per 6 mm slab at 3 mm: neighbours in a slab share a box.
+        assert_eq!(spl[0].min, spl[1].min);
+    }
+}
