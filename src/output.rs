@@ -296,10 +296,8 @@ mod tests {
         for ras in [false, true] {
             let (ct, lab) = phantom(&PhantomOptions { ras, ..opt.clone() }).unwrap();
             let (c, r) = ct.to_canonical();
-            let found = OracleLocalizer::new(&ct, &lab, BoxMode::Wpl)
-                .unwrap()
-                .localize(&c, &[2])
-                .unwrap();
+            let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Wpl).unwrap();
+            let found = pollster::block_on(loc.localize(&c, &[2])).unwrap();
             let j = boxes_json("x", &found, &r, &LabelTable::default());
             let o = &j.organs[0];
             // The file-index box is the file label map's own bounding box.

@@ -8,6 +8,9 @@
 //! Which slices are segmented comes from the localizer's boxes only, never from
 //! query labels. Work happens on the canonical LPS grid (axial slices along
 //! axis 2, rows `j`, columns `i`); results are returned on the file grid.
+//!
+//! The traits are `async` because in the browser every GPU read-back is
+//! asynchronous; native callers drive them with `pollster::block_on`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,19 +34,31 @@ pub struct OrganLocalization {
 }
 
 /// Finds organs in a query CT given on the canonical grid.
+#[allow(async_fn_in_trait)] // used through generics only, never as `dyn`
 pub trait Localizer {
     /// Localize `organs` in `query` (canonical grid); organs not found are left out.
-    fn localize(&mut self, query: &CtVolume, organs: &[u16]) -> Result<Vec<OrganLocalization>>;
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>>;
 }
 
 /// Segments one 2-D slice from a box prompt.
+#[allow(async_fn_in_trait)] // used through generics only, never as `dyn`
 pub trait SliceSegmenter {
     type Embedding;
     /// Encode an axial slice: HU values row-major `[j][i]`, `width` = columns (i), `height` = rows (j).
-    fn encode(&mut self, slice_hu: &[f32], width: usize, height: usize) -> Result<Self::Embedding>;
+    async fn encode(
+        &mut self,
+        slice_hu: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<Self::Embedding>;
     /// Foreground probability per slice pixel (row-major, slice size) for the box
     /// `[i_min, j_min, i_max, j_max]` in slice pixel coordinates (inclusive corners).
-    fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4]) -> Result<Vec<f32>>;
+    async fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4])
+    -> Result<Vec<f32>>;
 }
 
 /// How 2-D boxes are derived from a localization.
@@ -112,7 +127,7 @@ pub struct QueryResult {
 }
 
 /// Run localization and slice segmentation on one query CT (file grid in, file grid out).
-pub fn segment_query<L: Localizer, S: SliceSegmenter>(
+pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
     query: &CtVolume,
     organs: &[u16],
     localizer: &mut L,
@@ -129,7 +144,7 @@ pub fn segment_query<L: Localizer, S: SliceSegmenter>(
         total: 1,
     });
     let t = web_time::Instant::now();
-    let found = localizer.localize(&canon, organs)?;
+    let found = localizer.localize(&canon, organs).await?;
     times.localize = t.elapsed();
     progress(Progress {
         stage: "localize",
@@ -163,7 +178,7 @@ pub fn segment_query<L: Localizer, S: SliceSegmenter>(
         });
         let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
         let t = web_time::Instant::now();
-        let emb = segmenter.encode(&slice, nx, ny)?;
+        let emb = segmenter.encode(&slice, nx, ny).await?;
         times.encode += t.elapsed();
         slices_encoded += 1;
         best.iter_mut().for_each(|b| *b = opt.threshold);
@@ -176,7 +191,7 @@ pub fn segment_query<L: Localizer, S: SliceSegmenter>(
                 (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
             ];
             let t = web_time::Instant::now();
-            let prob = segmenter.decode_box(&emb, bbox)?;
+            let prob = segmenter.decode_box(&emb, bbox).await?;
             times.decode += t.elapsed();
             boxes_decoded += 1;
             if prob.len() != nx * ny {
@@ -239,7 +254,11 @@ impl OracleLocalizer {
 }
 
 impl Localizer for OracleLocalizer {
-    fn localize(&mut self, query: &CtVolume, organs: &[u16]) -> Result<Vec<OrganLocalization>> {
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
         if query.dims != self.labels.dims {
             return Err(Error::Mismatch(
                 "oracle labels are not on the query's grid".into(),
@@ -316,10 +335,10 @@ mod tests {
     struct Threshold;
     impl SliceSegmenter for Threshold {
         type Embedding = (Vec<f32>, usize);
-        fn encode(&mut self, s: &[f32], w: usize, _h: usize) -> Result<Self::Embedding> {
+        async fn encode(&mut self, s: &[f32], w: usize, _h: usize) -> Result<Self::Embedding> {
             Ok((s.to_vec(), w))
         }
-        fn decode_box(&mut self, e: &Self::Embedding, b: [f32; 4]) -> Result<Vec<f32>> {
+        async fn decode_box(&mut self, e: &Self::Embedding, b: [f32; 4]) -> Result<Vec<f32>> {
             let (s, w) = (&e.0, e.1);
             Ok(s.iter()
                 .enumerate()
@@ -349,7 +368,7 @@ mod tests {
             let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Spl { slab_mm: 0.0 }).unwrap();
             let mut seg = Threshold;
             let mut calls = 0;
-            let res = segment_query(
+            let res = pollster::block_on(segment_query(
                 &ct,
                 &[2, 3, 4],
                 &mut loc,
@@ -357,7 +376,7 @@ mod tests {
                 &SegmentOptions::default(),
                 None,
                 &mut |_| calls += 1,
-            )
+            ))
             .unwrap();
             assert!(calls > 2);
             assert_eq!(res.labels.affine, ct.affine, "result is on the file grid");
@@ -393,7 +412,7 @@ mod tests {
         .unwrap();
         let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Wpl).unwrap();
         let flag = AtomicBool::new(true);
-        let e = segment_query(
+        let e = pollster::block_on(segment_query(
             &ct,
             &[1],
             &mut loc,
@@ -401,7 +420,7 @@ mod tests {
             &SegmentOptions::default(),
             Some(&flag),
             &mut |_| {},
-        );
+        ));
         assert!(e.err().unwrap().to_string().contains("cancelled"));
     }
 
