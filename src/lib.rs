@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod volume;
+pub mod web;
 
 pub use error::{Error, Result};
