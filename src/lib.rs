@@ -8,13 +8,25 @@
 // Geometry and image code indexes several arrays by one axis variable; index loops read best there.
 #![allow(clippy::needless_range_loop)]
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod config;
 pub mod error;
+
+// CT volumes in and out, geometry, preprocessing, labels.
+pub mod volume;
+
+// Localize → segment each slice → label map on the file grid.
+pub mod pipeline;
+
+// Evaluation and outputs.
 pub mod metrics;
 pub mod output;
-pub mod pipeline;
-pub mod volume;
+
+// Native batch runs and their configuration files.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod batch;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod config;
+
+// The browser app.
 pub mod web;
 
 pub use error::{Error, Result};
