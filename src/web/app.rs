@@ -337,6 +337,7 @@ where
         let (f, input) = (f.clone(), input.clone());
         wasm_bindgen_futures::spawn_local(async move {
             set_status("reading…", false);
+            hide_downloads();
             match f(input).await {
                 Ok(msg) => {
                     set_status(&msg, false);
@@ -366,6 +367,14 @@ fn on_event(id: &str, event: &str, f: impl Fn(Event) + 'static) {
     el.add_event_listener_with_callback(event, handler.as_ref().unchecked_ref())
         .expect("listener");
     handler.forget();
+}
+
+/// Hide the download links (their content belongs to what was shown before).
+fn hide_downloads() {
+    for id in ["download-seg", "download-labels"] {
+        let a: HtmlElement = by_testid(id);
+        let _ = a.set_attribute("hidden", "");
+    }
 }
 
 /// Offer bytes as a download on the anchor with this test id.

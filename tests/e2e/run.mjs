@@ -24,7 +24,7 @@ const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "applic
   ".json": "application/json", ".bpk": "application/octet-stream" };
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://127.0.0.1");
-  let file = path.join(dist, decodeURIComponent(url.pathname));
+  let file = path.resolve(dist, "." + decodeURIComponent(url.pathname));
   if (!file.startsWith(path.resolve(dist))) { res.writeHead(403); return res.end(); }
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "index.html");
   if (!fs.existsSync(file)) { res.writeHead(404); return res.end("not found"); }
@@ -109,6 +109,7 @@ await test("real OpenKBP support CT and label load through the inputs", async ()
   await waitStatus(/label names/);
   const organs = await page.getByTestId("organ-list").textContent();
   assert(/Mandible/.test(organs) && /Brainstem/.test(organs), `organ list: ${organs}`);
+  assert(await page.getByTestId("download-seg").isHidden(), "stale demo download still offered");
   assert(await canvasHasImage("viewer-axial"), "axial pane empty");
   await page.screenshot({ path: path.join(shots, "openkbp-support.png"), fullPage: true });
 });
