@@ -12,7 +12,10 @@ use web_sys::{
     HtmlInputElement, HtmlSelectElement, ImageData, WheelEvent,
 };
 
-use super::viewer::{PRESETS, Pane, ViewStyle, pane_size, render_pane};
+use super::viewer::{
+    EXTREME_POINT_PROMPTS, PRESETS, Pane, ViewStyle, draw_marker, pane_size, pane_voxel,
+    render_pane, voxel_on_pane,
+};
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
@@ -28,6 +31,8 @@ struct Case {
     reorientation: Reorientation,
     file_affine_codes: String,
     labels: Option<LabelVolume>,
+    /// Organs marked by clicking their 6 extreme points (canonical voxels, extreme-point order).
+    points: Vec<(u16, [[usize; 3]; 6])>,
 }
 
 #[derive(Default)]
@@ -44,6 +49,8 @@ struct App {
     hidden: Vec<u16>,
     /// Put the cursor in the middle of the volume at the next redraw.
     recentre: bool,
+    /// Extreme points being clicked: the organ's label and the points so far.
+    marking: Option<(u16, Vec<[usize; 3]>)>,
 }
 
 thread_local! {
@@ -111,6 +118,7 @@ fn to_case(name: &str, bytes: &[u8]) -> Result<Case> {
         reorientation,
         file_affine_codes: codes,
         labels: None,
+        points: Vec::new(),
     })
 }
 
@@ -227,6 +235,7 @@ fn run_demo() -> Result<String> {
             reorientation: r,
             file_affine_codes: ct.affine.axis_codes(),
             labels: Some(lab.to_canonical().0),
+            points: Vec::new(),
         });
     }
     let (q, _) = phantom(&PhantomOptions {
@@ -286,7 +295,14 @@ pub fn redraw() {
             let css_w = 300.0;
             let css_h = css_w * (h as f64 * sy) / (w as f64 * sx);
             let _ = canvas.style().set_property("height", &format!("{css_h:.0}px"));
-            let px = render_pane(&case.canon, case.labels.as_ref(), pane, cursor, &style);
+            let mut px = render_pane(&case.canon, case.labels.as_ref(), pane, cursor, &style);
+            let in_progress = a.marking.iter().filter(|_| a.shown.is_some_and(|s| s.0)).flat_map(|(_, p)| p.iter().map(|&v| (v, [255, 255, 255])));
+            let marked = case.points.iter().flat_map(|(l, pts)| pts.iter().map(move |&v| (v, crate::output::label_colour(*l))));
+            for (v, colour) in marked.chain(in_progress) {
+                if let Some(xy) = voxel_on_pane(dims, pane, cursor, v) {
+                    draw_marker(&mut px, w, h, xy, colour);
+                }
+            }
             let ctx: CanvasRenderingContext2d = canvas.get_context("2d").ok().flatten().expect("2d").dyn_into().expect("ctx");
             if let Ok(img) = ImageData::new_with_u8_clamped_array_and_sh(wasm_bindgen::Clamped(&px), w as u32, h as u32) {
                 let _ = ctx.put_image_data(&img, 0.0, 0.0);
@@ -313,7 +329,12 @@ pub fn redraw() {
                 )
             })
             .collect();
-        organs.set_inner_html(&html);
+        let marked: String = case
+            .points
+            .iter()
+            .map(|(v, _)| format!("<div>{v} {} (marked by 6 points)</div>", html_escape(&a.table.name(*v))))
+            .collect();
+        organs.set_inner_html(&(html + &marked));
         a.cursor = cursor;
         a.recentre = false;
     });
@@ -418,6 +439,103 @@ fn offer_label_download() -> Result<()> {
     )
 }
 
+/// A click on a pane: the voxel under the mouse becomes the cursor and, while
+/// marking, the next extreme point.
+fn on_pane_click(
+    pane: Pane,
+    canvas: &HtmlCanvasElement,
+    x_css: f64,
+    y_css: f64,
+) -> Result<Option<String>> {
+    let (cw, ch) = (
+        canvas.client_width().max(1) as f64,
+        canvas.client_height().max(1) as f64,
+    );
+    let (x, y) = (
+        (x_css * canvas.width() as f64 / cw) as usize,
+        (y_css * canvas.height() as f64 / ch) as usize,
+    );
+    APP.with_borrow_mut(|a| {
+        let Some(case) = shown_case(a) else {
+            return Ok(None);
+        };
+        let dims = case.canon.dims;
+        let v = pane_voxel(
+            dims,
+            pane,
+            a.cursor,
+            x.min(canvas.width() as usize - 1),
+            y.min(canvas.height() as usize - 1),
+        );
+        let v = [0, 1, 2].map(|t| v[t].min(dims[t] - 1));
+        a.cursor = v;
+        let Some((label, pts)) = a.marking.as_mut() else {
+            return Ok(None);
+        };
+        if a.shown.is_none_or(|s| !s.0) {
+            return Err(Error::InvalidArgument(
+                "show a support CT to mark points on it".into(),
+            ));
+        }
+        pts.push(v);
+        if pts.len() < 6 {
+            return Ok(Some(format!(
+                "organ {label}: click {} ({}/6)",
+                EXTREME_POINT_PROMPTS[pts.len()],
+                pts.len() + 1
+            )));
+        }
+        let (label, pts) = (*label, std::mem::take(pts));
+        a.marking = None;
+        let (_, n) = a.shown.expect("a support is shown");
+        let case = &mut a.supports[n];
+        case.points.retain(|(l, _)| *l != label);
+        case.points
+            .push((label, [pts[0], pts[1], pts[2], pts[3], pts[4], pts[5]]));
+        Ok(Some(format!(
+            "organ {label} marked by 6 extreme points on {}",
+            case.name
+        )))
+    })
+}
+
+fn start_marking() -> Result<String> {
+    let input: HtmlInputElement = by_testid("points-label");
+    let label: u16 = input
+        .value()
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&l| l > 0)
+        .ok_or_else(|| {
+            Error::InvalidArgument("enter the organ's label number (1-65535) first".into())
+        })?;
+    APP.with_borrow_mut(|a| {
+        if a.shown.is_none_or(|s| !s.0) {
+            return Err(Error::InvalidArgument(
+                "load a support CT (and show it) before marking points".into(),
+            ));
+        }
+        a.marking = Some((label, Vec::new()));
+        Ok(format!(
+            "organ {label}: click {} (1/6)",
+            EXTREME_POINT_PROMPTS[0]
+        ))
+    })
+}
+
+fn undo_point() -> Option<String> {
+    APP.with_borrow_mut(|a| {
+        let (label, pts) = a.marking.as_mut()?;
+        pts.pop();
+        Some(format!(
+            "organ {label}: click {} ({}/6)",
+            EXTREME_POINT_PROMPTS[pts.len()],
+            pts.len() + 1
+        ))
+    })
+}
+
 /// Wire up the page.
 pub fn start() {
     console_error_panic_hook::set_once();
@@ -500,5 +618,34 @@ pub fn start() {
             redraw();
         });
     }
+    for (id, pane) in [
+        ("viewer-axial", Pane::Axial),
+        ("viewer-coronal", Pane::Coronal),
+        ("viewer-sagittal", Pane::Sagittal),
+    ] {
+        on_event(id, "click", move |e| {
+            let m: web_sys::MouseEvent = e.dyn_into().unwrap();
+            let canvas: HtmlCanvasElement = by_testid(id);
+            match on_pane_click(pane, &canvas, m.offset_x() as f64, m.offset_y() as f64) {
+                Ok(Some(msg)) => set_status(&msg, false),
+                Ok(None) => {}
+                Err(e) => set_status(&format!("error: {e}"), true),
+            }
+            redraw();
+        });
+    }
+    on_click("mark-points-button", || match start_marking() {
+        Ok(m) => {
+            set_status(&m, false);
+            redraw();
+        }
+        Err(e) => set_status(&format!("error: {e}"), true),
+    });
+    on_click("undo-point-button", || {
+        if let Some(m) = undo_point() {
+            set_status(&m, false);
+            redraw();
+        }
+    });
     set_status("ready: load CTs or press Demo", false);
 }

@@ -57,6 +57,44 @@ pub fn pane_voxel(
     }
 }
 
+/// The 6 extreme points in the order of [`crate::volume::labels::extreme_points`]
+/// (canonical LPS: i grows toward the patient's left, j posterior, k superior),
+/// as a user is asked to click them.
+pub const EXTREME_POINT_PROMPTS: [&str; 6] = [
+    "the organ's point furthest to the patient's RIGHT",
+    "the organ's point furthest to the patient's LEFT",
+    "the organ's most ANTERIOR point (toward the face)",
+    "the organ's most POSTERIOR point (toward the back)",
+    "the organ's most INFERIOR point (toward the feet)",
+    "the organ's most SUPERIOR point (toward the head)",
+];
+
+/// Pane pixel `(x, y)` where a canonical voxel is drawn, if it lies on the pane's slice.
+pub fn voxel_on_pane(
+    dims: [usize; 3],
+    pane: Pane,
+    cursor: [usize; 3],
+    v: [usize; 3],
+) -> Option<(usize, usize)> {
+    match pane {
+        Pane::Axial => (v[2] == cursor[2]).then_some((v[0], v[1])),
+        Pane::Coronal => (v[1] == cursor[1]).then_some((v[0], dims[2] - 1 - v[2])),
+        Pane::Sagittal => (v[0] == cursor[0]).then_some((v[1], dims[2] - 1 - v[2])),
+    }
+}
+
+/// Draw a small cross of `colour` centred at pane pixel `(x, y)` into RGBA bytes.
+pub fn draw_marker(px: &mut [u8], w: usize, h: usize, (x, y): (usize, usize), colour: [u8; 3]) {
+    for d in -2i64..=2 {
+        for (xx, yy) in [(x as i64 + d, y as i64), (x as i64, y as i64 + d)] {
+            if xx >= 0 && yy >= 0 && (xx as usize) < w && (yy as usize) < h {
+                let p = (yy as usize * w + xx as usize) * 4;
+                px[p..p + 3].copy_from_slice(&colour);
+            }
+        }
+    }
+}
+
 /// Render a pane to RGBA bytes (`pane_size` pixels).
 pub fn render_pane(
     ct: &CtVolume,
@@ -114,6 +152,15 @@ mod tests {
             let px = render_pane(&c, Some(&lab), pane, [10, 8, 6], &st);
             assert_eq!(px.len(), w * h * 4);
         }
+        // Clicked pixel → voxel → drawn at the same pixel.
+        for pane in [Pane::Axial, Pane::Coronal, Pane::Sagittal] {
+            let v = pane_voxel(c.dims, pane, [10, 8, 6], 3, 2);
+            assert_eq!(voxel_on_pane(c.dims, pane, [10, 8, 6], v), Some((3, 2)));
+        }
+        assert_eq!(
+            voxel_on_pane(c.dims, Pane::Axial, [10, 8, 6], [1, 1, 5]),
+            None
+        );
         // Coronal row 0 is the top (superior) slice.
         assert_eq!(
             pane_voxel(c.dims, Pane::Coronal, [1, 2, 3], 4, 0),

@@ -100,6 +100,32 @@ await test("demo loads phantoms into the viewer and offers a NIfTI download", as
   await page.screenshot({ path: path.join(shots, "demo.png"), fullPage: true });
 });
 
+await test("an organ is marked on a support by clicking its 6 extreme points, with undo", async () => {
+  await page.getByTestId("demo-button").click();
+  await waitStatus(/demo/);
+  await page.getByTestId("points-label").fill("9");
+  await page.getByTestId("mark-points-button").click();
+  await waitStatus(/patient's RIGHT \(1\/6\)/);
+  const axial = page.getByTestId("viewer-axial");
+  const box = await axial.boundingBox();
+  const at = (fx, fy) => axial.click({ position: { x: box.width * fx, y: box.height * fy } });
+  await at(0.3, 0.5);
+  await at(0.7, 0.5);
+  await waitStatus(/ANTERIOR.*\(3\/6\)/);
+  await page.getByTestId("undo-point-button").click();
+  await waitStatus(/LEFT \(2\/6\)/);
+  await at(0.7, 0.5);
+  await at(0.5, 0.3);
+  await at(0.5, 0.7);
+  await at(0.5, 0.5);
+  await page.getByTestId("viewer-coronal").click({ position: { x: box.width * 0.5, y: 20 } });
+  const s = await waitStatus(/marked by 6 extreme points/);
+  assert(/organ 9/.test(s), s);
+  const organs = await page.getByTestId("organ-list").textContent();
+  assert(/9 label_9 \(marked by 6 points\)/.test(organs), `organ list: ${organs}`);
+  await page.screenshot({ path: path.join(shots, "extreme-points.png"), fullPage: true });
+});
+
 await test("real OpenKBP support CT and label load through the inputs", async () => {
   await page.getByTestId("support-image-input").setInputFiles([path.join(data, "openkbp/okbp_004.ct.nii.gz")]);
   await waitStatus(/1 support CT/);
