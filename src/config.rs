@@ -354,6 +354,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read list file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -80,7 +80,8 @@ fn metrics_of_a_label_against_itself_and_another_case() {
 
 #[test]
 fn errors_are_one_line_with_non_zero_exit() {
-    let dir = scratch("cli-errors");
+    let scratch = Scratch::new("cli-errors");
+    let dir = &scratch.0;
     let bad = dir.join("bad.nii.gz");
     let bytes = std::fs::read(openkbp("okbp_001", "ct")).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
@@ -100,7 +101,8 @@ fn errors_are_one_line_with_non_zero_exit() {
 
 #[test]
 fn demo_writes_phantoms_that_agree_across_orientations() {
-    let dir = scratch("demo");
+    let scratch = Scratch::new("demo");
+    let dir = &scratch.0;
     let (ok, out, err) = medlsam(&["demo", "--out", dir.to_str().unwrap(), "--seed", "3"]);
     assert!(ok, "{err}");
     for f in [
