@@ -105,26 +105,15 @@ pub fn sample_linear<T: Sample>(vol: &Volume<T>, p: [f64; 3]) -> f32 {
     c0 * (1.0 - w[2]) + c1 * w[2]
 }
 
+/// Resample onto the grid at `target_mm` spacing over the same extent (see [`ResampleGrid`]).
 fn resample_with<T: Copy, U>(
     vol: &Volume<T>,
     target_mm: [f64; 3],
     f: impl Fn([f64; 3]) -> U,
 ) -> Result<Volume<U>> {
     let grid = ResampleGrid::new(vol.dims, vol.spacing_mm(), target_mm)?;
-    let nd = grid.new_dims;
-    let mut data = Vec::with_capacity(nd.iter().product());
-    for k in 0..nd[2] {
-        for j in 0..nd[1] {
-            for i in 0..nd[0] {
-                data.push(f(grid.new_to_old([i as f64, j as f64, k as f64])));
-            }
-        }
-    }
-    Ok(Volume {
-        dims: nd,
-        data,
-        affine: vol.affine.compose(&grid.new_to_old_affine()),
-    })
+    let affine = vol.affine.compose(&grid.new_to_old_affine());
+    resample_to_grid_with(vol, grid.new_dims, &affine, f)
 }
 
 /// Resample an image to `target_mm` spacing with trilinear interpolation.

@@ -139,12 +139,17 @@ fn attach_labels(case: &mut Case, name: &str, labels: LabelVolume) -> Result<()>
     Ok(())
 }
 
-async fn on_support_images(input: HtmlInputElement) -> Result<String> {
-    let files = files_of(&input).await?;
-    let cases = files
+/// Read every CT chosen in a file input.
+async fn read_cases(input: &HtmlInputElement) -> Result<Vec<Case>> {
+    files_of(input)
+        .await?
         .iter()
         .map(|(n, b)| to_case(n, b))
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+async fn on_support_images(input: HtmlInputElement) -> Result<String> {
+    let cases = read_cases(&input).await?;
     let n = cases.len();
     APP.with_borrow_mut(|a| {
         a.supports = cases;
@@ -195,11 +200,7 @@ async fn on_support_labels(input: HtmlInputElement) -> Result<String> {
 }
 
 async fn on_queries(input: HtmlInputElement) -> Result<String> {
-    let files = files_of(&input).await?;
-    let cases = files
-        .iter()
-        .map(|(n, b)| to_case(n, b))
-        .collect::<Result<Vec<_>>>()?;
+    let cases = read_cases(&input).await?;
     let n = cases.len();
     APP.with_borrow_mut(|a| {
         a.queries = cases;
