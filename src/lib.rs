@@ -10,6 +10,9 @@
 
 pub mod error;
 
+// Compute backends (Burn devices).
+pub mod device;
+
 // CT volumes in and out, geometry, preprocessing, labels.
 pub mod volume;
 
