@@ -168,6 +168,7 @@ pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
     let mut best = vec![0f32; nx * ny];
     let (mut slices_encoded, mut boxes_decoded) = (0, 0);
     for (n, &k) in todo.iter().enumerate() {
+        yield_between_slices().await;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::InvalidArgument("cancelled".into()));
         }
@@ -221,6 +222,12 @@ pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
         slices_encoded,
         boxes_decoded,
     })
+}
+
+/// In the browser, let the page paint and take input (a Cancel click) between slices.
+async fn yield_between_slices() {
+    #[cfg(target_arch = "wasm32")]
+    crate::web::yield_to_browser().await;
 }
 
 /// Per-slice 2-D boxes of a 3-D localization: WPL repeats the 3-D box on each
