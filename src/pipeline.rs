@@ -113,7 +113,18 @@ impl std::ops::AddAssign for StageTimes {
     }
 }
 
-/// The result for one query.
+/// The result for one query on its canonical grid (what the browser keeps).
+pub struct CanonicalResult {
+    /// Multi-label map on the query's **canonical** grid.
+    pub labels: LabelVolume,
+    /// Localizations in canonical indices.
+    pub organs: Vec<OrganLocalization>,
+    pub times: StageTimes,
+    pub slices_encoded: usize,
+    pub boxes_decoded: usize,
+}
+
+/// The result for one query on its file grid.
 pub struct QueryResult {
     /// Multi-label map on the query **file's** grid (its affine).
     pub labels: LabelVolume,
@@ -137,6 +148,30 @@ pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<QueryResult> {
     let (canon, r) = query.to_canonical();
+    let res =
+        segment_canonical(&canon, organs, localizer, segmenter, opt, cancel, progress).await?;
+    Ok(QueryResult {
+        labels: res.labels.from_canonical(&r)?,
+        organs: res.organs,
+        reorientation: r,
+        times: res.times,
+        slices_encoded: res.slices_encoded,
+        boxes_decoded: res.boxes_decoded,
+    })
+}
+
+/// Localize `organs` in a query on its canonical grid, then segment every slice
+/// that has a box: one encode per slice, one decode per organ box on it, and
+/// where organs overlap the higher probability wins.
+pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
+    canon: &CtVolume,
+    organs: &[u16],
+    localizer: &mut L,
+    segmenter: &mut S,
+    opt: &SegmentOptions,
+    cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CanonicalResult> {
     let mut times = StageTimes::default();
     progress(Progress {
         stage: "localize",
@@ -144,7 +179,7 @@ pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
         total: 1,
     });
     let t = web_time::Instant::now();
-    let found = localizer.localize(&canon, organs).await?;
+    let found = localizer.localize(canon, organs).await?;
     times.localize = t.elapsed();
     progress(Progress {
         stage: "localize",
@@ -214,10 +249,9 @@ pub async fn segment_query<L: Localizer, S: SliceSegmenter>(
         done: todo.len(),
         total: todo.len(),
     });
-    Ok(QueryResult {
-        labels: out.from_canonical(&r)?,
+    Ok(CanonicalResult {
+        labels: out,
         organs: found,
-        reorientation: r,
         times,
         slices_encoded,
         boxes_decoded,
