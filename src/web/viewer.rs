@@ -95,6 +95,25 @@ pub fn draw_marker(px: &mut [u8], w: usize, h: usize, (x, y): (usize, usize), co
     }
 }
 
+/// Draw the outline of the rectangle `[x0, y0, x1, y1]` (inclusive pane pixels) into RGBA bytes.
+pub fn draw_rect(px: &mut [u8], w: usize, h: usize, rect: [usize; 4], colour: [u8; 3]) {
+    let [x0, y0, x1, y1] = rect;
+    let mut put = |x: usize, y: usize| {
+        if x < w && y < h {
+            let p = (y * w + x) * 4;
+            px[p..p + 3].copy_from_slice(&colour);
+        }
+    };
+    for x in x0..=x1 {
+        put(x, y0);
+        put(x, y1);
+    }
+    for y in y0..=y1 {
+        put(x0, y);
+        put(x1, y);
+    }
+}
+
 /// Render a pane to RGBA bytes (`pane_size` pixels).
 pub fn render_pane(
     ct: &CtVolume,
@@ -174,5 +193,19 @@ mod tests {
         let px = render_pane(&c, Some(&cl), Pane::Axial, [0, 0, k], &st1);
         let p = (j * 20 + i) * 4;
         assert_eq!(&px[p..p + 3], &label_colour(2));
+    }
+
+    #[test]
+    fn rectangles_are_outlines_clipped_to_the_pane() {
+        let (w, h) = (8, 6);
+        let mut px = vec![0u8; w * h * 4];
+        draw_rect(&mut px, w, h, [1, 1, 3, 4], [9, 9, 9]);
+        let lit = |x: usize, y: usize| px[(y * w + x) * 4] == 9;
+        assert!(lit(1, 1) && lit(3, 4) && lit(2, 1) && lit(1, 3));
+        assert!(!lit(2, 2), "inside stays clear");
+        assert!(!lit(0, 0) && !lit(4, 1));
+        // Partly outside: no panic, visible part drawn.
+        draw_rect(&mut px, w, h, [6, 4, 20, 30], [7, 7, 7]);
+        assert_eq!(px[(4 * w + 7) * 4], 7);
     }
 }
