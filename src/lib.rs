@@ -16,6 +16,9 @@ pub mod device;
 // CT volumes in and out, geometry, preprocessing, labels.
 pub mod volume;
 
+// The 3-D localizer (network, training, atlas, localization, boxes).
+pub mod medlam;
+
 // Localize → segment each slice → label map on the file grid.
 pub mod pipeline;
 

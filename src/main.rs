@@ -58,6 +58,8 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Train MedLAM self-supervised on CT scans (labels are not used).
+        Train(Box<TrainArgs>),
         /// Run on a bundled synthetic phantom (no data needed): writes it in LPS and RAS,
         /// reads both back and shows that geometry, organ boxes and metrics agree.
         Demo {
@@ -66,6 +68,48 @@ mod cli {
             #[arg(long, default_value_t = 1)]
             seed: u64,
         },
+    }
+
+    #[derive(clap::Args)]
+    struct TrainArgs {
+        /// CT images: a .nii(.gz) file, a glob such as 'data/*.ct.nii.gz', a directory, or a
+        /// text file listing paths (repeatable).
+        #[arg(long, required = true)]
+        images: Vec<String>,
+        /// Inference weights written at every checkpoint and at the end.
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Samples per step (each sample is 3 patches: A, augmented A, B).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Continue from the checkpoint in --checkpoint-dir.
+        #[arg(long)]
+        resume: bool,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Checkpoint directory (default: OUT with extension .ckpt).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Cache of preprocessed CTs (default: the system temp dir /medlsam-cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: usize,
+        #[arg(long, default_value_t = 10)]
+        log_every: usize,
+        /// Stop after this many steps (smoke runs); the schedule still follows --epochs.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Network sizes as JSON (a MedLamConfig); default: the CPU configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
     }
 
     pub fn main() -> ExitCode {
@@ -80,6 +124,7 @@ mod cli {
                 json,
             } => metrics(&pred, &truth, &labels, names.as_deref(), json),
             Command::Demo { out, seed } => demo(&out, seed),
+            Command::Train(a) => train(*a),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +133,66 @@ mod cli {
                 ExitCode::FAILURE
             }
         }
+    }
+
+    fn train(a: TrainArgs) -> Result<()> {
+        use medlsam::medlam::train::{TrainOptions, default_config, expand_images, format_event};
+        if let Some(n) = a.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global()
+                .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
+        }
+        let config = match &a.config {
+            Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?,
+            None => default_config(),
+        };
+        let opts = TrainOptions {
+            images: expand_images(&a.images)?,
+            checkpoint_dir: a
+                .checkpoint_dir
+                .unwrap_or_else(|| a.out.with_extension("ckpt")),
+            out: a.out,
+            config,
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            seed: a.seed,
+            resume: a.resume,
+            cache_dir: Some(
+                a.cache_dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("medlsam-cache")),
+            ),
+            checkpoint_every: a.checkpoint_every,
+            log_every: a.log_every,
+            max_steps: a.max_steps,
+            sampling: Default::default(),
+        };
+        eprintln!(
+            "training MedLAM on {} CTs: {:?}, {} epochs, batch {}, lr {}, seed {}",
+            opts.images.len(),
+            opts.config,
+            opts.epochs,
+            opts.batch,
+            opts.lr,
+            opts.seed
+        );
+        let s = medlsam::medlam::train::train(&opts, &mut |e| eprintln!("{}", format_event(&e)))?;
+        println!(
+            "trained {} of {} steps on {} CTs in {:.0} s; last loss {:.4} (uam rmse {:.1} mm, mss {:.4}); \
+             validation mss top-1 {:.1} %; weights: {}",
+            s.steps,
+            s.total_steps,
+            s.volumes,
+            s.wall_s,
+            s.last.total,
+            s.last.uam_rmse_mm(),
+            s.last.mss,
+            100.0 * s.validation.mss_top1,
+            opts.out.display()
+        );
+        Ok(())
     }
 
     fn to_json<T: serde::Serialize>(v: &T) -> String {

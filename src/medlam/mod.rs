@@ -1,0 +1,15 @@
+//! MedLAM: the self-supervised 3-D localization model, its training (native
+//! only), the support atlas, query localization (UAM coarse step, MSS
+//! refinement) and the WPL/SPL boxes.
+//!
+//! Data flow: canonical CT → [`prep::Prepared`] (3 mm, intensity-mapped) →
+//! [`net::MedLam`] on patches → atlas (supports) / localization (queries).
+
+pub mod net;
+pub mod prep;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sample;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
+
+pub use net::{MedLam, MedLamConfig, MedLamOutput};
