@@ -60,6 +60,24 @@ mod cli {
         },
         /// Train MedLAM self-supervised on CT scans (labels are not used).
         Train(Box<TrainArgs>),
+        /// Localize organs in query CTs from labelled supports with MedLAM: writes
+        /// DIR/<case>.boxes.json (file voxel indices) and, with --query-label, localization.csv.
+        Localize(Box<LocalizeArgs>),
+        /// Few-shot localization evaluation on OpenKBP: baseline, UAM, MSS, UAM+MSS.
+        EvalLocalize(Box<EvalLocalizeArgs>),
+        /// Benchmarks; `medlam`: atlas and per-query localization time (7 organs).
+        Bench {
+            /// What to benchmark: medlam.
+            what: String,
+            #[arg(long, default_value = "weights/medlam.bpk")]
+            weights: PathBuf,
+            #[arg(long, default_value_t = 3)]
+            queries: usize,
+            #[arg(long, default_value = "cpu")]
+            backend: String,
+            #[arg(long, default_value = "../shared/data")]
+            data: PathBuf,
+        },
         /// Run on a bundled synthetic phantom (no data needed): writes it in LPS and RAS,
         /// reads both back and shows that geometry, organ boxes and metrics agree.
         Demo {
@@ -112,6 +130,63 @@ mod cli {
         config: Option<PathBuf>,
     }
 
+    #[derive(clap::Args)]
+    struct LocalizeArgs {
+        /// Support CT (repeat; pair each with a --support-label, in order).
+        #[arg(long, required = true)]
+        support_image: Vec<PathBuf>,
+        /// Support label map on the same grid as its CT (repeat).
+        #[arg(long, required = true)]
+        support_label: Vec<PathBuf>,
+        /// Query CT (repeatable).
+        #[arg(long, required = true)]
+        query: Vec<PathBuf>,
+        /// Query label maps (optional, one per query, in order) for localization.csv.
+        #[arg(long)]
+        query_label: Vec<PathBuf>,
+        /// Organs, e.g. 1,3 (default: every label of the supports).
+        #[arg(long, value_delimiter = ',')]
+        organs: Vec<u16>,
+        /// wpl (one box per organ) or spl (a box per slab of --slab-mm).
+        #[arg(long, default_value = "wpl")]
+        mode: String,
+        #[arg(long, default_value_t = 6.0)]
+        slab_mm: f64,
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        weights: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// MSS search half-width around the UAM point (3 mm voxels).
+        #[arg(long, default_value_t = 16)]
+        search_radius: usize,
+        #[arg(long)]
+        out: PathBuf,
+    }
+
+    #[derive(clap::Args)]
+    struct EvalLocalizeArgs {
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        supports: usize,
+        #[arg(long, default_value_t = 3)]
+        draws: usize,
+        #[arg(long, default_value_t = 25)]
+        queries: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+        organs: Vec<u16>,
+        #[arg(long, default_value_t = 16)]
+        search_radius: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        #[arg(long, default_value = "out/eval_localize")]
+        out: PathBuf,
+    }
+
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
         let result = match cli.command {
@@ -125,6 +200,15 @@ mod cli {
             } => metrics(&pred, &truth, &labels, names.as_deref(), json),
             Command::Demo { out, seed } => demo(&out, seed),
             Command::Train(a) => train(*a),
+            Command::Localize(a) => localize(*a),
+            Command::EvalLocalize(a) => eval_localize(*a),
+            Command::Bench {
+                what,
+                weights,
+                queries,
+                backend,
+                data,
+            } => bench(&what, &weights, queries, &backend, &data),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +277,86 @@ mod cli {
             opts.out.display()
         );
         Ok(())
+    }
+
+    fn device(backend: &str) -> Result<medlsam::device::Device> {
+        Ok(medlsam::device::BackendChoice::parse(backend)?.device())
+    }
+
+    fn localize(a: LocalizeArgs) -> Result<()> {
+        use medlsam::medlam::eval::{LocalizeRun, run_localize};
+        use medlsam::medlam::{AtlasMode, LocalizeOptions};
+        if a.support_image.len() != a.support_label.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} --support-image but {} --support-label: give one label map per support image",
+                a.support_image.len(),
+                a.support_label.len()
+            )));
+        }
+        let mode = match a.mode.to_ascii_lowercase().as_str() {
+            "wpl" => AtlasMode::Wpl,
+            "spl" => AtlasMode::Spl { slab_mm: a.slab_mm },
+            m => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown --mode '{m}': use wpl or spl"
+                )));
+            }
+        };
+        let run = LocalizeRun {
+            supports: a.support_image.into_iter().zip(a.support_label).collect(),
+            queries: a.query,
+            query_labels: a.query_label,
+            organs: a.organs,
+            mode,
+            options: LocalizeOptions {
+                search_radius_vox: a.search_radius,
+                ..Default::default()
+            },
+            weights: a.weights,
+            device: device(&a.backend)?,
+            out: a.out,
+        };
+        run_localize(&run, &mut |l| eprintln!("{l}"))?;
+        println!("wrote {}", run.out.display());
+        Ok(())
+    }
+
+    fn eval_localize(a: EvalLocalizeArgs) -> Result<()> {
+        use medlsam::medlam::eval::{EvalOptions, eval_localize};
+        let o = EvalOptions {
+            data_dir: a.data,
+            weights: a.weights,
+            supports: a.supports,
+            draws: a.draws,
+            queries: a.queries,
+            seed: a.seed,
+            organs: a.organs,
+            search_radius_vox: a.search_radius,
+            device: device(&a.backend)?,
+            out: a.out,
+        };
+        eval_localize(&o, &mut |l| eprintln!("{l}"))?;
+        println!("wrote {}", o.out.display());
+        Ok(())
+    }
+
+    fn bench(what: &str, weights: &Path, queries: usize, backend: &str, data: &Path) -> Result<()> {
+        match what {
+            "medlam" => {
+                let r = medlsam::medlam::eval::bench_medlam(
+                    data,
+                    weights,
+                    queries.max(1),
+                    &device(backend)?,
+                    &mut |l| eprintln!("{l}"),
+                )?;
+                print!("{r}");
+                Ok(())
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "unknown benchmark '{other}': use medlam"
+            ))),
+        }
     }
 
     fn to_json<T: serde::Serialize>(v: &T) -> String {

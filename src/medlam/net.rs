@@ -27,6 +27,10 @@ use burn::tensor::{Bytes, Device, Tensor};
 
 use crate::{Error, Result};
 
+/// UAM distance ratio `r` (mm) along the canonical axes (i, j, k): the offset between two
+/// patch centres is `r·tanh(p − p')` (the reference's `[1500, 600, 600]` for z, y, x).
+pub const UAM_RATIO_MM: [f32; 3] = [600.0, 600.0, 1500.0];
+
 /// Sizes of a MedLAM network.
 #[derive(Config, Debug, PartialEq)]
 pub struct MedLamConfig {

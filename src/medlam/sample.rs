@@ -2,10 +2,11 @@
 //! a seed): from one prepared CT, a patch `A` at a random body position, an
 //! augmented copy `A'` (random rotation and scaling, a shift, an elastic
 //! deformation, an intensity remapping and noise, as the reference's
-//! torchio pipeline) and a second patch `B` anywhere in the same CT.
+//! torchio pipeline) and further patches `B₁…Bₙ` anywhere in the same CT
+//! (these only feed the position head, so they are cheap: more UAM pairs).
 //!
-//! - UAM targets: the grid positions of the three patch centres (voxel
-//!   `P/2`); offsets between them in mm are what `r·tanh(p − p')` regresses.
+//! - UAM targets: the grid positions of the patch centres (voxel `P/2`);
+//!   offsets between them in mm are what `r·tanh(p − p')` regresses.
 //! - MSS targets, per feature scale and in both directions (`A → A'`,
 //!   `A' → A`): for a few query points, the feature voxels of the other patch
 //!   whose true source position lies within one feature voxel (the reference's
@@ -76,6 +77,8 @@ impl Rng {
 pub struct SamplingOptions {
     /// Query points per direction and sample for the MSS loss.
     pub points: usize,
+    /// Extra crops `B` per sample for the UAM loss (at least 1).
+    pub extra_crops: usize,
     /// Probability of a random rotation and scaling of `A'`.
     pub p_affine: f64,
     /// Largest rotation about each axis (degrees).
@@ -104,6 +107,7 @@ impl Default for SamplingOptions {
     fn default() -> Self {
         Self {
             points: 16,
+            extra_crops: 3,
             p_affine: 0.5,
             max_rotation_deg: 15.0,
             scale_jitter: 0.1,
@@ -294,12 +298,12 @@ pub struct MssDirection {
 /// One training sample.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    /// Patches in NIfTI order: the crop `A`, its augmented copy `A'`, the second crop `B`.
+    /// Patches in NIfTI order: the crop `A`, its augmented copy `A'`, the other crops `B`.
     pub a: Vec<f32>,
     pub a_aug: Vec<f32>,
-    pub b: Vec<f32>,
-    /// Grid positions of the centre voxel (`P/2`) of `A`, `A'` and `B`.
-    pub centres: [[f64; 3]; 3],
+    pub b: Vec<Vec<f32>>,
+    /// Grid positions of the centre voxel (`P/2`) of `A`, `A'`, `B₁`, … `Bₙ`.
+    pub centres: Vec<[f64; 3]>,
     /// Per feature scale (coarse → fine): `A → A'` and `A' → A` targets.
     pub mss: Vec<[MssDirection; 2]>,
 }
@@ -337,9 +341,11 @@ pub fn draw_sample(
     o: &SamplingOptions,
 ) -> Sample {
     let ca = body_position(rng, vol, o.body_threshold);
-    let cb = body_position(rng, vol, o.body_threshold);
+    let cb: Vec<[i64; 3]> = (0..o.extra_crops.max(1))
+        .map(|_| body_position(rng, vol, o.body_threshold))
+        .collect();
     let a = vol.patch(ca, patch);
-    let b = vol.patch(cb, patch);
+    let b = cb.iter().map(|&c| vol.patch(c, patch)).collect();
     let ca_f = ca.map(|x| x as f64);
     let warp = random_warp(rng, ca_f, patch, o);
     let mut a_aug = warped_patch(vol, &warp, patch);
@@ -373,7 +379,10 @@ pub fn draw_sample(
         a,
         a_aug,
         b,
-        centres: [ca_f, warp.apply([half; 3]), cb.map(|x| x as f64)],
+        centres: [ca_f, warp.apply([half; 3])]
+            .into_iter()
+            .chain(cb.iter().map(|c| c.map(|x| x as f64)))
+            .collect(),
         mss,
     }
 }
@@ -512,9 +521,12 @@ mod tests {
         assert_eq!(s1.centres, s2.centres);
         assert_eq!(s1.a.len(), 16 * 16 * 16);
         assert_eq!(s1.mss.len(), 3);
-        // A and B are crops at their centres.
-        let cb = s1.centres[2].map(|x| x as i64);
-        assert_eq!(s1.b, vol.patch(cb, 16));
+        // The B are crops at their centres.
+        assert_eq!(s1.b.len(), o.extra_crops);
+        assert_eq!(s1.centres.len(), 2 + o.extra_crops);
+        for (b, c) in s1.b.iter().zip(&s1.centres[2..]) {
+            assert_eq!(*b, vol.patch(c.map(|x| x as i64), 16));
+        }
         // Most query points are visible in the other patch at the coarsest scale.
         let visible = s1.mss[0][0]
             .positives

@@ -4,12 +4,13 @@
 //! reoriented to canonical LPS, resampled to 3 mm, intensity-mapped, cropped to
 //! its body (HU > −500, plus a margin) and cached (8-bit, in a cache directory
 //! outside the repository). A step draws `batch` samples (see
-//! [`super::sample`]): patches `A`, `A'` (augmented `A`) and `B` from one CT,
-//! all `3·batch` patches go through the network in one batch, and
-//! - **UAM**: `r·tanh(p_A − p_B)` and `r·tanh(p_A' − p_B)` regress the true
-//!   offsets of the patch centres in mm (MSE, in cm² so both losses have
-//!   similar size), `r = [600, 600, 1500]` mm along the canonical axes (the
-//!   reference's `[1500, 600, 600]` for z, y, x);
+//! [`super::sample`]): patches `A`, `A'` (augmented `A`) and `B₁…Bₙ` from one
+//! CT; all `A` and `A'` go through the whole network in one batch, the `B`
+//! through the encoder and position head only, and
+//! - **UAM**: for every pair `(A, Bₖ)`, `(A', Bₖ)`, `(Bₖ, Bₗ)`,
+//!   `r·tanh(p − p')` regresses the true offset of the patch centres in mm
+//!   (MSE, in cm² so both losses have similar size), `r = [600, 600, 1500]` mm
+//!   along the canonical axes (the reference's `[1500, 600, 600]` for z, y, x);
 //! - **MSS**: at each feature scale, L2-normalised features of query points
 //!   in `A` (and in `A'`) are compared by cosine similarity (×15, as the
 //!   reference) with every feature voxel of `A'` (of `A`); softmax over
@@ -29,7 +30,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::net::{MedLam, MedLamConfig};
+use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::Prepared;
 use super::sample::{Rng, Sample, SamplingOptions, draw_sample};
 use crate::volume::labels::bounding_box_where;
@@ -37,8 +38,6 @@ use crate::volume::read_nifti_path;
 use crate::volume::resample::ResampleGrid;
 use crate::{Error, Result};
 
-/// UAM distance ratio `r` in mm along the canonical axes (i, j, k).
-pub const UAM_RATIO_MM: [f32; 3] = [600.0, 600.0, 1500.0];
 /// UAM loss unit: errors are measured in cm.
 const UAM_UNIT_MM: f32 = 10.0;
 /// MSS softmax temperature on cosine similarities (the reference's 15).
@@ -446,22 +445,19 @@ pub fn draw_batch(
         .collect()
 }
 
-/// Network input `[3B, 1, P, P, P]`: all `A`, then all `A'`, then all `B`.
-fn batch_input(samples: &[Sample], patch: usize, device: &Device) -> Tensor<5> {
-    let mut data = Vec::with_capacity(3 * samples.len() * patch.pow(3));
-    for part in 0..3 {
-        for s in samples {
-            data.extend_from_slice(match part {
-                0 => &s.a,
-                1 => &s.a_aug,
-                _ => &s.b,
-            });
-        }
+/// Patches as a network input `[N, 1, P, P, P]`.
+fn patches_input<'a>(
+    patches: impl Iterator<Item = &'a Vec<f32>>,
+    patch: usize,
+    device: &Device,
+) -> Tensor<5> {
+    let mut data = Vec::new();
+    let mut n = 0;
+    for p in patches {
+        data.extend_from_slice(p);
+        n += 1;
     }
-    Tensor::from_data(
-        TensorData::new(data, [3 * samples.len(), 1, patch, patch, patch]),
-        device,
-    )
+    Tensor::from_data(TensorData::new(data, [n, 1, patch, patch, patch]), device)
 }
 
 /// Loss tensors of one batch, and the MSS top-1 accuracy at the finest scale when asked.
@@ -480,8 +476,17 @@ pub fn batch_loss(
     device: &Device,
     with_top1: bool,
 ) -> BatchLoss {
-    let out = net.forward(batch_input(samples, config.patch, device));
-    let uam = uam_loss(out.position, samples, device);
+    let main = samples
+        .iter()
+        .map(|s| &s.a)
+        .chain(samples.iter().map(|s| &s.a_aug));
+    let out = net.forward(patches_input(main, config.patch, device));
+    let extra = net.position(patches_input(
+        samples.iter().flat_map(|s| s.b.iter()),
+        config.patch,
+        device,
+    ));
+    let uam = uam_loss(Tensor::cat(vec![out.position, extra], 0), samples, device);
     let (mss, top1) = mss_loss(out.features, samples, device, with_top1);
     BatchLoss {
         total: uam.clone() + mss.clone(),
@@ -491,30 +496,44 @@ pub fn batch_loss(
     }
 }
 
-/// UAM loss (cm²) from the latent positions `[3B, 3]` of `A…, A'…, B…`:
-/// `r·tanh(p_A − p_B)` and `r·tanh(p_A' − p_B)` against the true centre offsets.
+/// UAM loss (cm²) from the latent positions `[2B + nB, 3]` of `A…, A'…, B₁₁…` (the
+/// `B` of sample 0 first): `r·tanh(p − p')` for every pair `(A, Bₖ)`, `(A', Bₖ)`,
+/// `(Bₖ, Bₗ)` of a sample against the true centre offset.
 pub fn uam_loss(position: Tensor<2>, samples: &[Sample], device: &Device) -> Tensor<1> {
     let b = samples.len();
     let r =
         Tensor::<1>::from_data(TensorData::new(UAM_RATIO_MM.to_vec(), [3]), device).reshape([1, 3]);
-    let pa = position.clone().narrow(0, 0, b);
-    let pa2 = position.clone().narrow(0, b, b);
-    let pb = position.narrow(0, 2 * b, b);
-    let target = |which: usize| {
-        let v: Vec<f32> = samples
-            .iter()
-            .flat_map(|s| {
-                (0..3).map(move |a| {
-                    ((s.centres[which][a] - s.centres[2][a]) * super::prep::SPACING_MM) as f32
-                })
-            })
+    let (mut first, mut second, mut target) = (Vec::new(), Vec::new(), Vec::new());
+    let mut extra_row = 2 * b;
+    for (si, s) in samples.iter().enumerate() {
+        let n = s.centres.len() - 2;
+        // Rows and centres of this sample's patches: A, A', B₁…Bₙ.
+        let rows: Vec<usize> = [si, b + si]
+            .into_iter()
+            .chain(extra_row..extra_row + n)
             .collect();
-        Tensor::<2>::from_data(TensorData::new(v, [b, 3]), device)
-    };
-    let err1 = (pa - pb.clone()).tanh() * r.clone() - target(0);
-    let err2 = (pa2 - pb).tanh() * r - target(1);
-    (err1.powi_scalar(2).mean() + err2.powi_scalar(2).mean())
-        .div_scalar(2.0 * UAM_UNIT_MM * UAM_UNIT_MM)
+        extra_row += n;
+        for i in 0..rows.len() {
+            for j in (i + 1).max(2)..rows.len() {
+                first.push(rows[i] as i64);
+                second.push(rows[j] as i64);
+                for a in 0..3 {
+                    target.push(
+                        ((s.centres[i][a] - s.centres[j][a]) * super::prep::SPACING_MM) as f32,
+                    );
+                }
+            }
+        }
+    }
+    let pairs = first.len();
+    let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [pairs]), device);
+    let p1 = position.clone().select(0, index(first));
+    let p2 = position.select(0, index(second));
+    let target = Tensor::<2>::from_data(TensorData::new(target, [pairs, 3]), device);
+    let err = (p1 - p2).tanh() * r - target;
+    err.powi_scalar(2)
+        .mean()
+        .div_scalar(UAM_UNIT_MM * UAM_UNIT_MM)
 }
 
 /// MSS loss averaged over the three scales (and, when asked, the top-1 accuracy of the
@@ -855,7 +874,7 @@ mod tests {
         assert!(learning_rate(1e-3, 500, total) < learning_rate(1e-3, 400, total));
     }
 
-    fn one_sample(centres: [[f64; 3]; 3], mss: Vec<[MssDirection; 2]>) -> Sample {
+    fn one_sample(centres: Vec<[f64; 3]>, mss: Vec<[MssDirection; 2]>) -> Sample {
         Sample {
             a: vec![],
             a_aug: vec![],
@@ -878,7 +897,7 @@ mod tests {
         );
         // True centre offsets (grid voxels of 3 mm): A − B = (10, 0, 20), A' − B = (0, −4, 0).
         let s = one_sample(
-            [[10.0, 0.0, 20.0], [0.0, -4.0, 0.0], [0.0, 0.0, 0.0]],
+            vec![[10.0, 0.0, 20.0], [0.0, -4.0, 0.0], [0.0, 0.0, 0.0]],
             vec![],
         );
         let got = scalar(&uam_loss(p, &[s], &dev));
@@ -899,7 +918,7 @@ mod tests {
     #[test]
     fn mss_loss_is_the_cross_entropy_over_true_correspondences() {
         let dev = Device::flex();
-        // B = 1, 2 channels, 2³ feature voxels per patch (3 patches: A, A', B).
+        // B = 1, 2 channels, 2³ feature voxels per patch (A, A', and an unused third).
         // A: every voxel (1, 0). A': voxel 5 is (1, 0), voxel 6 is (0.6, 0.8), others (0, 1).
         let mut v = vec![0f32; 3 * 2 * 8];
         for x in 0..8 {
@@ -925,7 +944,7 @@ mod tests {
                 positives: vec![vec![]],
             },
         ];
-        let s = one_sample([[0.0; 3]; 3], vec![dirs.clone(), dirs.clone(), dirs]);
+        let s = one_sample(vec![[0.0; 3]; 3], vec![dirs.clone(), dirs.clone(), dirs]);
         let (loss, top1) = mss_scale_loss(feat, &[s], 2, &dev, true);
         // Logits 15·cos: voxel 5 → 15, voxel 6 → 9, six others → 0.
         let log_z = (15f64.exp() + 9f64.exp() + 6.0).ln();
