@@ -43,6 +43,9 @@ pub enum AtlasMode {
     Spl { slab_mm: f64 },
 }
 
+/// Running sums of one point over supports: latent position and windows per scale.
+type PointSum = ([f64; 3], [Vec<f32>; 3]);
+
 /// One support point averaged over the supports.
 #[derive(Clone, Debug)]
 pub struct PointAtlas {
@@ -142,7 +145,7 @@ impl Atlas {
         let channels = config.feature_channels();
         let sizes = [0, 1, 2].map(|s| channels[s] * WINDOWS[s].pow(3));
         // Sums over supports, per organ, part and point.
-        let mut sums: Vec<Vec<[([f64; 3], [Vec<f32>; 3]); 6]>> = part_counts
+        let mut sums: Vec<Vec<[PointSum; 6]>> = part_counts
             .iter()
             .map(|&n| {
                 (0..n)

@@ -39,7 +39,7 @@ pub fn box_from_points(points: &[[usize; 3]; 6]) -> BoxVox {
 /// `extents_mm`.
 pub fn slab_count(extents_mm: &[f64], slab_mm: f64, max_slabs: usize) -> usize {
     let shortest = extents_mm.iter().copied().fold(f64::INFINITY, f64::min);
-    if !(slab_mm > 0.0) || !shortest.is_finite() {
+    if slab_mm.is_nan() || slab_mm <= 0.0 || !shortest.is_finite() {
         return 1;
     }
     ((shortest / slab_mm).floor() as usize).clamp(1, max_slabs.max(1))

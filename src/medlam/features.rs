@@ -259,7 +259,7 @@ impl FeatureFrame {
             .collect();
         // Per scale: similarity samples on the lattice t (window centre at t·s − 0.5), for
         // t in t0..t0+len per axis, one block per search.
-        let mut blocks: Vec<Vec<(Vec<f32>, [i64; 3], [usize; 3])>> = Vec::new();
+        let mut blocks: Vec<Vec<SimilarityBlock>> = Vec::new();
         for s in 0..3 {
             let st = self.strides[s] as i64;
             let w = WINDOWS[s];
@@ -359,6 +359,9 @@ impl FeatureFrame {
             .collect())
     }
 }
+
+/// Similarities of one search at one scale: values `[z][y][x]`, lattice start and size.
+type SimilarityBlock = (Vec<f32>, [i64; 3], [usize; 3]);
 
 /// Trilinear sample of a `[z][y][x]` block (x fastest) at continuous index `t` (clamped).
 fn lattice_sample(vals: &[f32], len: [usize; 3], t: [f64; 3]) -> f32 {

@@ -770,7 +770,7 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
         window_n += 1;
         window_steps += 1;
         step += 1;
-        if step % opts.log_every.max(1) == 0 || step == end {
+        if step.is_multiple_of(opts.log_every.max(1)) || step == end {
             let n = window_n as f64;
             last = LossParts {
                 total: window.total / n,
@@ -793,7 +793,7 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
             window_start = std::time::Instant::now();
             window_steps = 0;
         }
-        if step % opts.checkpoint_every.max(1) == 0 || step == end {
+        if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == end {
             validation = validate(&net);
             history.push((step, validation));
             let wall_s = wall_before + run_start.elapsed().as_secs_f64();
