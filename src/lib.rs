@@ -19,6 +19,9 @@ pub mod volume;
 // 2-D promptable segmentation (LiteMedSAM, SAM/MedSAM ViT-B).
 pub mod sam;
 
+// The 3-D localizer (network, training, atlas, localization, boxes).
+pub mod medlam;
+
 // Localize → segment each slice → label map on the file grid.
 pub mod pipeline;
 

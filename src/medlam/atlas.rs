@@ -1,0 +1,343 @@
+//! The support atlas: what MedLAM keeps of the supports to localize organs in
+//! queries. For each organ, each part (the whole organ for WPL, each slab for
+//! SPL) and each of its 6 extreme points: the latent coordinate `p` of the
+//! 3 mm patch centred on the point and the normalised multi-scale feature
+//! windows around it, both averaged over the supports that contain the organ.
+//!
+//! An organ is given on a support either by a label map or by its 6 extreme
+//! points (canonical voxel indices, ordered `[i_min, i_max, j_min, j_max,
+//! k_min, k_max]`); SPL needs label maps, so an organ given by points on any
+//! support is localized whole (one part).
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::boxes::{MAX_SLABS, slab_count, slab_extreme_points};
+use super::features::{WINDOWS, centre_windows};
+use super::net::{MedLam, MedLamConfig};
+use super::prep::Prepared;
+use crate::volume::labels::{bounding_box, extreme_points};
+use crate::volume::{CtVolume, LabelVolume};
+use crate::{Error, Result};
+
+/// How the organs of one support are given (canonical grid of its CT).
+#[derive(Clone, Debug)]
+pub enum SupportOrgans {
+    /// A label map on the support CT's canonical grid.
+    Labels(LabelVolume),
+    /// The 6 extreme points of each organ, canonical voxel indices.
+    Points(Vec<(u16, [[usize; 3]; 6])>),
+}
+
+/// One support: a canonical CT and its organs.
+#[derive(Clone, Debug)]
+pub struct SupportCase {
+    pub name: String,
+    pub ct: CtVolume,
+    pub organs: SupportOrgans,
+}
+
+/// Whole-organ or slab-wise localization.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AtlasMode {
+    Wpl,
+    Spl { slab_mm: f64 },
+}
+
+/// Running sums of one point over supports: latent position and windows per scale.
+type PointSum = ([f64; 3], [Vec<f32>; 3]);
+
+/// One support point averaged over the supports.
+#[derive(Clone, Debug)]
+pub struct PointAtlas {
+    /// Mean latent coordinate (canonical axis order).
+    pub position: [f32; 3],
+    /// Mean normalised windows per scale, `C_s·w³` values in `[C][K][J][I]` order.
+    pub windows: [Vec<f32>; 3],
+}
+
+/// One organ: its parts (1 for WPL, the slabs for SPL), each of 6 points.
+#[derive(Clone, Debug)]
+pub struct OrganAtlas {
+    pub label: u16,
+    pub parts: Vec<[PointAtlas; 6]>,
+    /// Supports that contain the organ.
+    pub supports: usize,
+}
+
+/// The atlas of a support set.
+#[derive(Clone, Debug)]
+pub struct Atlas {
+    pub config: MedLamConfig,
+    pub mode: AtlasMode,
+    pub organs: Vec<OrganAtlas>,
+}
+
+impl Atlas {
+    /// The organ with this label, if the supports have it.
+    pub fn organ(&self, label: u16) -> Option<&OrganAtlas> {
+        self.organs.iter().find(|o| o.label == label)
+    }
+
+    /// The window tensors `[n, C_s, w, w, w]` of some points, one per scale.
+    pub fn window_tensors(&self, points: &[&PointAtlas], device: &Device) -> [Tensor<5>; 3] {
+        let channels = self.config.feature_channels();
+        [0, 1, 2].map(|s| {
+            let w = WINDOWS[s];
+            let data: Vec<f32> = points
+                .iter()
+                .flat_map(|p| p.windows[s].iter().copied())
+                .collect();
+            Tensor::from_data(
+                TensorData::new(data, [points.len(), channels[s], w, w, w]),
+                device,
+            )
+        })
+    }
+
+    /// Build the atlas of `organs` from the supports (each organ must be in at least one).
+    pub async fn build(
+        net: &MedLam,
+        config: &MedLamConfig,
+        supports: &[SupportCase],
+        organs: &[u16],
+        mode: AtlasMode,
+        device: &Device,
+    ) -> Result<Self> {
+        if supports.is_empty() {
+            return Err(Error::InvalidArgument("no support scans given".into()));
+        }
+        // Parts per organ: SPL slab count from the shortest support extent.
+        let mut part_counts = Vec::new();
+        for &label in organs {
+            let mut extents = Vec::new();
+            let mut slices = usize::MAX;
+            let mut by_points = false;
+            for s in supports {
+                match &s.organs {
+                    SupportOrgans::Labels(l) => {
+                        if let Some(b) = bounding_box(l, label) {
+                            extents.push((b.max[2] - b.min[2] + 1) as f64 * l.spacing_mm()[2]);
+                            slices = slices.min(b.max[2] - b.min[2] + 1);
+                        }
+                    }
+                    SupportOrgans::Points(p) => {
+                        if let Some((_, pts)) = p.iter().find(|(l, _)| *l == label) {
+                            by_points = true;
+                            extents.push(
+                                (pts[5][2].abs_diff(pts[4][2]) + 1) as f64 * s.ct.spacing_mm()[2],
+                            );
+                        }
+                    }
+                }
+            }
+            if extents.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "organ {label} is in none of the supports"
+                )));
+            }
+            part_counts.push(match mode {
+                AtlasMode::Spl { slab_mm } if !by_points => {
+                    slab_count(&extents, slab_mm, MAX_SLABS).min(slices)
+                }
+                _ => 1,
+            });
+        }
+        let channels = config.feature_channels();
+        let sizes = [0, 1, 2].map(|s| channels[s] * WINDOWS[s].pow(3));
+        // Sums over supports, per organ, part and point.
+        let mut sums: Vec<Vec<[PointSum; 6]>> = part_counts
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| std::array::from_fn(|_| ([0.0; 3], sizes.map(|z| vec![0f32; z]))))
+                    .collect()
+            })
+            .collect();
+        let mut counts = vec![0usize; organs.len()];
+        for s in supports {
+            let prep = Prepared::from_canonical(&s.ct)?;
+            // (organ index, part, point index, grid voxel)
+            let mut jobs: Vec<(usize, usize, usize, [i64; 3])> = Vec::new();
+            for (o, &label) in organs.iter().enumerate() {
+                let parts: Vec<[[usize; 3]; 6]> = match &s.organs {
+                    SupportOrgans::Labels(l) => {
+                        if part_counts[o] > 1 {
+                            slab_extreme_points(l, label, part_counts[o])
+                        } else {
+                            extreme_points(l, label).into_iter().collect()
+                        }
+                    }
+                    SupportOrgans::Points(p) => p
+                        .iter()
+                        .filter(|(l, _)| *l == label)
+                        .map(|(_, pts)| *pts)
+                        .collect(),
+                };
+                if parts.len() != part_counts[o] {
+                    continue; // organ absent (or too thin for the slabs) on this support
+                }
+                counts[o] += 1;
+                for (part, pts) in parts.iter().enumerate() {
+                    for (k, p) in pts.iter().enumerate() {
+                        let g = prep.canonical_to_grid(p.map(|x| x as f64));
+                        jobs.push((o, part, k, g.map(|x| x.round() as i64)));
+                    }
+                }
+            }
+            const BATCH: usize = 6;
+            for chunk in jobs.chunks(BATCH) {
+                let p = config.patch;
+                let mut data = Vec::with_capacity(chunk.len() * p * p * p);
+                for job in chunk {
+                    data.extend(prep.patch(job.3, p));
+                }
+                let x = Tensor::<5>::from_data(
+                    TensorData::new(data, [chunk.len(), 1, p, p, p]),
+                    device,
+                );
+                let out = net.forward(x);
+                let windows = centre_windows(out.features);
+                let pos = read_f32(out.position).await?;
+                let mut win = Vec::new();
+                for w in windows {
+                    win.push(read_f32(w).await?);
+                }
+                for (b, &(o, part, k, _)) in chunk.iter().enumerate() {
+                    let entry = &mut sums[o][part][k];
+                    for a in 0..3 {
+                        entry.0[a] += pos[3 * b + a] as f64;
+                    }
+                    for sc in 0..3 {
+                        let z = sizes[sc];
+                        for (acc, v) in entry.1[sc].iter_mut().zip(&win[sc][b * z..(b + 1) * z]) {
+                            *acc += v;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (o, &label) in organs.iter().enumerate() {
+            if counts[o] == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "organ {label} could not be used on any support (too thin for {} slabs?)",
+                    part_counts[o]
+                )));
+            }
+            let n = counts[o] as f64;
+            let parts = std::mem::take(&mut sums[o])
+                .into_iter()
+                .map(|pts| {
+                    pts.map(|(pos, win)| PointAtlas {
+                        position: pos.map(|x| (x / n) as f32),
+                        windows: win.map(|w| w.into_iter().map(|x| x / n as f32).collect()),
+                    })
+                })
+                .collect();
+            out.push(OrganAtlas {
+                label,
+                parts,
+                supports: counts[o],
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            mode,
+            organs: out,
+        })
+    }
+}
+
+/// Read a tensor back (async: the browser allows no blocking reads).
+pub(crate) async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec()
+        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::synthetic::{PhantomOptions, phantom};
+
+    fn tiny() -> (MedLam, MedLamConfig, Device) {
+        let dev = Device::flex();
+        dev.seed(11);
+        let cfg =
+            MedLamConfig::new(16, [4, 4, 8, 8, 8], [8, 8, 8, 8], [8, 4]).with_decoder_levels(3);
+        (cfg.init(&dev).unwrap(), cfg, dev)
+    }
+
+    fn supports(by_points: bool) -> Vec<SupportCase> {
+        (1..=2)
+            .map(|seed| {
+                let (ct, lab) = phantom(&PhantomOptions {
+                    dims: [40, 40, 30],
+                    spacing_mm: [3.0; 3],
+                    seed,
+                    ras: seed == 2,
+                })
+                .unwrap();
+                let (ct, lab) = (ct.to_canonical().0, lab.to_canonical().0);
+                let organs = if by_points {
+                    SupportOrgans::Points(
+                        [1u16, 2]
+                            .iter()
+                            .map(|&l| (l, extreme_points(&lab, l).unwrap()))
+                            .collect(),
+                    )
+                } else {
+                    SupportOrgans::Labels(lab)
+                };
+                SupportCase {
+                    name: format!("p{seed}"),
+                    ct,
+                    organs,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn atlas_from_points_equals_atlas_from_labels() {
+        let (net, cfg, dev) = tiny();
+        let build = |s: &[SupportCase], mode| {
+            pollster::block_on(Atlas::build(&net, &cfg, s, &[1, 2], mode, &dev)).unwrap()
+        };
+        let from_labels = build(&supports(false), AtlasMode::Wpl);
+        let from_points = build(&supports(true), AtlasMode::Wpl);
+        assert_eq!(from_labels.organs.len(), 2);
+        for (a, b) in from_labels.organs.iter().zip(&from_points.organs) {
+            assert_eq!(a.supports, 2);
+            assert_eq!(a.parts.len(), 1);
+            for (p, q) in a.parts[0].iter().zip(&b.parts[0]) {
+                assert_eq!(p.position, q.position);
+                assert_eq!(p.windows, q.windows);
+                // Windows are means of unit vectors: no voxel norm above 1.
+                assert!(p.windows[2].iter().all(|v| v.abs() <= 1.0 + 1e-5));
+            }
+        }
+        // SPL cuts labelled organs into slabs; organs given by points stay whole.
+        let spl = build(&supports(false), AtlasMode::Spl { slab_mm: 6.0 });
+        assert!(spl.organs.iter().all(|o| o.parts.len() > 1));
+        let spl_pts = build(&supports(true), AtlasMode::Spl { slab_mm: 6.0 });
+        assert!(spl_pts.organs.iter().all(|o| o.parts.len() == 1));
+        // An organ no support has is a clear error.
+        let e = pollster::block_on(Atlas::build(
+            &net,
+            &cfg,
+            &supports(false),
+            &[9],
+            AtlasMode::Wpl,
+            &dev,
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("organ 9 is in none of the supports"), "{e}");
+    }
+}

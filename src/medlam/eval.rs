@@ -1,0 +1,675 @@
+//! Native runs of MedLAM localization: `medlsam localize` (support scans with
+//! label maps → `<case>.boxes.json` per query, `localization.csv` with query
+//! labels), the few-shot evaluation on OpenKBP (`medlsam eval-localize`) and
+//! the CPU benchmark (`medlsam bench medlam`).
+//!
+//! Metrics are computed on the query's canonical grid (a permutation of its
+//! file grid, so the values are those of the file grid): 3-D box IoU (%), WD
+//! (mm) and ALE (mm) as in the paper.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
+use super::localize::{
+    LocalizeOptions, QueryState, localize_organs, organ_localization, query_state, refine,
+};
+use super::net::{MedLam, MedLamConfig};
+use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
+use crate::output::boxes_json;
+use crate::pipeline::OrganLocalization;
+use crate::volume::label_table::LabelTable;
+use crate::volume::labels::{BoxVox, bounding_box, bounding_box_where, extreme_points};
+use crate::volume::{CtVolume, LabelVolume, read_nifti_path};
+use crate::{Error, Result};
+
+/// Load MedLAM weights from a file onto a device.
+pub fn load_weights(path: &Path, device: &Device) -> Result<(MedLam, MedLamConfig)> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read MedLAM weights {}: {e} (train them with `medlsam train`, or pass --weights)",
+            path.display()
+        ))
+    })?;
+    MedLam::from_bytes(&bytes, device)
+}
+
+/// Box IoU (%), WD (mm) and ALE (mm) of one organ.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BoxScores {
+    pub iou: f64,
+    pub wd: f64,
+    pub ale: f64,
+}
+
+/// Score a localization against the truth (both on the query's canonical grid).
+pub fn score(pred: &OrganLocalization, truth: &LabelVolume) -> Option<BoxScores> {
+    let tb = bounding_box(truth, pred.label)?;
+    let te = extreme_points(truth, pred.label)?;
+    Some(BoxScores {
+        iou: box_iou_pct(&pred.bbox, &tb),
+        wd: wall_distance_mm(&pred.bbox, &tb, truth.spacing_mm()),
+        ale: ale_mm(&pred.extreme_points, &te, &truth.affine),
+    })
+}
+
+/// Body box (HU > −500) of a canonical CT, in canonical voxels.
+fn body_box(ct: &CtVolume) -> Result<BoxVox> {
+    bounding_box_where(ct, |v| v > -500)
+        .ok_or_else(|| Error::InvalidVolume("no body (HU > −500) in the CT".into()))
+}
+
+/// The no-learning baseline: each support's organ box and extreme points, placed
+/// relative to its body box, mapped into the query's body box and averaged over the
+/// supports (canonical voxels of the query).
+pub fn baseline_localization(
+    supports: &[SupportCase],
+    query: &CtVolume,
+    label: u16,
+) -> Result<Option<OrganLocalization>> {
+    let qb = body_box(query)?;
+    let mut sum = [[0.0f64; 3]; 6];
+    let mut n = 0.0;
+    for s in supports {
+        let SupportOrgans::Labels(l) = &s.organs else {
+            continue;
+        };
+        let Some(e) = extreme_points(l, label) else {
+            continue;
+        };
+        let sb = body_box(&s.ct)?;
+        for (k, p) in e.iter().enumerate() {
+            for a in 0..3 {
+                let span = (sb.max[a] - sb.min[a]).max(1) as f64;
+                let rel = (p[a] as f64 - sb.min[a] as f64) / span;
+                sum[k][a] += qb.min[a] as f64 + rel * (qb.max[a] - qb.min[a]) as f64;
+            }
+        }
+        n += 1.0;
+    }
+    if n == 0.0 {
+        return Ok(None);
+    }
+    let pts: [[usize; 3]; 6] = std::array::from_fn(|k| {
+        [0, 1, 2].map(|a| ((sum[k][a] / n).round().max(0.0) as usize).min(query.dims[a] - 1))
+    });
+    Ok(organ_localization(label, &[pts], AtlasMode::Wpl, f32::NAN))
+}
+
+/// Read a support (CT and label map, same grid) into canonical space.
+pub fn read_support(image: &Path, label: &Path) -> Result<SupportCase> {
+    let ct = read_nifti_path(image)?.into_ct()?;
+    let lab = read_nifti_path(label)?.into_labels()?;
+    ct.check_same_grid(
+        &lab,
+        &format!("support {} and {}", image.display(), label.display()),
+    )?;
+    Ok(SupportCase {
+        name: crate::batch::case_name(image),
+        ct: ct.to_canonical().0,
+        organs: SupportOrgans::Labels(lab.to_canonical().0),
+    })
+}
+
+/// Options of `medlsam localize`.
+pub struct LocalizeRun {
+    pub supports: Vec<(PathBuf, PathBuf)>,
+    pub queries: Vec<PathBuf>,
+    /// Query label maps (same order as `queries`), for `localization.csv`.
+    pub query_labels: Vec<PathBuf>,
+    /// Organs (empty: every label of any support).
+    pub organs: Vec<u16>,
+    pub mode: AtlasMode,
+    pub options: LocalizeOptions,
+    pub weights: PathBuf,
+    pub device: Device,
+    pub out: PathBuf,
+}
+
+/// `medlsam localize`: write `<case>.boxes.json` for every query (and `localization.csv`
+/// with query labels). Returns a short report per query.
+pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()> {
+    if !run.query_labels.is_empty() && run.query_labels.len() != run.queries.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{} --query-label for {} --query: give one label map per query, in the same order",
+            run.query_labels.len(),
+            run.queries.len()
+        )));
+    }
+    if run.queries.is_empty() {
+        return Err(Error::InvalidArgument("no --query given".into()));
+    }
+    let (net, config) = load_weights(&run.weights, &run.device)?;
+    let supports = run
+        .supports
+        .iter()
+        .map(|(i, l)| read_support(i, l))
+        .collect::<Result<Vec<_>>>()?;
+    let names = run
+        .supports
+        .first()
+        .and_then(|(_, l)| LabelTable::find_beside(l))
+        .unwrap_or_default();
+    let organs: Vec<u16> = if run.organs.is_empty() {
+        let mut all: Vec<u16> = supports
+            .iter()
+            .flat_map(|s| match &s.organs {
+                SupportOrgans::Labels(l) => crate::volume::labels::classes(l)
+                    .into_iter()
+                    .map(|(v, _)| v)
+                    .collect::<Vec<_>>(),
+                SupportOrgans::Points(p) => p.iter().map(|(v, _)| *v).collect(),
+            })
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    } else {
+        run.organs.clone()
+    };
+    let t = Instant::now();
+    let atlas = pollster::block_on(Atlas::build(
+        &net,
+        &config,
+        &supports,
+        &organs,
+        run.mode,
+        &run.device,
+    ))?;
+    log(format!(
+        "atlas of {} organs from {} supports in {:.1} s",
+        atlas.organs.len(),
+        supports.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    std::fs::create_dir_all(&run.out)?;
+    let mut csv = String::from("case,label,name,iou,wd,ale\n");
+    for (qi, qpath) in run.queries.iter().enumerate() {
+        let case = crate::batch::case_name(qpath);
+        let t = Instant::now();
+        let ct = read_nifti_path(qpath)?.into_ct()?;
+        let (canon, r) = ct.to_canonical();
+        let q = pollster::block_on(query_state(&net, &config, &canon, &run.device))?;
+        let found = pollster::block_on(localize_organs(
+            &net,
+            &atlas,
+            &q,
+            &organs,
+            &run.options,
+            &run.device,
+        ))?;
+        let json = boxes_json(&case, &found, &r, &names);
+        std::fs::write(
+            run.out.join(format!("{case}.boxes.json")),
+            serde_json::to_string_pretty(&json).expect("serialisable"),
+        )?;
+        let mut line = format!(
+            "{case}: {} organs in {:.1} s",
+            found.len(),
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(lp) = run.query_labels.get(qi) {
+            let lab = read_nifti_path(lp)?.into_labels()?;
+            ct.check_same_grid(
+                &lab,
+                &format!("query {} and its label map", qpath.display()),
+            )?;
+            let lab = lab.to_canonical().0;
+            for o in &found {
+                if let Some(s) = score(o, &lab) {
+                    let name = names.name(o.label);
+                    csv.push_str(&format!(
+                        "{case},{},{},{:.4},{:.4},{:.4}\n",
+                        o.label,
+                        csv_field(&name),
+                        s.iou,
+                        s.wd,
+                        s.ale
+                    ));
+                    line.push_str(&format!(
+                        " | {name} IoU {:.1} % WD {:.1} mm ALE {:.1} mm",
+                        s.iou, s.wd, s.ale
+                    ));
+                }
+            }
+        }
+        log(line);
+    }
+    if !run.query_labels.is_empty() {
+        std::fs::write(run.out.join("localization.csv"), csv)?;
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains(',') || s.contains('"') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The localization methods compared by the evaluation: the no-learning baseline, UAM
+/// (1 and 2 passes), MSS alone (whole-body search), UAM(2)+MSS, and MSS from the baseline.
+pub const METHODS: [&str; 7] = [
+    "baseline", "uam", "uam2", "mss", "uam+mss", "uam2+mss", "base+mss",
+];
+
+/// Options of the OpenKBP few-shot evaluation.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub data_dir: PathBuf,
+    pub weights: PathBuf,
+    pub supports: usize,
+    pub draws: usize,
+    pub queries: usize,
+    pub seed: u64,
+    pub organs: Vec<u16>,
+    pub search_radius_vox: usize,
+    pub device: Device,
+    /// Where `eval_localize.csv` and `eval_localize.txt` go.
+    pub out: PathBuf,
+}
+
+/// One evaluated organ.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalRow {
+    pub draw: usize,
+    pub case: String,
+    pub label: u16,
+    pub method: &'static str,
+    pub iou: f64,
+    pub wd: f64,
+    pub ale: f64,
+}
+
+/// OpenKBP cases with the organs each has (from `index.tsv`).
+fn openkbp_index(data: &Path) -> Result<Vec<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(data.join("openkbp/index.tsv")).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{}: {e} (the OpenKBP data are needed for the evaluation)",
+            data.join("openkbp/index.tsv").display()
+        ))
+    })?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let case = f.next()?.to_string();
+            let organs = f
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            Some((case, organs))
+        })
+        .collect())
+}
+
+/// Few-shot evaluation on OpenKBP: `draws` random draws of `supports` support cases
+/// (having every evaluated organ) and `queries` other cases; every method on every
+/// query. Writes the per-organ rows and a summary; returns the rows.
+pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec<EvalRow>> {
+    let (net, config) = load_weights(&o.weights, &o.device)?;
+    let index = openkbp_index(&o.data_dir)?;
+    let names = LabelTable::find_beside(&o.data_dir.join("openkbp/okbp_001.label.nii.gz"))
+        .unwrap_or_default();
+    let wanted: Vec<String> = o.organs.iter().map(|&l| names.name(l)).collect();
+    let complete: Vec<&String> = index
+        .iter()
+        .filter(|(_, org)| wanted.iter().all(|w| org.contains(w)))
+        .map(|(c, _)| c)
+        .collect();
+    if complete.len() < o.supports {
+        return Err(Error::InvalidArgument(format!(
+            "only {} OpenKBP cases have all of {wanted:?}",
+            complete.len()
+        )));
+    }
+    let path = |case: &str, kind: &str| o.data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"));
+    let mut rows = Vec::new();
+    let mut query_seconds = Vec::new();
+    for draw in 0..o.draws {
+        let mut rng = super::sample::Rng::stream(o.seed, draw as u64);
+        let mut pool: Vec<&String> = complete.clone();
+        let mut supports_names = Vec::new();
+        for _ in 0..o.supports {
+            supports_names.push(pool.remove(rng.below(pool.len())).clone());
+        }
+        let mut others: Vec<&String> = index
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| !supports_names.contains(c))
+            .collect();
+        let mut query_names = Vec::new();
+        for _ in 0..o.queries.min(others.len()) {
+            query_names.push(others.remove(rng.below(others.len())).clone());
+        }
+        let supports = supports_names
+            .iter()
+            .map(|c| read_support(&path(c, "ct"), &path(c, "label")))
+            .collect::<Result<Vec<_>>>()?;
+        let t = Instant::now();
+        let atlas = pollster::block_on(Atlas::build(
+            &net,
+            &config,
+            &supports,
+            &o.organs,
+            AtlasMode::Wpl,
+            &o.device,
+        ))?;
+        log(format!(
+            "draw {draw}: supports {} (atlas {:.1} s); {} queries",
+            supports_names.join(" "),
+            t.elapsed().as_secs_f64(),
+            query_names.len()
+        ));
+        for case in &query_names {
+            let t = Instant::now();
+            let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
+            let lab = read_nifti_path(path(case, "label"))?.into_labels()?;
+            let (canon, _) = ct.to_canonical();
+            let lab = lab.to_canonical().0;
+            let present: Vec<u16> = o
+                .organs
+                .iter()
+                .copied()
+                .filter(|&l| bounding_box(&lab, l).is_some())
+                .collect();
+            let q = pollster::block_on(query_state(&net, &config, &canon, &o.device))?;
+            let mut baseline = Vec::new();
+            for &label in &present {
+                baseline.extend(baseline_localization(&supports, &canon, label)?);
+            }
+            let mut results = vec![("baseline", baseline.clone())];
+            results.extend(pollster::block_on(evaluate_query(
+                &net, &atlas, &q, &present, &baseline, o,
+            ))?);
+            query_seconds.push(t.elapsed().as_secs_f64());
+            let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
+            for (method, locs) in results {
+                let mut ious = Vec::new();
+                for l in &locs {
+                    if let Some(s) = score(l, &lab) {
+                        ious.push(s.iou);
+                        rows.push(row(draw, case, l.label, method, s));
+                    }
+                }
+                line.push_str(&format!(
+                    " {method} {:.1}",
+                    ious.iter().sum::<f64>() / ious.len().max(1) as f64
+                ));
+            }
+            log(line);
+        }
+    }
+    std::fs::create_dir_all(&o.out)?;
+    let mut csv = String::from("draw,case,label,name,method,iou,wd,ale\n");
+    for r in &rows {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{:.4},{:.4},{:.4}\n",
+            r.draw,
+            r.case,
+            r.label,
+            csv_field(&names.name(r.label)),
+            r.method,
+            r.iou,
+            r.wd,
+            r.ale
+        ));
+    }
+    std::fs::write(o.out.join("eval_localize.csv"), csv)?;
+    let mean_s = query_seconds.iter().sum::<f64>() / query_seconds.len().max(1) as f64;
+    let summary = summarize(&rows, &o.organs, &names, mean_s);
+    std::fs::write(o.out.join("eval_localize.txt"), &summary)?;
+    log(summary);
+    Ok(rows)
+}
+
+fn row(draw: usize, case: &str, label: u16, method: &'static str, s: BoxScores) -> EvalRow {
+    EvalRow {
+        draw,
+        case: case.to_string(),
+        label,
+        method,
+        iou: s.iou,
+        wd: s.wd,
+        ale: s.ale,
+    }
+}
+
+/// UAM only (1 and 2 passes), MSS only (whole-body search), UAM+MSS, and MSS started
+/// from the baseline's points, for one query (one feature pass serves all).
+async fn evaluate_query(
+    net: &MedLam,
+    atlas: &Atlas,
+    q: &QueryState,
+    organs: &[u16],
+    baseline: &[OrganLocalization],
+    o: &EvalOptions,
+) -> Result<Vec<(&'static str, Vec<OrganLocalization>)>> {
+    let points: Vec<_> = organs
+        .iter()
+        .filter_map(|&l| atlas.organ(l))
+        .flat_map(|org| org.parts.iter().flat_map(|p| p.iter()))
+        .collect();
+    let uam1: Vec<[f64; 3]> = points.iter().map(|p| q.uam_point(p)).collect();
+    let groups: Vec<Vec<_>> = points.chunks(6).map(|c| c.to_vec()).collect();
+    let current: Vec<Vec<[f64; 3]>> = uam1.chunks(6).map(|c| c.to_vec()).collect();
+    let uam2 = q
+        .uam_refine(net, &atlas.config, &groups, &current, &o.device)
+        .await?
+        .concat();
+    // The baseline's extreme points as starting points (WPL: the atlas points are those 6).
+    let base_start: Vec<[f64; 3]> = organs
+        .iter()
+        .filter(|&&l| atlas.organ(l).is_some())
+        .flat_map(|&l| {
+            let b = baseline.iter().find(|b| b.label == l);
+            (0..6).map(move |k| match b {
+                Some(b) => q
+                    .prep
+                    .canonical_to_grid(b.extreme_points[k].map(|x| x as f64)),
+                None => q.centre,
+            })
+        })
+        .collect();
+    let frame = q.frame(net, &atlas.config, &uam1, None, &o.device)?;
+    let r = Some(o.search_radius_vox);
+    let global = refine(&frame, atlas, &points, &uam1, None, &o.device).await?;
+    let local1 = refine(&frame, atlas, &points, &uam1, r, &o.device).await?;
+    let local2 = refine(&frame, atlas, &points, &uam2, r, &o.device).await?;
+    let from_base = refine(&frame, atlas, &points, &base_start, r, &o.device).await?;
+    let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &label in organs {
+            if let Some(org) = atlas.organ(label) {
+                let mut parts = Vec::new();
+                for _ in &org.parts {
+                    parts.push(std::array::from_fn(|k| q.to_canonical(located[at + k])));
+                    at += 6;
+                }
+                out.extend(organ_localization(label, &parts, atlas.mode, f32::NAN));
+            }
+        }
+        out
+    };
+    let pts = |m: &[([f64; 3], f32)]| m.iter().map(|x| x.0).collect::<Vec<_>>();
+    Ok(vec![
+        ("uam", assemble(&uam1)),
+        ("uam2", assemble(&uam2)),
+        ("mss", assemble(&pts(&global))),
+        ("uam+mss", assemble(&pts(&local1))),
+        ("uam2+mss", assemble(&pts(&local2))),
+        ("base+mss", assemble(&pts(&from_base))),
+    ])
+}
+
+/// A text table: per method, per organ mean box IoU / WD / ALE, and the means.
+pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: f64) -> String {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mut t = String::new();
+    t.push_str(&format!(
+        "{:<10} {:<14} {:>6} {:>9} {:>8} {:>8}\n",
+        "method", "organ", "n", "IoU %", "WD mm", "ALE mm"
+    ));
+    for method in METHODS {
+        let of = |l: Option<u16>| -> Vec<&EvalRow> {
+            rows.iter()
+                .filter(|r| r.method == method && l.is_none_or(|l| r.label == l))
+                .collect()
+        };
+        for &l in organs {
+            let r = of(Some(l));
+            if r.is_empty() {
+                continue;
+            }
+            t.push_str(&format!(
+                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                method,
+                names.name(l),
+                r.len(),
+                mean(&r.iter().map(|x| x.iou).collect::<Vec<_>>()),
+                mean(&r.iter().map(|x| x.wd).collect::<Vec<_>>()),
+                mean(&r.iter().map(|x| x.ale).collect::<Vec<_>>())
+            ));
+        }
+        // Mean over organs of the per-organ means.
+        let per_organ = |f: &dyn Fn(&EvalRow) -> f64, set: &[u16]| {
+            let v: Vec<f64> = set
+                .iter()
+                .filter_map(|&l| {
+                    let r = of(Some(l));
+                    (!r.is_empty()).then(|| mean(&r.iter().map(|x| f(x)).collect::<Vec<_>>()))
+                })
+                .collect();
+            mean(&v)
+        };
+        t.push_str(&format!(
+            "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+            method,
+            "mean",
+            of(None).len(),
+            per_organ(&|x| x.iou, organs),
+            per_organ(&|x| x.wd, organs),
+            per_organ(&|x| x.ale, organs)
+        ));
+        let target: Vec<u16> = organs
+            .iter()
+            .copied()
+            .filter(|l| [1, 3, 4, 7].contains(l))
+            .collect();
+        if !target.is_empty() {
+            t.push_str(&format!(
+                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                method,
+                "mean(1,3,4,7)",
+                "",
+                per_organ(&|x| x.iou, &target),
+                per_organ(&|x| x.wd, &target),
+                per_organ(&|x| x.ale, &target)
+            ));
+        }
+    }
+    t.push_str(&format!(
+        "mean time per query (all methods, one feature pass): {query_s:.1} s\n"
+    ));
+    t
+}
+
+/// `medlsam bench medlam`: time the atlas (5 supports, 7 organs) and the localization of
+/// a few OpenKBP queries, WPL and SPL, on a device. Returns the report.
+pub fn bench_medlam(
+    data_dir: &Path,
+    weights: &Path,
+    queries: usize,
+    device: &Device,
+    log: &mut dyn FnMut(String),
+) -> Result<String> {
+    let (net, config) = load_weights(weights, device)?;
+    let index = openkbp_index(data_dir)?;
+    let organs: Vec<u16> = (1..=7).collect();
+    let all = [
+        "Brainstem",
+        "SpinalCord",
+        "RightParotid",
+        "LeftParotid",
+        "Esophagus",
+        "Larynx",
+        "Mandible",
+    ];
+    let complete: Vec<&String> = index
+        .iter()
+        .filter(|(_, o)| all.iter().all(|w| o.iter().any(|x| x == w)))
+        .map(|(c, _)| c)
+        .collect();
+    if complete.len() < 5 + queries {
+        return Err(Error::InvalidArgument(
+            "not enough complete OpenKBP cases for the benchmark".into(),
+        ));
+    }
+    let path = |case: &str, kind: &str| data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"));
+    let supports = complete[..5]
+        .iter()
+        .map(|c| read_support(&path(c, "ct"), &path(c, "label")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut report = format!(
+        "MedLAM benchmark: {} (patch {}), 5 supports ({}), 7 organs\n",
+        weights.display(),
+        config.patch,
+        complete[..5]
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for mode in [
+        AtlasMode::Wpl,
+        AtlasMode::Spl {
+            slab_mm: super::boxes::DEFAULT_SLAB_MM,
+        },
+    ] {
+        let t = Instant::now();
+        let atlas = pollster::block_on(Atlas::build(
+            &net, &config, &supports, &organs, mode, device,
+        ))?;
+        let atlas_s = t.elapsed().as_secs_f64();
+        let points: usize = atlas.organs.iter().map(|o| 6 * o.parts.len()).sum();
+        let mut times = Vec::new();
+        for case in &complete[5..5 + queries] {
+            let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
+            let (canon, _) = ct.to_canonical();
+            let t = Instant::now();
+            let q = pollster::block_on(query_state(&net, &config, &canon, device))?;
+            let found = pollster::block_on(localize_organs(
+                &net,
+                &atlas,
+                &q,
+                &organs,
+                &LocalizeOptions::default(),
+                device,
+            ))?;
+            times.push(t.elapsed().as_secs_f64());
+            log(format!(
+                "{mode:?} {case}: {} organs in {:.2} s",
+                found.len(),
+                times.last().unwrap()
+            ));
+        }
+        report.push_str(&format!(
+            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries\n",
+            format!("{mode:?}"),
+            atlas_s,
+            times.iter().sum::<f64>() / times.len().max(1) as f64,
+            times.iter().copied().fold(f64::INFINITY, f64::min),
+            times.len()
+        ));
+    }
+    Ok(report)
+}

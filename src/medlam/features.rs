@@ -1,0 +1,553 @@
+//! Multi-scale similarity (MSS) machinery on the device.
+//!
+//! - **Support windows**: from a patch centred on a point, the L2-normalised
+//!   feature window of even edge `w` around the patch centre at each scale
+//!   (its centre sits half a voxel before patch voxel `P/2`).
+//! - **Query frame**: the feature maps of a whole region of a query
+//!   ("whole-volume feature pass"): the region is tiled with patches at a
+//!   stride of `P/2`; every feature voxel is taken from the tile whose centre
+//!   is nearest, so it always has at least `P/4` voxels of context. Tiles no
+//!   search needs are skipped.
+//! - **Matching**: each window is correlated with the frame (mean cosine over
+//!   the window); the three scales are interpolated to grid voxels and
+//!   averaged; the best voxel within a search radius of a starting point wins.
+//!
+//! Coordinates: *frame* voxel indices of the 3 mm grid (grid index minus the
+//! frame origin), canonical axis order; tensors are `[N, C, K, J, I]`.
+
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor};
+
+use super::net::{MedLam, MedLamConfig};
+use super::prep::Prepared;
+use crate::{Error, Result};
+
+/// Edge (feature voxels, even) of the support window at each scale, coarse → fine.
+pub const WINDOWS: [usize; 3] = [2, 2, 4];
+
+/// Divide every feature vector by its L2 norm (over channels).
+pub fn normalize_channels(f: Tensor<5>) -> Tensor<5> {
+    let norm = f.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-6);
+    f / norm
+}
+
+/// The normalised centre windows `[N, C, w, w, w]` of the three feature maps of centred patches.
+pub fn centre_windows(features: [Tensor<5>; 3]) -> [Tensor<5>; 3] {
+    let mut i = 0;
+    features.map(|f| {
+        let w = WINDOWS[i];
+        i += 1;
+        let m = f.dims()[2];
+        let lo = m / 2 - w / 2;
+        let [n, c, ..] = f.dims();
+        normalize_channels(f.slice([0..n, 0..c, lo..lo + w, lo..lo + w, lo..lo + w]))
+    })
+}
+
+/// Feature maps of a region of a prepared CT, stitched from overlapping tiles.
+pub struct FeatureFrame {
+    /// Grid voxel of frame voxel `[0, 0, 0]`.
+    pub origin: [i64; 3],
+    /// Frame size in grid voxels (a multiple of `P/2`, at least `P`).
+    pub size: [usize; 3],
+    /// Stride of each scale (coarse → fine).
+    pub strides: [usize; 3],
+    /// Zero margin around each map (feature voxels, per scale).
+    margins: [usize; 3],
+    /// Normalised maps `[1, C, K + 2·margin, J + 2·margin, I + 2·margin]`.
+    maps: Vec<Tensor<5>>,
+    /// Tiles computed (of the total).
+    pub tiles_computed: usize,
+    pub tiles_total: usize,
+}
+
+/// A search for one support window.
+#[derive(Clone, Copy, Debug)]
+pub struct Search {
+    /// Where the search is centred (frame voxel, continuous).
+    pub centre: [f64; 3],
+    /// Half-width of the search cube (voxels); `None` searches the whole frame.
+    pub radius: Option<usize>,
+}
+
+/// The best match of one search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Match {
+    /// Frame voxel of the matched point.
+    pub point: [i64; 3],
+    /// Mean cosine similarity over the window, averaged over the scales.
+    pub score: f32,
+}
+
+/// Frame origin and size covering the grid box `lo..=hi` plus `margin`, in whole tiles.
+pub fn frame_for(lo: [i64; 3], hi: [i64; 3], margin: i64, patch: usize) -> ([i64; 3], [usize; 3]) {
+    let half = (patch / 2) as i64;
+    let mut origin = [0; 3];
+    let mut size = [0; 3];
+    for a in 0..3 {
+        let (a0, a1) = (lo[a] - margin, hi[a] + margin + 1);
+        let len = (a1 - a0).max(patch as i64);
+        let len = (len + half - 1) / half * half;
+        origin[a] = (a0 + a1 - len) / 2;
+        size[a] = len as usize;
+    }
+    (origin, size)
+}
+
+/// For each feature index along one axis (stride `s`), the tile owning it: the tile whose
+/// centre is nearest to the feature voxel's centre. Tiles are at `t·P/2`, `n` of them.
+fn owners(m: usize, stride: usize, patch: usize, n: usize) -> Vec<usize> {
+    let half = (patch / 2) as f64;
+    (0..m)
+        .map(|f| {
+            let centre = (f as f64 + 0.5) * stride as f64 - 0.5;
+            let t = ((centre - half + 0.5) / half).round();
+            t.clamp(0.0, (n - 1) as f64) as usize
+        })
+        .collect()
+}
+
+/// Contiguous `[lo, hi)` feature ranges owned by each tile along one axis.
+fn owned_ranges(m: usize, stride: usize, patch: usize, n: usize) -> Vec<(usize, usize)> {
+    let own = owners(m, stride, patch, n);
+    (0..n)
+        .map(|t| {
+            let lo = own.iter().position(|&o| o == t).unwrap_or(0);
+            let hi = own.iter().rposition(|&o| o == t).map_or(0, |x| x + 1);
+            (lo, hi.max(lo))
+        })
+        .collect()
+}
+
+impl FeatureFrame {
+    /// Compute the frame `origin`, `size` of `vol`; `needed(lo, hi)` says whether the
+    /// grid box a tile owns (inclusive, frame voxels) must be computed.
+    pub fn compute(
+        net: &MedLam,
+        config: &MedLamConfig,
+        vol: &Prepared,
+        origin: [i64; 3],
+        size: [usize; 3],
+        needed: &dyn Fn([i64; 3], [i64; 3]) -> bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let p = config.patch;
+        let half = p / 2;
+        if (0..3).any(|a| size[a] < p || !size[a].is_multiple_of(half)) {
+            return Err(Error::InvalidArgument(format!(
+                "feature frame {size:?} is not a multiple of {half} voxels of at least {p}"
+            )));
+        }
+        let strides = config.feature_strides();
+        let channels = config.feature_channels();
+        let tiles = size.map(|s| s / half - 1);
+        let margins = [0, 1, 2].map(|s| WINDOWS[s] / 2 + 1);
+        let mut maps: Vec<Tensor<5>> = (0..3)
+            .map(|s| {
+                let m = size.map(|x| x / strides[s] + 2 * margins[s]);
+                Tensor::zeros([1, channels[s], m[2], m[1], m[0]], device)
+            })
+            .collect();
+        // Ownership per scale and axis.
+        let ranges: Vec<[Vec<(usize, usize)>; 3]> = (0..3)
+            .map(|s| [0, 1, 2].map(|a| owned_ranges(size[a] / strides[s], strides[s], p, tiles[a])))
+            .collect();
+        // Tiles to compute: their owned grid box (finest scale) intersects a search.
+        let mut todo = Vec::new();
+        for tk in 0..tiles[2] {
+            for tj in 0..tiles[1] {
+                for ti in 0..tiles[0] {
+                    let t = [ti, tj, tk];
+                    let s = strides[2];
+                    let lo = [0, 1, 2].map(|a| (ranges[2][a][t[a]].0 * s) as i64);
+                    let hi = [0, 1, 2].map(|a| (ranges[2][a][t[a]].1 * s) as i64 - 1);
+                    if needed(lo, hi) {
+                        todo.push(t);
+                    }
+                }
+            }
+        }
+        const BATCH: usize = 4;
+        for chunk in todo.chunks(BATCH) {
+            let mut data = Vec::with_capacity(chunk.len() * p * p * p);
+            for t in chunk {
+                let centre = [0, 1, 2].map(|a| origin[a] + (t[a] * half + half) as i64);
+                data.extend(vol.patch(centre, p));
+            }
+            let x = Tensor::<5>::from_data(
+                burn::tensor::TensorData::new(data, [chunk.len(), 1, p, p, p]),
+                device,
+            );
+            let out = net.forward(x);
+            for (s, feat) in out.features.into_iter().enumerate() {
+                let feat = normalize_channels(feat);
+                let c = channels[s];
+                let step = half / strides[s];
+                for (b, t) in chunk.iter().enumerate() {
+                    let r = [0, 1, 2].map(|a| ranges[s][a][t[a]]);
+                    if (0..3).any(|a| r[a].0 >= r[a].1) {
+                        continue;
+                    }
+                    let local = [0, 1, 2].map(|a| r[a].0 - t[a] * step..r[a].1 - t[a] * step);
+                    let block = feat.clone().slice([
+                        b..b + 1,
+                        0..c,
+                        local[2].clone(),
+                        local[1].clone(),
+                        local[0].clone(),
+                    ]);
+                    let g = margins[s];
+                    let map =
+                        std::mem::replace(&mut maps[s], Tensor::zeros([1, 1, 1, 1, 1], device));
+                    maps[s] = map.slice_assign(
+                        [
+                            0..1,
+                            0..c,
+                            g + r[2].0..g + r[2].1,
+                            g + r[1].0..g + r[1].1,
+                            g + r[0].0..g + r[0].1,
+                        ],
+                        block,
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            origin,
+            size,
+            strides,
+            margins,
+            maps,
+            tiles_computed: todo.len(),
+            tiles_total: tiles.iter().product(),
+        })
+    }
+
+    /// Best matches of support windows (`windows[s]`: `[n, C_s, w, w, w]`, one per search).
+    pub async fn best_matches(
+        &self,
+        windows: &[Tensor<5>; 3],
+        searches: &[Search],
+    ) -> Result<Vec<Match>> {
+        let n = searches.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if windows.iter().any(|w| w.dims()[0] != n) {
+            return Err(Error::InvalidArgument(format!(
+                "{} searches but {} support windows",
+                n,
+                windows[0].dims()[0]
+            )));
+        }
+        // Candidate boxes (frame voxels, inclusive) per search.
+        let boxes: Vec<([i64; 3], [i64; 3])> = searches
+            .iter()
+            .map(|s| {
+                let c = s.centre.map(|x| x.round() as i64);
+                let lo = [0, 1, 2].map(|a| match s.radius {
+                    Some(r) => (c[a] - r as i64).clamp(0, self.size[a] as i64 - 1),
+                    None => 0,
+                });
+                let hi = [0, 1, 2].map(|a| match s.radius {
+                    Some(r) => (c[a] + r as i64).clamp(0, self.size[a] as i64 - 1),
+                    None => self.size[a] as i64 - 1,
+                });
+                (lo, hi)
+            })
+            .collect();
+        // Per scale: similarity samples on the lattice t (window centre at t·s − 0.5), for
+        // t in t0..t0+len per axis, one block per search.
+        let mut blocks: Vec<Vec<SimilarityBlock>> = Vec::new();
+        for s in 0..3 {
+            let st = self.strides[s] as i64;
+            let w = WINDOWS[s];
+            let g = self.margins[s] as i64;
+            let m = self.size.map(|x| x as i64 / st);
+            let c = self.maps[s].dims()[1];
+            // Lattice range per search (t0 ≥ 0, t1 ≤ m); a common length for batching.
+            let spans: Vec<[i64; 3]> = boxes
+                .iter()
+                .map(|(lo, _)| [0, 1, 2].map(|a| (lo[a] / st).clamp(0, m[a])))
+                .collect();
+            let len = [0, 1, 2].map(|a| {
+                boxes
+                    .iter()
+                    .zip(&spans)
+                    .map(|((_, hi), t0)| ((hi[a] + st - 1) / st).min(m[a]) - t0[a] + 1)
+                    .max()
+                    .unwrap_or(1) as usize
+            });
+            // Shift a span back if it would run past the end (the map has only `g` margin).
+            let spans: Vec<[i64; 3]> = spans
+                .iter()
+                .map(|t0| [0, 1, 2].map(|a| t0[a].min(m[a] + 1 - len[a] as i64).max(0)))
+                .collect();
+            let len = [0, 1, 2].map(|a| len[a].min(m[a] as usize + 1));
+            // Input crops: feature voxels t0 − w/2 .. t0 + len − 1 + w/2 (in map coordinates + g).
+            let crops: Vec<Tensor<5>> = spans
+                .iter()
+                .map(|t0| {
+                    let r = [0, 1, 2].map(|a| {
+                        let a0 = (t0[a] - (w / 2) as i64 + g) as usize;
+                        a0..a0 + len[a] + w - 1
+                    });
+                    self.maps[s].clone().slice([
+                        0..1,
+                        0..c,
+                        r[2].clone(),
+                        r[1].clone(),
+                        r[0].clone(),
+                    ])
+                })
+                .collect();
+            let input = Tensor::cat(crops, 1); // [1, n·C, ..]
+            let sim = conv3d(
+                input,
+                windows[s].clone(),
+                None,
+                ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], n),
+            )
+            .div_scalar((w * w * w) as f32);
+            let data = sim
+                .into_data_async()
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("reading similarities: {e:?}")))?;
+            let values: Vec<f32> = data
+                .convert::<f32>()
+                .try_into_vec()
+                .map_err(|e| Error::InvalidArgument(format!("reading similarities: {e:?}")))?;
+            let per = len[0] * len[1] * len[2];
+            blocks.push(
+                spans
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t0)| (values[i * per..(i + 1) * per].to_vec(), *t0, len))
+                    .collect(),
+            );
+        }
+        // Combine the scales at every candidate voxel; keep the best.
+        Ok(boxes
+            .iter()
+            .enumerate()
+            .map(|(i, (lo, hi))| {
+                let mut best = Match {
+                    point: *lo,
+                    score: f32::NEG_INFINITY,
+                };
+                for k in lo[2]..=hi[2] {
+                    for j in lo[1]..=hi[1] {
+                        for x in lo[0]..=hi[0] {
+                            let q = [x, j, k];
+                            let mut score = 0.0;
+                            for (s, b) in blocks.iter().enumerate() {
+                                let (vals, t0, len) = &b[i];
+                                let st = self.strides[s] as f64;
+                                let t = [0, 1, 2].map(|a| q[a] as f64 / st - t0[a] as f64);
+                                score += lattice_sample(vals, *len, t);
+                            }
+                            let score = score / 3.0;
+                            if score > best.score {
+                                best = Match { point: q, score };
+                            }
+                        }
+                    }
+                }
+                best
+            })
+            .collect())
+    }
+}
+
+/// Similarities of one search at one scale: values `[z][y][x]`, lattice start and size.
+type SimilarityBlock = (Vec<f32>, [i64; 3], [usize; 3]);
+
+/// Trilinear sample of a `[z][y][x]` block (x fastest) at continuous index `t` (clamped).
+fn lattice_sample(vals: &[f32], len: [usize; 3], t: [f64; 3]) -> f32 {
+    let mut i0 = [0usize; 3];
+    let mut w = [0f32; 3];
+    for a in 0..3 {
+        let x = t[a].clamp(0.0, (len[a] - 1) as f64);
+        i0[a] = (x.floor() as usize).min(len[a].saturating_sub(2));
+        w[a] = (x - i0[a] as f64) as f32;
+        if len[a] == 1 {
+            w[a] = 0.0;
+        }
+    }
+    let at = |dx: usize, dy: usize, dz: usize| {
+        let (x, y, z) = (
+            (i0[0] + dx).min(len[0] - 1),
+            (i0[1] + dy).min(len[1] - 1),
+            (i0[2] + dz).min(len[2] - 1),
+        );
+        vals[x + len[0] * (y + len[1] * z)]
+    };
+    let mut acc = 0.0;
+    for dz in 0..2 {
+        for dy in 0..2 {
+            for dx in 0..2 {
+                let wt = (if dx == 1 { w[0] } else { 1.0 - w[0] })
+                    * (if dy == 1 { w[1] } else { 1.0 - w[1] })
+                    * (if dz == 1 { w[2] } else { 1.0 - w[2] });
+                if wt != 0.0 {
+                    acc += wt * at(dx, dy, dz);
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_own_contiguous_ranges_nearest_their_centre() {
+        // Frame of 96 voxels, patch 48: tiles at 0, 24, 48; stride 2 → 48 feature voxels.
+        let r = owned_ranges(48, 2, 48, 3);
+        assert_eq!(r, vec![(0, 18), (18, 30), (30, 48)]);
+        // Every feature voxel is owned exactly once and at least P/4 = 12 voxels from a tile edge
+        // except at the frame border.
+        let r8 = owned_ranges(12, 8, 48, 3);
+        assert_eq!(r8.first().unwrap().0, 0);
+        assert_eq!(r8.last().unwrap().1, 12);
+        for w in r8.windows(2) {
+            assert_eq!(w[0].1, w[1].0);
+        }
+        let (o, s) = frame_for([10, 20, 30], [40, 50, 120], 6, 48);
+        assert_eq!(s, [48, 48, 120]);
+        assert!(o[0] <= 4 && o[0] + 48 >= 47);
+        assert!(o[2] <= 24 && o[2] + 120 >= 127);
+    }
+
+    #[test]
+    fn lattice_sampling_is_trilinear_and_clamped() {
+        // value = x + 10 y + 100 z on a 3×2×2 block.
+        let mut v = Vec::new();
+        for z in 0..2 {
+            for y in 0..2 {
+                for x in 0..3 {
+                    v.push((x + 10 * y + 100 * z) as f32);
+                }
+            }
+        }
+        let f = |t| lattice_sample(&v, [3, 2, 2], t);
+        assert!((f([1.5, 0.5, 0.25]) - (1.5 + 5.0 + 25.0)).abs() < 1e-4);
+        assert_eq!(f([-1.0, 0.0, 0.0]), 0.0);
+        assert_eq!(f([5.0, 3.0, 3.0]), 112.0);
+    }
+
+    fn random_vol(dims: [usize; 3], seed: u64) -> Prepared {
+        let mut rng = crate::medlam::sample::Rng::new(seed);
+        let data: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| rng.unit() as f32)
+            .collect();
+        let grid = crate::volume::resample::ResampleGrid::new(dims, [3.0; 3], [3.0; 3]).unwrap();
+        Prepared::from_parts(dims, data, grid).unwrap()
+    }
+
+    fn tiny() -> (MedLam, MedLamConfig, Device) {
+        let dev = Device::flex();
+        dev.seed(3);
+        let cfg =
+            MedLamConfig::new(16, [4, 4, 8, 8, 8], [8, 8, 8, 8], [8, 4]).with_decoder_levels(3);
+        (cfg.init(&dev).unwrap(), cfg, dev)
+    }
+
+    #[test]
+    fn frame_voxels_come_from_the_tile_that_owns_them() {
+        let (net, cfg, dev) = tiny();
+        let vol = random_vol([40, 30, 30], 5);
+        // 24 × 16 × 16 frame at origin (4, 6, 7): tiles at x = 0 and 8 (patch 16, stride 8).
+        let origin = [4, 6, 7];
+        let frame =
+            FeatureFrame::compute(&net, &cfg, &vol, origin, [24, 16, 16], &|_, _| true, &dev)
+                .unwrap();
+        assert_eq!((frame.tiles_computed, frame.tiles_total), (2, 2));
+        // Tile 1 (x from 8) as a lone patch, centred at frame voxel (16, 8, 8).
+        let centre = [origin[0] + 16, origin[1] + 8, origin[2] + 8];
+        let x = Tensor::<5>::from_data(
+            burn::tensor::TensorData::new(vol.patch(centre, 16), [1, 1, 16, 16, 16]),
+            &dev,
+        );
+        let tile = normalize_channels(net.forward(x).features[2].clone()); // stride 2: 8³
+        // Frame feature voxels x in 6..12 (stride 2) belong to tile 1 (its local 2..8).
+        let owned = owned_ranges(12, 2, 16, 2);
+        assert_eq!(owned[1], (6, 12));
+        let g = frame.margins[2];
+        let from_frame = frame.maps[2]
+            .clone()
+            .slice([0..1, 0..8, g..g + 8, g..g + 8, g + 6..g + 12])
+            .into_data()
+            .convert::<f32>();
+        let from_tile = tile
+            .slice([0..1, 0..8, 0..8, 0..8, 2..8])
+            .into_data()
+            .convert::<f32>();
+        from_frame.assert_approx_eq::<f32>(&from_tile, burn::tensor::Tolerance::absolute(1e-5));
+        // A frame whose size is not whole tiles is refused.
+        assert!(
+            FeatureFrame::compute(&net, &cfg, &vol, origin, [20, 16, 16], &|_, _| true, &dev)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_window_cut_from_the_frame_is_found_where_it_was_cut() {
+        let (net, cfg, dev) = tiny();
+        let vol = random_vol([40, 36, 32], 9);
+        let (origin, size) = frame_for([0; 3], [39, 35, 31], 0, 16);
+        let frame =
+            FeatureFrame::compute(&net, &cfg, &vol, origin, size, &|_, _| true, &dev).unwrap();
+        // Point q (a multiple of every stride): windows cut at lattice t = q/s of each scale.
+        let q = [16i64, 24, 16];
+        let windows: [Tensor<5>; 3] = std::array::from_fn(|s| {
+            let (st, w, g) = (
+                frame.strides[s] as i64,
+                WINDOWS[s] as i64,
+                frame.margins[s] as i64,
+            );
+            let c = frame.maps[s].dims()[1];
+            let r = [0, 1, 2].map(|a| {
+                let lo = (q[a] / st - w / 2 + g) as usize;
+                lo..lo + w as usize
+            });
+            let win =
+                frame.maps[s]
+                    .clone()
+                    .slice([0..1, 0..c, r[2].clone(), r[1].clone(), r[0].clone()]);
+            Tensor::cat(vec![win.clone(), win], 0)
+        });
+        let centre = [10.0, 20.0, 14.0];
+        let m = pollster::block_on(frame.best_matches(
+            &windows,
+            &[
+                Search {
+                    centre,
+                    radius: None,
+                },
+                Search {
+                    centre,
+                    radius: Some(8),
+                },
+            ],
+        ))
+        .unwrap();
+        for found in m {
+            assert_eq!(found.point, q);
+            assert!((found.score - 1.0).abs() < 1e-4, "{found:?}");
+        }
+        // A search that cannot reach q finds something else, inside its cube.
+        let far = pollster::block_on(frame.best_matches(
+            &windows.clone().map(|w| w.narrow(0, 0, 1)),
+            &[Search {
+                centre: [30.0, 5.0, 5.0],
+                radius: Some(3),
+            }],
+        ))
+        .unwrap();
+        assert!((27..=33).contains(&far[0].point[0]) && far[0].score < 1.0 - 1e-4);
+    }
+}

@@ -1,0 +1,428 @@
+//! Localizing organs in a query CT with MedLAM and a support [`Atlas`].
+//!
+//! 1. The query (canonical grid) is resampled to 3 mm and intensity-mapped.
+//! 2. **UAM (coarse)**: the latent coordinate of the query is the mean `p` of
+//!    9 patches around its body centre (the centre and the 8 corners of a cube
+//!    of ±P/4); each support point lands at `centre + r·tanh(p̄_s − p̄_q)`.
+//! 3. **MSS (refinement)**: the query's feature maps are computed for the body
+//!    region in one tiled pass (only tiles a search needs); each support window
+//!    is correlated with them and the best voxel within `search_radius_vox` of
+//!    the coarse point (or anywhere in the body without UAM) is the point.
+//! 4. Points → boxes (WPL or SPL, see [`super::boxes`]) in canonical voxel
+//!    indices of the query; the pipeline maps them to the file's grid.
+//!
+//! Device-generic and async (tensor reads are async), so it runs in the browser.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::atlas::{Atlas, AtlasMode, PointAtlas, read_f32};
+use super::boxes::{box_from_points, merge_extreme_points, spl_slice_boxes, union_box};
+use super::features::{FeatureFrame, Search, WINDOWS, frame_for};
+use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
+use super::prep::{Prepared, SPACING_MM};
+use crate::pipeline::{Localizer, OrganLocalization, wpl_slice_boxes};
+use crate::volume::CtVolume;
+use crate::volume::labels::BoxVox;
+use crate::{Error, Result};
+
+/// How a query is localized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalizeOptions {
+    /// Use the UAM coarse step (else MSS searches the whole body).
+    pub uam: bool,
+    /// Refine with MSS (else the UAM points are the result).
+    pub mss: bool,
+    /// Half-width (3 mm voxels) of the MSS search cube around each coarse point.
+    pub search_radius_vox: usize,
+    /// UAM passes: after the first (from patches at the body centre), each further pass
+    /// re-estimates an organ part's points from a patch centred on their current mean.
+    pub uam_iterations: usize,
+}
+
+impl Default for LocalizeOptions {
+    fn default() -> Self {
+        Self {
+            uam: true,
+            mss: true,
+            search_radius_vox: 16,
+            uam_iterations: 1,
+        }
+    }
+}
+
+/// A query prepared for localization: its 3 mm grid, body box and mean latent coordinate.
+pub struct QueryState {
+    pub prep: Prepared,
+    /// Body box on the 3 mm grid (inclusive), HU > −500.
+    pub body_lo: [i64; 3],
+    pub body_hi: [i64; 3],
+    /// Mean latent coordinate of the query patches and their mean centre (grid voxel).
+    pub position: [f64; 3],
+    pub centre: [f64; 3],
+    /// Canonical grid size of the query.
+    pub canonical_dims: [usize; 3],
+}
+
+/// Body box of a prepared grid (intensity > 0.125 ⇔ HU > −500).
+fn body_box(prep: &Prepared) -> Option<([i64; 3], [i64; 3])> {
+    let [nx, ny, _] = prep.dims;
+    let mut lo = [i64::MAX; 3];
+    let mut hi = [i64::MIN; 3];
+    for (idx, &v) in prep.data.iter().enumerate() {
+        if v > 0.125 {
+            let p = [
+                (idx % nx) as i64,
+                ((idx / nx) % ny) as i64,
+                (idx / (nx * ny)) as i64,
+            ];
+            for a in 0..3 {
+                lo[a] = lo[a].min(p[a]);
+                hi[a] = hi[a].max(p[a]);
+            }
+        }
+    }
+    (lo[0] <= hi[0]).then_some((lo, hi))
+}
+
+/// Prepare a **canonical** query CT: 3 mm grid, body box, and the UAM query patches.
+pub async fn query_state(
+    net: &MedLam,
+    config: &MedLamConfig,
+    canon: &CtVolume,
+    device: &Device,
+) -> Result<QueryState> {
+    let prep = Prepared::from_canonical(canon)?;
+    let (body_lo, body_hi) = body_box(&prep).ok_or_else(|| {
+        Error::InvalidVolume("no body found in the query (no voxel above −500 HU)".into())
+    })?;
+    let p = config.patch;
+    let mid = [0, 1, 2].map(|a| (body_lo[a] + body_hi[a]) / 2);
+    let q = (p / 4) as i64;
+    let mut centres = vec![mid];
+    for c in 0..8 {
+        centres.push([0, 1, 2].map(|a| mid[a] + if (c >> a) & 1 == 1 { q } else { -q }));
+    }
+    let mut data = Vec::with_capacity(centres.len() * p * p * p);
+    for c in &centres {
+        data.extend(prep.patch(*c, p));
+    }
+    let x = Tensor::<5>::from_data(TensorData::new(data, [centres.len(), 1, p, p, p]), device);
+    let pos = read_f32(net.position(x)).await?;
+    let n = centres.len() as f64;
+    let position = [0, 1, 2].map(|a| {
+        (0..centres.len())
+            .map(|b| pos[3 * b + a] as f64)
+            .sum::<f64>()
+            / n
+    });
+    let centre = [0, 1, 2].map(|a| centres.iter().map(|c| c[a] as f64).sum::<f64>() / n);
+    Ok(QueryState {
+        prep,
+        body_lo,
+        body_hi,
+        position,
+        centre,
+        canonical_dims: canon.dims,
+    })
+}
+
+impl QueryState {
+    /// UAM estimate (grid voxel, continuous) of a support point.
+    pub fn uam_point(&self, point: &PointAtlas) -> [f64; 3] {
+        [0, 1, 2].map(|a| {
+            let d = (point.position[a] as f64 - self.position[a]).tanh() * UAM_RATIO_MM[a] as f64;
+            self.centre[a] + d / SPACING_MM
+        })
+    }
+
+    /// UAM estimates of groups of support points (e.g. an organ part's 6) re-made from one
+    /// patch centred on each group's current mean estimate (grid voxels).
+    pub async fn uam_refine(
+        &self,
+        net: &MedLam,
+        config: &MedLamConfig,
+        groups: &[Vec<&PointAtlas>],
+        current: &[Vec<[f64; 3]>],
+        device: &Device,
+    ) -> Result<Vec<Vec<[f64; 3]>>> {
+        let p = config.patch;
+        let centres: Vec<[i64; 3]> = current
+            .iter()
+            .map(|pts| {
+                let n = pts.len().max(1) as f64;
+                [0, 1, 2].map(|a| (pts.iter().map(|x| x[a]).sum::<f64>() / n).round() as i64)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(groups.len());
+        const BATCH: usize = 8;
+        for (gs, cs) in groups.chunks(BATCH).zip(centres.chunks(BATCH)) {
+            let mut data = Vec::with_capacity(cs.len() * p * p * p);
+            for c in cs {
+                data.extend(self.prep.patch(*c, p));
+            }
+            let x = Tensor::<5>::from_data(TensorData::new(data, [cs.len(), 1, p, p, p]), device);
+            let pos = read_f32(net.position(x)).await?;
+            for (b, (g, c)) in gs.iter().zip(cs).enumerate() {
+                out.push(
+                    g.iter()
+                        .map(|pt| {
+                            [0, 1, 2].map(|a| {
+                                let d = (pt.position[a] - pos[3 * b + a]) as f64;
+                                c[a] as f64 + d.tanh() * UAM_RATIO_MM[a] as f64 / SPACING_MM
+                            })
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Canonical voxel of the query at a grid position (rounded, clamped to the volume).
+    pub fn to_canonical(&self, grid: [f64; 3]) -> [usize; 3] {
+        let c = self.prep.grid_to_canonical(grid);
+        [0, 1, 2].map(|a| (c[a].round().max(0.0) as usize).min(self.canonical_dims[a] - 1))
+    }
+
+    /// The feature frame over the body, computing only the tiles these searches need
+    /// (`starts` in grid voxels; `radius` as in [`Search`]).
+    pub fn frame(
+        &self,
+        net: &MedLam,
+        config: &MedLamConfig,
+        starts: &[[f64; 3]],
+        radius: Option<usize>,
+        device: &Device,
+    ) -> Result<FeatureFrame> {
+        let margin = (config.patch / 4) as i64;
+        let (origin, size) = frame_for(self.body_lo, self.body_hi, margin, config.patch);
+        // Window reach beyond the search box, in voxels.
+        let reach = (0..3)
+            .map(|s| (WINDOWS[s] / 2 * config.feature_strides()[s]) as i64)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let boxes: Vec<([i64; 3], [i64; 3])> = match radius {
+            None => vec![([i64::MIN / 4; 3], [i64::MAX / 4; 3])],
+            Some(r) => starts
+                .iter()
+                .map(|s| {
+                    let c = [0, 1, 2].map(|a| s[a].round() as i64 - origin[a]);
+                    (
+                        c.map(|x| x - r as i64 - reach),
+                        c.map(|x| x + r as i64 + reach),
+                    )
+                })
+                .collect(),
+        };
+        let needed = |lo: [i64; 3], hi: [i64; 3]| {
+            boxes
+                .iter()
+                .any(|(a, b)| (0..3).all(|k| lo[k] <= b[k] && a[k] <= hi[k]))
+        };
+        FeatureFrame::compute(net, config, &self.prep, origin, size, &needed, device)
+    }
+}
+
+/// Refine points (grid voxels) by MSS: each support window is matched within `radius`
+/// of its start (`None`: anywhere in the frame). Returns grid voxels and scores.
+pub async fn refine(
+    frame: &FeatureFrame,
+    atlas: &Atlas,
+    points: &[&PointAtlas],
+    starts: &[[f64; 3]],
+    radius: Option<usize>,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    const CHUNK: usize = 24;
+    let mut out = Vec::with_capacity(points.len());
+    for (pts, st) in points.chunks(CHUNK).zip(starts.chunks(CHUNK)) {
+        let windows = atlas.window_tensors(pts, device);
+        let searches: Vec<Search> = st
+            .iter()
+            .map(|s| Search {
+                centre: [0, 1, 2].map(|a| s[a] - frame.origin[a] as f64),
+                radius,
+            })
+            .collect();
+        for m in frame.best_matches(&windows, &searches).await? {
+            out.push((
+                [0, 1, 2].map(|a| (m.point[a] + frame.origin[a]) as f64),
+                m.score,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Assemble an organ's localization from its parts' points (canonical voxels of the query).
+pub fn organ_localization(
+    label: u16,
+    parts: &[[[usize; 3]; 6]],
+    mode: AtlasMode,
+    confidence: f32,
+) -> Option<OrganLocalization> {
+    let boxes: Vec<BoxVox> = parts.iter().map(box_from_points).collect();
+    let bbox = union_box(&boxes)?;
+    let extreme_points = merge_extreme_points(parts)?;
+    let slice_boxes = match mode {
+        AtlasMode::Spl { .. } if parts.len() > 1 => spl_slice_boxes(&boxes),
+        _ => wpl_slice_boxes(&bbox),
+    };
+    Some(OrganLocalization {
+        label,
+        confidence,
+        extreme_points,
+        bbox,
+        slice_boxes,
+    })
+}
+
+/// Localize organs in a prepared query (canonical voxel results).
+pub async fn localize_organs(
+    net: &MedLam,
+    atlas: &Atlas,
+    query: &QueryState,
+    organs: &[u16],
+    options: &LocalizeOptions,
+    device: &Device,
+) -> Result<Vec<OrganLocalization>> {
+    let config = &atlas.config;
+    // Every point of every requested organ, in order.
+    let mut points: Vec<&PointAtlas> = Vec::new();
+    let mut layout: Vec<(u16, usize)> = Vec::new(); // (label, parts)
+    for &label in organs {
+        if let Some(o) = atlas.organ(label) {
+            layout.push((label, o.parts.len()));
+            for part in &o.parts {
+                points.extend(part.iter());
+            }
+        }
+    }
+    let mut coarse: Vec<[f64; 3]> = points.iter().map(|p| query.uam_point(p)).collect();
+    for _ in 1..options.uam_iterations.max(1) {
+        let groups: Vec<Vec<&PointAtlas>> = points.chunks(6).map(|c| c.to_vec()).collect();
+        let current: Vec<Vec<[f64; 3]>> = coarse.chunks(6).map(|c| c.to_vec()).collect();
+        coarse = query
+            .uam_refine(net, config, &groups, &current, device)
+            .await?
+            .concat();
+    }
+    let radius = if options.uam {
+        Some(options.search_radius_vox)
+    } else {
+        None
+    };
+    let located: Vec<([f64; 3], f32)> = if options.mss {
+        let frame = query.frame(net, config, &coarse, radius, device)?;
+        refine(&frame, atlas, &points, &coarse, radius, device).await?
+    } else {
+        coarse.iter().map(|&c| (c, f32::NAN)).collect()
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (label, n_parts) in layout {
+        let mut parts = Vec::with_capacity(n_parts);
+        let mut score = 0.0;
+        for _ in 0..n_parts {
+            let pts: [[usize; 3]; 6] =
+                std::array::from_fn(|k| query.to_canonical(located[at + k].0));
+            score += located[at..at + 6].iter().map(|x| x.1).sum::<f32>();
+            parts.push(pts);
+            at += 6;
+        }
+        let confidence = score / (6 * n_parts) as f32;
+        if let Some(o) = organ_localization(label, &parts, atlas.mode, confidence) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// MedLAM as the pipeline's [`Localizer`]: a network, a support atlas and options.
+pub struct MedLamLocalizer {
+    pub net: MedLam,
+    pub atlas: Atlas,
+    pub device: Device,
+    pub options: LocalizeOptions,
+}
+
+impl Localizer for MedLamLocalizer {
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
+        let q = query_state(&self.net, &self.atlas.config, query, &self.device).await?;
+        localize_organs(
+            &self.net,
+            &self.atlas,
+            &q,
+            organs,
+            &self.options,
+            &self.device,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::resample::ResampleGrid;
+
+    #[test]
+    fn uam_moves_by_r_tanh_of_the_latent_difference() {
+        let dims = [10, 10, 10];
+        // Canonical CT at 1.5 mm: grid voxel g is canonical voxel 2g + 0.5.
+        let prep = Prepared::from_parts(
+            dims,
+            vec![0.0; 1000],
+            ResampleGrid::new([20, 20, 20], [1.5; 3], [3.0; 3]).unwrap(),
+        )
+        .unwrap();
+        let q = QueryState {
+            prep,
+            body_lo: [0; 3],
+            body_hi: [9; 3],
+            position: [0.1, 0.0, -0.2],
+            centre: [5.0, 5.0, 5.0],
+            canonical_dims: [20, 20, 20],
+        };
+        let point = PointAtlas {
+            position: [0.1, 0.05, 0.0],
+            windows: [vec![], vec![], vec![]],
+        };
+        let g = q.uam_point(&point);
+        assert!((g[0] - 5.0).abs() < 1e-5);
+        assert!((g[1] - (5.0 + 600.0 * 0.05f64.tanh() / 3.0)).abs() < 1e-5);
+        assert!((g[2] - (5.0 + 1500.0 * 0.2f64.tanh() / 3.0)).abs() < 1e-4);
+        // Grid → canonical: 2g + 0.5, rounded and clamped to the volume.
+        assert_eq!(q.to_canonical([3.0, 0.0, 100.0]), [7, 1, 19]);
+    }
+
+    #[test]
+    fn organ_localization_assembles_wpl_and_spl_boxes() {
+        let slab = |k0: usize, k1: usize, i0: usize, i1: usize| -> [[usize; 3]; 6] {
+            [
+                [i0, 5, k0],
+                [i1, 5, k1],
+                [i0, 2, k0],
+                [i1, 8, k1],
+                [i0, 5, k0],
+                [i1, 5, k1],
+            ]
+        };
+        let parts = [slab(10, 12, 3, 6), slab(13, 15, 5, 9)];
+        let wpl = organ_localization(3, &parts[..1], AtlasMode::Wpl, 0.5).unwrap();
+        assert_eq!(wpl.bbox.min, [3, 2, 10]);
+        assert_eq!(wpl.slice_boxes.len(), 3);
+        let spl = organ_localization(3, &parts, AtlasMode::Spl { slab_mm: 6.0 }, 0.5).unwrap();
+        assert_eq!(spl.bbox.min, [3, 2, 10]);
+        assert_eq!(spl.bbox.max, [9, 8, 15]);
+        assert_eq!(spl.slice_boxes.len(), 6);
+        assert_eq!(spl.slice_boxes[0].max, [6, 8]);
+        assert_eq!(spl.slice_boxes[5].min, [5, 2]);
+        assert_eq!(spl.extreme_points[1], [9, 5, 15]);
+    }
+}

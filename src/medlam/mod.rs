@@ -1,0 +1,23 @@
+//! MedLAM: the self-supervised 3-D localization model, its training (native
+//! only), the support atlas, query localization (UAM coarse step, MSS
+//! refinement) and the WPL/SPL boxes.
+//!
+//! Data flow: canonical CT → [`prep::Prepared`] (3 mm, intensity-mapped) →
+//! [`net::MedLam`] on patches → atlas (supports) / localization (queries).
+
+pub mod atlas;
+pub mod boxes;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+pub mod features;
+pub mod localize;
+pub mod net;
+pub mod prep;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sample;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
+
+pub use atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
+pub use localize::{LocalizeOptions, MedLamLocalizer};
+pub use net::{MedLam, MedLamConfig, MedLamOutput};

@@ -1,0 +1,269 @@
+//! MedLAM on the real CTs: localization with the committed weights beats the
+//! no-learning baseline, the `localize` command writes its outputs, and
+//! training makes progress and resumes exactly.
+
+mod common;
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use common::{Scratch, data_dir, openkbp};
+use medlsam::medlam::eval::{baseline_localization, load_weights, read_support, score};
+use medlsam::medlam::localize::{localize_organs, query_state};
+use medlsam::medlam::sample::SamplingOptions;
+use medlsam::medlam::train::{TrainOptions, batch_loss, draw_batch, load_volumes, train};
+use medlsam::medlam::{Atlas, AtlasMode, LocalizeOptions, MedLamConfig};
+use medlsam::volume::read_nifti_path;
+
+fn weights() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/medlam.bpk");
+    assert!(
+        p.is_file(),
+        "the committed MedLAM weights are missing: {}",
+        p.display()
+    );
+    p
+}
+
+/// Supports and queries: OpenKBP cases with all 7 organs (fixed, disjoint).
+const SUPPORTS: [&str; 5] = ["okbp_004", "okbp_006", "okbp_011", "okbp_013", "okbp_016"];
+const QUERIES: [&str; 3] = ["okbp_020", "okbp_031", "okbp_047"];
+
+#[test]
+fn localization_beats_the_body_box_baseline_on_head_and_neck_organs() {
+    data_dir();
+    let dev = Device::flex();
+    let (net, cfg) = load_weights(&weights(), &dev).unwrap();
+    let supports: Vec<_> = SUPPORTS
+        .iter()
+        .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
+        .collect();
+    // Brainstem, both parotids, mandible.
+    let organs = [1u16, 3, 4, 7];
+    let atlas = pollster::block_on(Atlas::build(
+        &net,
+        &cfg,
+        &supports,
+        &organs,
+        AtlasMode::Wpl,
+        &dev,
+    ))
+    .unwrap();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for case in QUERIES {
+        let ct = read_nifti_path(openkbp(case, "ct"))
+            .unwrap()
+            .into_ct()
+            .unwrap();
+        let lab = read_nifti_path(openkbp(case, "label"))
+            .unwrap()
+            .into_labels()
+            .unwrap();
+        let (canon, lab) = (ct.to_canonical().0, lab.to_canonical().0);
+        let q = pollster::block_on(query_state(&net, &cfg, &canon, &dev)).unwrap();
+        let found = pollster::block_on(localize_organs(
+            &net,
+            &atlas,
+            &q,
+            &organs,
+            &LocalizeOptions::default(),
+            &dev,
+        ))
+        .unwrap();
+        for o in &found {
+            let Some(s) = score(o, &lab) else { continue };
+            ours.push(s.iou);
+            let b = baseline_localization(&supports, &canon, o.label)
+                .unwrap()
+                .unwrap();
+            base.push(score(&b, &lab).unwrap().iou);
+            // Confidence is a mean cosine similarity.
+            assert!((-1.0..=1.0).contains(&o.confidence), "{}", o.confidence);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (m, b) = (mean(&ours), mean(&base));
+    eprintln!(
+        "box IoU: MedLAM {m:.1} %, baseline {b:.1} % over {} organs",
+        ours.len()
+    );
+    assert!(ours.len() >= 10);
+    assert!(
+        m > b + 10.0,
+        "MedLAM {m:.1} % is not clearly above the baseline {b:.1} %"
+    );
+    assert!(m > 35.0, "MedLAM box IoU {m:.1} %");
+}
+
+#[test]
+fn localize_command_writes_boxes_json_and_localization_csv() {
+    data_dir();
+    let out = Scratch::new("localize");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_medlsam"))
+        .args(["localize", "--weights"])
+        .arg(weights())
+        .args(["--support-image"])
+        .arg(openkbp(SUPPORTS[0], "ct"))
+        .args(["--support-label"])
+        .arg(openkbp(SUPPORTS[0], "label"))
+        .args(["--support-image"])
+        .arg(openkbp(SUPPORTS[1], "ct"))
+        .args(["--support-label"])
+        .arg(openkbp(SUPPORTS[1], "label"))
+        .args(["--query"])
+        .arg(openkbp(QUERIES[0], "ct"))
+        .args(["--query-label"])
+        .arg(openkbp(QUERIES[0], "label"))
+        .args(["--organs", "1,7", "--mode", "spl", "--out"])
+        .arg(&out.0)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let text = std::fs::read_to_string(out.0.join(format!("{}.boxes.json", QUERIES[0]))).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(j["case"], QUERIES[0]);
+    let organs = j["organs"].as_array().unwrap();
+    assert_eq!(organs.len(), 2);
+    let dims = read_nifti_path(openkbp(QUERIES[0], "ct"))
+        .unwrap()
+        .into_ct()
+        .unwrap()
+        .dims;
+    for o in organs {
+        assert!(["Brainstem", "Mandible"].contains(&o["name"].as_str().unwrap()));
+        assert_eq!(o["extreme_points"].as_array().unwrap().len(), 6);
+        let (lo, hi) = (&o["box"]["min"], &o["box"]["max"]);
+        for a in 0..3 {
+            let (l, h) = (
+                lo[a].as_u64().unwrap() as usize,
+                hi[a].as_u64().unwrap() as usize,
+            );
+            assert!(l <= h && h < dims[a], "{o}");
+        }
+        let sb = o["slice_boxes"].as_array().unwrap();
+        // One box per slice of the 3-D box along the slice axis (2 for OpenKBP files).
+        let span = hi[2].as_u64().unwrap() - lo[2].as_u64().unwrap() + 1;
+        assert_eq!(sb.len() as u64, span);
+    }
+    let csv = std::fs::read_to_string(out.0.join("localization.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "case,label,name,iou,wd,ale");
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].starts_with(&format!("{},1,Brainstem,", QUERIES[0])));
+    // A mismatched number of support labels is a clear error.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_medlsam"))
+        .args([
+            "localize",
+            "--support-image",
+            "a.nii.gz",
+            "--query",
+            "q.nii.gz",
+            "--support-label",
+        ])
+        .args(["b.nii.gz", "--support-label", "c.nii.gz", "--out"])
+        .arg(&out.0)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("one label map per support image"));
+}
+
+fn tiny_config() -> MedLamConfig {
+    MedLamConfig::new(16, [4, 8, 8, 16, 16], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3)
+}
+
+#[test]
+fn training_steps_reduce_the_loss_on_real_ct_patches() {
+    let scratch = Scratch::new("train-steps");
+    let images: Vec<PathBuf> = ["okbp_001", "okbp_002"]
+        .iter()
+        .map(|c| openkbp(c, "ct"))
+        .collect();
+    let (vols, skipped) = load_volumes(&images, Some(&scratch.0)).unwrap();
+    assert!(skipped.is_empty() && vols.len() == 2);
+    let cfg = tiny_config();
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let mut net = cfg.init(&dev).unwrap();
+    let mut optim = AdamConfig::new().init();
+    let samples = draw_batch(&vols, 1, 0, 2, &cfg, &SamplingOptions::default());
+    let value = |t: &burn::tensor::Tensor<1>| {
+        t.clone()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .unwrap()[0]
+    };
+    let mut first = None;
+    let mut last = (0.0, 0.0);
+    for _ in 0..25 {
+        let l = batch_loss(&net, &samples, &cfg, &dev, false);
+        let (u, m) = (value(&l.uam), value(&l.mss));
+        first.get_or_insert((u, m));
+        last = (u, m);
+        let grads = GradientsParams::from_grads(l.total.backward(), &net);
+        net = optim.step(1e-2, net, grads);
+    }
+    let first = first.unwrap();
+    eprintln!(
+        "uam {:.2} → {:.2}, mss {:.3} → {:.3}",
+        first.0, last.0, first.1, last.1
+    );
+    assert!(last.0 < 0.5 * first.0, "UAM loss {first:?} → {last:?}");
+    assert!(last.1 < 0.9 * first.1, "MSS loss {first:?} → {last:?}");
+    assert!(net.num_params() > 0);
+}
+
+#[test]
+fn training_run_checkpoints_and_resumes_exactly() {
+    let scratch = Scratch::new("train-resume");
+    let images: Vec<PathBuf> = ["okbp_003", "okbp_005"]
+        .iter()
+        .map(|c| openkbp(c, "ct"))
+        .collect();
+    let opts = |dir: &str, max_steps| TrainOptions {
+        images: images.clone(),
+        out: scratch.0.join(dir).join("w.bpk"),
+        config: tiny_config(),
+        epochs: 3,
+        batch: 1,
+        lr: 1e-3,
+        seed: 7,
+        resume: true,
+        checkpoint_dir: scratch.0.join(dir).join("ckpt"),
+        cache_dir: Some(scratch.0.join("cache")),
+        checkpoint_every: 2,
+        log_every: 1,
+        max_steps,
+        sampling: SamplingOptions {
+            points: 4,
+            ..Default::default()
+        },
+    };
+    let whole = train(&opts("a", None), &mut |_| {}).unwrap();
+    assert_eq!(whole.steps, 6);
+    assert_eq!(whole.history.len(), 3);
+    // Interrupted after 3 steps, then resumed: same final validation losses.
+    let part = train(&opts("b", Some(3)), &mut |_| {}).unwrap();
+    assert_eq!(part.steps, 3);
+    let mut resumed_at = None;
+    let rest = train(&opts("b", None), &mut |e| {
+        if let medlsam::medlam::train::TrainEvent::Resumed { step } = e {
+            resumed_at = Some(step);
+        }
+    })
+    .unwrap();
+    assert_eq!(resumed_at, Some(3));
+    assert_eq!(rest.steps, 6);
+    assert_eq!(rest.validation.total, whole.validation.total);
+    assert_eq!(rest.validation.mss, whole.validation.mss);
+    // The weights file loads with its config.
+    let (_, cfg) = load_weights(&opts("b", None).out, &Device::flex()).unwrap();
+    assert_eq!(cfg, tiny_config());
+}
