@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -12,15 +13,20 @@ use web_sys::{
     HtmlInputElement, HtmlSelectElement, ImageData, WheelEvent,
 };
 
+use super::run::{self, Models, QueryOutcome, RunProgress, RunSettings, SliceEdit, SupportInput};
 use super::viewer::{
-    EXTREME_POINT_PROMPTS, PRESETS, Pane, ViewStyle, draw_marker, pane_size, pane_voxel,
+    EXTREME_POINT_PROMPTS, PRESETS, Pane, ViewStyle, draw_marker, draw_rect, pane_size, pane_voxel,
     render_pane, voxel_on_pane,
 };
+use crate::metrics::LabelMetrics;
+use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row};
+use crate::pipeline::{BoxMode, OrganLocalization};
+use crate::sam::predictor::{PromptPoint, SlicePrompt};
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
 use crate::volume::{
-    CtVolume, LabelVolume, Reorientation, read_nifti_bytes, write_labels_nifti_bytes,
+    CtVolume, LabelVolume, Reorientation, Volume, read_nifti_bytes, write_labels_nifti_bytes,
 };
 use crate::{Error, Result};
 
@@ -30,9 +36,32 @@ struct Case {
     canon: CtVolume,
     reorientation: Reorientation,
     file_affine_codes: String,
+    /// Supports: their label map. Queries: the segmentation (after a run or an edit).
     labels: Option<LabelVolume>,
+    /// Queries: the user's label map, used only for metrics.
+    truth: Option<LabelVolume>,
     /// Organs marked by clicking their 6 extreme points (canonical voxels, extreme-point order).
     points: Vec<(u16, [[usize; 3]; 6])>,
+    /// Queries: localizations and metrics of the last run.
+    result: Option<ResultView>,
+}
+
+/// What a run gave for one query.
+struct ResultView {
+    organs: Vec<OrganLocalization>,
+    metrics: Option<Vec<LabelMetrics>>,
+}
+
+/// A correction being drawn on the axial pane of the shown query.
+#[derive(Default)]
+struct EditState {
+    /// The organ being corrected (`None`: clicks only move the cursor).
+    organ: Option<u16>,
+    /// Point tool (else box tool).
+    point_tool: bool,
+    drag_from: Option<[usize; 2]>,
+    bbox: Option<[usize; 4]>,
+    points: Vec<([usize; 2], bool)>,
 }
 
 #[derive(Default)]
@@ -51,11 +80,22 @@ struct App {
     recentre: bool,
     /// Extreme points being clicked: the organ's label and the points so far.
     marking: Option<(u16, Vec<[usize; 3]>)>,
+    query_labels: Vec<(String, LabelVolume)>,
+    /// Organs the user unticked in the organ choice.
+    unselected: Vec<u16>,
+    hide_boxes: bool,
+    edit: EditState,
+    running: bool,
 }
 
 thread_local! {
     static APP: RefCell<App> = RefCell::new(App { opacity: 0.45, ..Default::default() });
+    /// Built on the first Run, then kept for the page's life.
+    static MODELS: RefCell<Option<Models>> = const { RefCell::new(None) };
 }
+
+/// Set by the Cancel button, read between slices.
+static CANCEL: AtomicBool = AtomicBool::new(false);
 
 fn doc() -> Document {
     web_sys::window()
@@ -118,7 +158,9 @@ fn to_case(name: &str, bytes: &[u8]) -> Result<Case> {
         reorientation,
         file_affine_codes: codes,
         labels: None,
+        truth: None,
         points: Vec::new(),
+        result: None,
     })
 }
 
@@ -126,8 +168,8 @@ fn prefix(name: &str, e: Error) -> Error {
     Error::InvalidArgument(format!("{name}: {e}"))
 }
 
-/// Attach a label map (file grid) to a case after checking they match.
-fn attach_labels(case: &mut Case, name: &str, labels: LabelVolume) -> Result<()> {
+/// A label map (file grid) on a case's canonical grid, after checking they match.
+fn labels_for(case: &Case, name: &str, labels: LabelVolume) -> Result<LabelVolume> {
     let (canon, r) = labels.to_canonical();
     if r != case.reorientation || !case.canon.same_grid(&canon) {
         return Err(Error::Mismatch(format!(
@@ -135,7 +177,16 @@ fn attach_labels(case: &mut Case, name: &str, labels: LabelVolume) -> Result<()>
             case.name
         )));
     }
-    case.labels = Some(canon);
+    Ok(canon)
+}
+
+/// Pair label maps (file order) with cases one to one.
+fn check_pairs(cases: usize, labels: usize, what: &str) -> Result<()> {
+    if labels != cases {
+        return Err(Error::Mismatch(format!(
+            "{cases} {what} CTs but {labels} {what} label maps: give one label map per {what} CT"
+        )));
+    }
     Ok(())
 }
 
@@ -165,22 +216,27 @@ fn pair_support_labels(a: &mut App) -> Result<()> {
     if a.support_labels.is_empty() || a.supports.is_empty() {
         return Ok(());
     }
-    if a.support_labels.len() != a.supports.len() {
-        return Err(Error::Mismatch(format!(
-            "{} support CTs but {} support label maps: give one label map per support CT",
-            a.supports.len(),
-            a.support_labels.len()
-        )));
-    }
+    check_pairs(a.supports.len(), a.support_labels.len(), "support")?;
     for (case, (name, lab)) in a.supports.iter_mut().zip(&a.support_labels) {
-        attach_labels(case, name, lab.clone())?;
+        case.labels = Some(labels_for(case, name, lab.clone())?);
     }
     Ok(())
 }
 
-async fn on_support_labels(input: HtmlInputElement) -> Result<String> {
-    let files = files_of(&input).await?;
-    let labels = files
+fn pair_query_labels(a: &mut App) -> Result<()> {
+    if a.query_labels.is_empty() || a.queries.is_empty() {
+        return Ok(());
+    }
+    check_pairs(a.queries.len(), a.query_labels.len(), "query")?;
+    for (case, (name, lab)) in a.queries.iter_mut().zip(&a.query_labels) {
+        case.truth = Some(labels_for(case, name, lab.clone())?);
+    }
+    Ok(())
+}
+
+async fn read_label_maps(input: &HtmlInputElement) -> Result<Vec<(String, LabelVolume)>> {
+    files_of(input)
+        .await?
         .iter()
         .map(|(n, b)| {
             Ok((
@@ -190,7 +246,23 @@ async fn on_support_labels(input: HtmlInputElement) -> Result<String> {
                     .map_err(|e| prefix(n, e))?,
             ))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+async fn on_query_labels(input: HtmlInputElement) -> Result<String> {
+    let labels = read_label_maps(&input).await?;
+    let n = labels.len();
+    APP.with_borrow_mut(|a| {
+        a.query_labels = labels;
+        pair_query_labels(a)
+    })?;
+    Ok(format!(
+        "{n} query label map(s) loaded (used only for metrics)"
+    ))
+}
+
+async fn on_support_labels(input: HtmlInputElement) -> Result<String> {
+    let labels = read_label_maps(&input).await?;
     let n = labels.len();
     APP.with_borrow_mut(|a| {
         a.support_labels = labels;
@@ -206,7 +278,8 @@ async fn on_queries(input: HtmlInputElement) -> Result<String> {
         a.queries = cases;
         a.shown = (!a.queries.is_empty()).then_some((false, 0));
         a.recentre = true;
-    });
+        pair_query_labels(a)
+    })?;
     Ok(format!("{n} query CT(s) loaded"))
 }
 
@@ -236,7 +309,9 @@ fn run_demo() -> Result<String> {
             reorientation: r,
             file_affine_codes: ct.affine.axis_codes(),
             labels: Some(lab.to_canonical().0),
+            truth: None,
             points: Vec::new(),
+            result: None,
         });
     }
     let (q, _) = phantom(&PhantomOptions {
@@ -262,6 +337,361 @@ fn run_demo() -> Result<String> {
         a.recentre = true;
     });
     Ok("demo: 3 synthetic support phantoms with organ labels and 1 query phantom (RAS file) loaded".into())
+}
+
+/// Organs the supports offer (label maps and clicked points), in label order.
+fn offered_organs(a: &App) -> Vec<u16> {
+    let mut v: Vec<u16> = a
+        .supports
+        .iter()
+        .flat_map(|c| {
+            let from_labels = c.labels.as_ref().map(classes).unwrap_or_default();
+            from_labels
+                .into_iter()
+                .map(|(l, _)| l)
+                .chain(c.points.iter().map(|(l, _)| *l))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Refresh the organ choice (a checkbox per organ the supports offer).
+fn render_organ_choice() {
+    APP.with_borrow(|a| {
+        let el: HtmlElement = by_testid("organ-select");
+        let organs = offered_organs(a);
+        if organs.is_empty() {
+            el.set_inner_html(
+                "Organs: load supports with label maps, or mark an organ by 6 points",
+            );
+            return;
+        }
+        let boxes: String = organs
+            .iter()
+            .map(|&l| {
+                format!(
+                    "<label><input type=checkbox data-organ='{l}' {}> {l} {}</label>",
+                    if a.unselected.contains(&l) {
+                        ""
+                    } else {
+                        "checked"
+                    },
+                    html_escape(&a.table.name(l))
+                )
+            })
+            .collect();
+        el.set_inner_html(&format!("Organs: {boxes}"));
+    });
+}
+
+fn set_progress(fraction: f64, text: &str) {
+    let p: HtmlElement = by_testid("progress");
+    let _ = p.set_attribute("value", &format!("{:.4}", fraction.clamp(0.0, 1.0)));
+    let t: HtmlElement = by_testid("progress-text");
+    t.set_text_content(Some(text));
+}
+
+fn fmt_eta(s: f64) -> String {
+    if s < 60.0 {
+        format!("about {:.0} s left", s.max(1.0))
+    } else {
+        format!("about {} min {:02.0} s left", (s / 60.0) as u64, s % 60.0)
+    }
+}
+
+fn set_running(running: bool) {
+    APP.with_borrow_mut(|a| a.running = running);
+    let run: HtmlInputElement = by_testid("run-button");
+    run.set_disabled(running);
+    let cancel: HtmlInputElement = by_testid("cancel-button");
+    cancel.set_disabled(!running);
+}
+
+/// The run's inputs, copied out of the app state (the state stays usable meanwhile).
+type RunInputs = (
+    Vec<SupportInput>,
+    Vec<(CtVolume, Option<LabelVolume>)>,
+    RunSettings,
+);
+
+fn run_inputs() -> Result<RunInputs> {
+    let mode: HtmlSelectElement = by_testid("mode-select");
+    let slab: HtmlInputElement = by_testid("slab-mm");
+    let mode = match mode.value().as_str() {
+        "wpl" => BoxMode::Wpl,
+        _ => {
+            let mm: f64 = slab.value().trim().parse().unwrap_or(f64::NAN);
+            if !(mm.is_finite() && mm > 0.0) {
+                return Err(Error::InvalidArgument(
+                    "the slab thickness must be a positive number of mm".into(),
+                ));
+            }
+            BoxMode::Spl { slab_mm: mm }
+        }
+    };
+    APP.with_borrow(|a| {
+        if a.supports.is_empty() {
+            return Err(Error::InvalidArgument(
+                "load support CTs (with label maps, or mark an organ by 6 points) first".into(),
+            ));
+        }
+        if a.queries.is_empty() {
+            return Err(Error::InvalidArgument("load query CTs first".into()));
+        }
+        let organs: Vec<u16> = offered_organs(a)
+            .into_iter()
+            .filter(|l| !a.unselected.contains(l))
+            .collect();
+        let supports = a
+            .supports
+            .iter()
+            .map(|c| SupportInput {
+                name: c.name.clone(),
+                ct: c.canon.clone(),
+                labels: c.labels.clone(),
+                points: c.points.clone(),
+            })
+            .collect();
+        let queries = a
+            .queries
+            .iter()
+            .map(|c| (c.canon.clone(), c.truth.clone()))
+            .collect();
+        Ok((supports, queries, RunSettings { organs, mode }))
+    })
+}
+
+/// The models, built on first use (weights downloaded with a progress bar).
+async fn take_models() -> Result<Models> {
+    if let Some(m) = MODELS.with_borrow_mut(|m| m.take()) {
+        return Ok(m);
+    }
+    let m = run::load_models(&mut |what, f| {
+        set_progress(f, &format!("{what}: {:.0} %", 100.0 * f));
+    })
+    .await?;
+    let gpu_el: HtmlElement = by_testid("gpu-status");
+    gpu_el.set_text_content(Some(&format!("models run on: {}", m.backend)));
+    Ok(m)
+}
+
+async fn on_run() -> Result<String> {
+    let (supports, queries, settings) = run_inputs()?;
+    CANCEL.store(false, Ordering::Relaxed);
+    let mut models = take_models().await?;
+    let names = APP.with_borrow(|a| a.table.clone());
+    let n = queries.len();
+    let result = run::run(
+        &mut models,
+        supports,
+        &queries,
+        &settings,
+        &CANCEL,
+        &mut |p: RunProgress| {
+            let eta = p.eta_s.map(fmt_eta).unwrap_or_default();
+            set_progress(
+                p.fraction,
+                &format!("{} — {:.0} % {eta}", p.stage, 100.0 * p.fraction),
+            );
+        },
+        &mut |qi, out: QueryOutcome| {
+            APP.with_borrow_mut(|a| {
+                if let Some(c) = a.queries.get_mut(qi) {
+                    c.labels = Some(out.result.labels);
+                    c.result = Some(ResultView {
+                        organs: out.result.organs,
+                        metrics: out.metrics,
+                    });
+                }
+                a.shown = Some((false, qi));
+            });
+            redraw();
+        },
+    )
+    .await;
+    MODELS.with_borrow_mut(|m| *m = Some(models));
+    result?;
+    set_progress(1.0, "done");
+    let case_select: HtmlSelectElement = by_testid("case-select");
+    case_select.set_value("query");
+    offer_result_downloads()?;
+    render_metrics(&names);
+    Ok(format!("done: {n} query CT(s) segmented"))
+}
+
+/// Metrics of the shown query as an HTML table (when its label map was given).
+fn render_metrics(names: &LabelTable) {
+    let html = APP.with_borrow(|a| {
+        let Some(m) = shown_case(a)
+            .and_then(|c| c.result.as_ref())
+            .and_then(|r| r.metrics.as_ref())
+        else {
+            return String::new();
+        };
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
+        let rows: String = m
+            .iter()
+            .map(|r| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    r.label,
+                    html_escape(&names.name(r.label)),
+                    f(r.dsc),
+                    f(r.hd95_mm),
+                    f(r.box_iou),
+                    f(r.wd_mm)
+                )
+            })
+            .collect();
+        format!(
+            "<table><tr><th>label</th><th>organ</th><th>DSC %</th><th>HD95 mm</th><th>box IoU %</th><th>WD mm</th></tr>{rows}</table>"
+        )
+    });
+    let el: HtmlElement = by_testid("metrics-table");
+    el.set_inner_html(&html);
+}
+
+/// Offer the shown query's results: label map (file grid), boxes, label table, metrics.
+fn offer_result_downloads() -> Result<()> {
+    let files = APP.with_borrow(|a| {
+        let case = shown_case(a).ok_or_else(|| Error::InvalidArgument("no case shown".into()))?;
+        let labels = case
+            .labels
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("the shown case has no label map".into()))?;
+        let seg = write_labels_nifti_bytes(&labels.from_canonical(&case.reorientation)?)?;
+        let boxes = case.result.as_ref().map(|r| {
+            let j = boxes_json(&case.name, &r.organs, &case.reorientation, &a.table);
+            serde_json::to_string_pretty(&j).expect("serialisable")
+        });
+        let metrics = case
+            .result
+            .as_ref()
+            .and_then(|r| r.metrics.as_ref())
+            .map(|m| {
+                let mut rows = vec![METRICS_CSV_HEADER.to_string()];
+                rows.extend(
+                    m.iter()
+                        .map(|r| metrics_csv_row(&case.name, &a.table.name(r.label), r)),
+                );
+                rows.join("\n") + "\n"
+            });
+        Ok::<_, Error>((case.name.clone(), seg, boxes, metrics, a.table.to_json()))
+    })?;
+    let (name, seg, boxes, metrics, table) = files;
+    offer_download(
+        "download-seg",
+        &seg,
+        &format!("{name}.seg.nii.gz"),
+        "application/gzip",
+    )?;
+    offer_download(
+        "download-labels",
+        table.as_bytes(),
+        "labels.json",
+        "application/json",
+    )?;
+    if let Some(b) = boxes {
+        offer_download(
+            "download-boxes",
+            b.as_bytes(),
+            &format!("{name}.boxes.json"),
+            "application/json",
+        )?;
+    }
+    if let Some(m) = metrics {
+        offer_download("download-metrics", m.as_bytes(), "metrics.csv", "text/csv")?;
+    }
+    Ok(())
+}
+
+/// Fill the correction panel's organ choice from the shown query's result.
+fn render_edit_organs() {
+    APP.with_borrow(|a| {
+        let sel: HtmlSelectElement = by_testid("edit-organ");
+        let organs: Vec<u16> = match shown_case(a).filter(|_| a.shown.is_some_and(|s| !s.0)) {
+            Some(c) => {
+                let mut v: Vec<u16> = offered_organs(a);
+                v.extend(
+                    c.result
+                        .iter()
+                        .flat_map(|r| r.organs.iter().map(|o| o.label)),
+                );
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            None => Vec::new(),
+        };
+        let current = a.edit.organ;
+        let opts: String = std::iter::once("<option value=''>— (off)</option>".to_string())
+            .chain(organs.iter().map(|&l| {
+                format!(
+                    "<option value='{l}' {}>{l} {}</option>",
+                    if current == Some(l) { "selected" } else { "" },
+                    html_escape(&a.table.name(l))
+                )
+            }))
+            .collect();
+        sel.set_inner_html(&opts);
+    });
+}
+
+async fn on_resegment() -> Result<String> {
+    let (ct, mut labels, edit, qi) = APP.with_borrow(|a| {
+        let (support, qi) = a.shown.filter(|s| !s.0).ok_or_else(|| {
+            Error::InvalidArgument("show a query to correct its segmentation".into())
+        })?;
+        let _ = support;
+        let case = &a.queries[qi];
+        let organ = a.edit.organ.ok_or_else(|| {
+            Error::InvalidArgument("choose the organ to correct in the correction panel".into())
+        })?;
+        let prompt = SlicePrompt {
+            bbox: a.edit.bbox.map(|b| b.map(|v| v as f32)),
+            points: a
+                .edit
+                .points
+                .iter()
+                .map(|&(p, positive)| PromptPoint {
+                    xy: [p[0] as f32, p[1] as f32],
+                    positive,
+                })
+                .collect(),
+        };
+        let labels = case.labels.clone().map_or_else(
+            || Volume::filled(case.canon.dims, 0u16, case.canon.affine),
+            Ok,
+        )?;
+        Ok::<_, Error>((
+            case.canon.clone(),
+            labels,
+            SliceEdit {
+                organ,
+                k: a.cursor[2],
+                prompt,
+            },
+            qi,
+        ))
+    })?;
+    let mut models = take_models().await?;
+    let res = run::resegment_slice(&mut models, &ct, &mut labels, &edit).await;
+    MODELS.with_borrow_mut(|m| *m = Some(models));
+    let count = res?;
+    APP.with_borrow_mut(|a| {
+        let c = &mut a.queries[qi];
+        c.labels = Some(labels);
+        a.edit.bbox = None;
+        a.edit.points.clear();
+    });
+    offer_result_downloads()?;
+    Ok(format!(
+        "slice {} re-segmented for organ {}: {count} voxels",
+        edit.k, edit.organ
+    ))
 }
 
 fn shown_case(a: &App) -> Option<&Case> {
@@ -304,6 +734,21 @@ pub fn redraw() {
                     draw_marker(&mut px, w, h, xy, colour);
                 }
             }
+            if let Some(r) = case.result.as_ref().filter(|_| !a.hide_boxes) {
+                for o in r.organs.iter().filter(|o| !a.hidden.contains(&o.label)) {
+                    if let Some(rect) = organ_rect(o, pane, cursor, dims) {
+                        draw_rect(&mut px, w, h, rect, crate::output::label_colour(o.label));
+                    }
+                }
+            }
+            if pane == Pane::Axial && a.edit.organ.is_some() && a.shown.is_some_and(|s| !s.0) {
+                if let Some(b) = a.edit.bbox {
+                    draw_rect(&mut px, w, h, b, [255, 255, 255]);
+                }
+                for &(p, positive) in &a.edit.points {
+                    draw_marker(&mut px, w, h, (p[0], p[1]), if positive { [0, 255, 0] } else { [255, 0, 0] });
+                }
+            }
             let ctx: CanvasRenderingContext2d = canvas.get_context("2d").ok().flatten().expect("2d").dyn_into().expect("ctx");
             if let Ok(img) = ImageData::new_with_u8_clamped_array_and_sh(wasm_bindgen::Clamped(&px), w as u32, h as u32) {
                 let _ = ctx.put_image_data(&img, 0.0, 0.0);
@@ -335,10 +780,41 @@ pub fn redraw() {
             .iter()
             .map(|(v, _)| format!("<div>{v} {} (marked by 6 points)</div>", html_escape(&a.table.name(*v))))
             .collect();
-        organs.set_inner_html(&(html + &marked));
+        let confidence: String = case
+            .result
+            .iter()
+            .flat_map(|r| run::confidences(&r.organs))
+            .map(|(v, c)| format!("<div data-confidence='{v}'>{v} {}: localization confidence {c:.2}</div>", html_escape(&a.table.name(v))))
+            .collect();
+        organs.set_inner_html(&(html + &marked + &confidence));
         a.cursor = cursor;
         a.recentre = false;
     });
+}
+
+/// Where an organ's box shows on a pane: the slice box on the axial pane, the
+/// 3-D box on the other two, when the cursor's slice crosses it (pane pixels, inclusive).
+fn organ_rect(
+    o: &OrganLocalization,
+    pane: Pane,
+    cursor: [usize; 3],
+    dims: [usize; 3],
+) -> Option<[usize; 4]> {
+    let b = &o.bbox;
+    let flip = |k: usize| dims[2] - 1 - k;
+    match pane {
+        Pane::Axial => o
+            .slice_boxes
+            .iter()
+            .find(|s| s.k == cursor[2])
+            .map(|s| [s.min[0], s.min[1], s.max[0], s.max[1]]),
+        Pane::Coronal => (b.min[1]..=b.max[1])
+            .contains(&cursor[1])
+            .then(|| [b.min[0], flip(b.max[2]), b.max[0], flip(b.min[2])]),
+        Pane::Sagittal => (b.min[0]..=b.max[0])
+            .contains(&cursor[0])
+            .then(|| [b.min[1], flip(b.max[2]), b.max[1], flip(b.min[2])]),
+    }
 }
 
 fn html_escape(s: &str) -> String {
@@ -364,6 +840,8 @@ where
                 Ok(msg) => {
                     set_status(&msg, false);
                     redraw();
+                    render_organ_choice();
+                    render_edit_organs();
                 }
                 Err(e) => set_status(&format!("error: {e}"), true),
             }
@@ -393,7 +871,12 @@ fn on_event(id: &str, event: &str, f: impl Fn(Event) + 'static) {
 
 /// Hide the download links (their content belongs to what was shown before).
 fn hide_downloads() {
-    for id in ["download-seg", "download-labels"] {
+    for id in [
+        "download-seg",
+        "download-labels",
+        "download-boxes",
+        "download-metrics",
+    ] {
         let a: HtmlElement = by_testid(id);
         let _ = a.set_attribute("hidden", "");
     }
@@ -447,6 +930,7 @@ fn on_pane_click(
     canvas: &HtmlCanvasElement,
     x_css: f64,
     y_css: f64,
+    shift: bool,
 ) -> Result<Option<String>> {
     let (cw, ch) = (
         canvas.client_width().max(1) as f64,
@@ -470,6 +954,19 @@ fn on_pane_click(
         );
         let v = [0, 1, 2].map(|t| v[t].min(dims[t] - 1));
         a.cursor = v;
+        if pane == Pane::Axial
+            && a.edit.organ.is_some()
+            && a.edit.point_tool
+            && a.shown.is_some_and(|s| !s.0)
+        {
+            a.edit.points.push(([v[0], v[1]], !shift));
+            return Ok(Some(format!(
+                "{} point {} on slice {}: press Re-segment when done",
+                if shift { "background" } else { "organ" },
+                a.edit.points.len(),
+                v[2]
+            )));
+        }
         let Some((label, pts)) = a.marking.as_mut() else {
             return Ok(None);
         };
@@ -498,6 +995,20 @@ fn on_pane_click(
             case.name
         )))
     })
+}
+
+/// Axial pane pixel `[i, j]` under a mouse position in CSS pixels.
+fn axial_pixel(canvas: &HtmlCanvasElement, x_css: f64, y_css: f64) -> [usize; 2] {
+    let (cw, ch) = (
+        canvas.client_width().max(1) as f64,
+        canvas.client_height().max(1) as f64,
+    );
+    let x = (x_css * canvas.width() as f64 / cw).max(0.0) as usize;
+    let y = (y_css * canvas.height() as f64 / ch).max(0.0) as usize;
+    [
+        x.min(canvas.width().max(1) as usize - 1),
+        y.min(canvas.height().max(1) as usize - 1),
+    ]
 }
 
 fn start_marking() -> Result<String> {
@@ -554,10 +1065,136 @@ pub fn start() {
     on_async("support-label-input", "change", on_support_labels);
     on_async("query-input", "change", on_queries);
     on_async("label-table-input", "change", on_label_table);
+    on_async("query-label-input", "change", on_query_labels);
+    on_event("organ-select", "change", |e| {
+        let inp: HtmlInputElement = e.target().unwrap().dyn_into().unwrap();
+        if let Some(l) = inp
+            .get_attribute("data-organ")
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            APP.with_borrow_mut(|a| {
+                a.unselected.retain(|&u| u != l);
+                if !inp.checked() {
+                    a.unselected.push(l);
+                }
+            });
+        }
+    });
+    on_click("run-button", || {
+        if APP.with_borrow(|a| a.running) {
+            return;
+        }
+        set_running(true);
+        hide_downloads();
+        set_status("running…", false);
+        wasm_bindgen_futures::spawn_local(async {
+            match on_run().await {
+                Ok(m) => set_status(&m, false),
+                Err(e) if CANCEL.load(Ordering::Relaxed) => {
+                    set_status(&format!("cancelled ({e})"), false)
+                }
+                Err(e) => set_status(&format!("error: {e}"), true),
+            }
+            set_running(false);
+            redraw();
+            render_edit_organs();
+        });
+    });
+    on_click("cancel-button", || {
+        CANCEL.store(true, Ordering::Relaxed);
+        set_status("cancelling after this slice…", false);
+    });
+    on_event("boxes-toggle", "change", |e| {
+        let inp: HtmlInputElement = e.target().unwrap().dyn_into().unwrap();
+        APP.with_borrow_mut(|a| a.hide_boxes = !inp.checked());
+        redraw();
+    });
+    on_event("edit-organ", "change", |e| {
+        let sel: HtmlSelectElement = e.target().unwrap().dyn_into().unwrap();
+        let organ = sel.value().parse::<u16>().ok();
+        APP.with_borrow_mut(|a| {
+            a.edit = EditState {
+                organ,
+                point_tool: a.edit.point_tool,
+                ..Default::default()
+            }
+        });
+        set_status(
+            &match organ {
+                Some(l) => format!(
+                    "correcting organ {l}: draw a box or click points on the axial pane, then Re-segment"
+                ),
+                None => "correction off".into(),
+            },
+            false,
+        );
+        redraw();
+    });
+    for (id, point) in [("edit-tool-box", false), ("edit-tool-point", true)] {
+        on_event(id, "change", move |_| {
+            APP.with_borrow_mut(|a| a.edit.point_tool = point);
+        });
+    }
+    on_event("viewer-axial", "mousedown", |e| {
+        let m: web_sys::MouseEvent = e.dyn_into().unwrap();
+        let canvas: HtmlCanvasElement = by_testid("viewer-axial");
+        let p = axial_pixel(&canvas, m.offset_x() as f64, m.offset_y() as f64);
+        APP.with_borrow_mut(|a| {
+            if a.edit.organ.is_some() && !a.edit.point_tool {
+                a.edit.drag_from = Some(p);
+            }
+        });
+    });
+    on_event("viewer-axial", "mouseup", |e| {
+        let m: web_sys::MouseEvent = e.dyn_into().unwrap();
+        let canvas: HtmlCanvasElement = by_testid("viewer-axial");
+        let p = axial_pixel(&canvas, m.offset_x() as f64, m.offset_y() as f64);
+        let msg = APP.with_borrow_mut(|a| {
+            let from = a.edit.drag_from.take()?;
+            if from[0].abs_diff(p[0]) < 2 || from[1].abs_diff(p[1]) < 2 {
+                return None;
+            }
+            let b = [
+                from[0].min(p[0]),
+                from[1].min(p[1]),
+                from[0].max(p[0]),
+                from[1].max(p[1]),
+            ];
+            a.edit.bbox = Some(b);
+            Some(format!(
+                "box {:?}..{:?} drawn: press Re-segment",
+                [b[0], b[1]],
+                [b[2], b[3]]
+            ))
+        });
+        if let Some(m) = msg {
+            set_status(&m, false);
+            redraw();
+        }
+    });
+    on_click("resegment-button", || {
+        wasm_bindgen_futures::spawn_local(async {
+            set_status("re-segmenting the slice…", false);
+            match on_resegment().await {
+                Ok(m) => set_status(&m, false),
+                Err(e) => set_status(&format!("error: {e}"), true),
+            }
+            redraw();
+        });
+    });
+    on_click("clear-prompts-button", || {
+        APP.with_borrow_mut(|a| {
+            a.edit.bbox = None;
+            a.edit.points.clear();
+        });
+        redraw();
+    });
     on_click("demo-button", || match run_demo() {
         Ok(m) => {
             set_status(&m, false);
             redraw();
+            render_organ_choice();
+            render_edit_organs();
             if let Err(e) = offer_label_download() {
                 set_status(&format!("error: {e}"), true);
             }
@@ -627,7 +1264,13 @@ pub fn start() {
         on_event(id, "click", move |e| {
             let m: web_sys::MouseEvent = e.dyn_into().unwrap();
             let canvas: HtmlCanvasElement = by_testid(id);
-            match on_pane_click(pane, &canvas, m.offset_x() as f64, m.offset_y() as f64) {
+            match on_pane_click(
+                pane,
+                &canvas,
+                m.offset_x() as f64,
+                m.offset_y() as f64,
+                m.shift_key(),
+            ) {
                 Ok(Some(msg)) => set_status(&msg, false),
                 Ok(None) => {}
                 Err(e) => set_status(&format!("error: {e}"), true),

@@ -115,16 +115,15 @@ pub async fn fetch_weights(
     let url = format!("{WEIGHTS_DIR}{name}");
     let key = format!("{url}?sha256={}", entry.sha256);
     let cache = open_cache().await;
-    if let Some(cache) = &cache {
-        if let Ok(hit) = JsFuture::from(cache.match_with_str(&key)).await {
-            if let Ok(resp) = hit.dyn_into::<Response>() {
-                let bytes = read_body(&resp, entry.bytes, progress).await?;
-                if manifest.verify(name, &bytes).is_ok() {
-                    return Ok(bytes);
-                }
-                let _ = JsFuture::from(cache.delete_with_str(&key)).await;
-            }
+    if let Some(cache) = &cache
+        && let Ok(hit) = JsFuture::from(cache.match_with_str(&key)).await
+        && let Ok(resp) = hit.dyn_into::<Response>()
+    {
+        let bytes = read_body(&resp, entry.bytes, progress).await?;
+        if manifest.verify(name, &bytes).is_ok() {
+            return Ok(bytes);
         }
+        let _ = JsFuture::from(cache.delete_with_str(&key)).await;
     }
     let resp = fetch(&url, &RequestInit::new()).await?;
     let bytes = read_body(&resp, entry.bytes, progress).await?;

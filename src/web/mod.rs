@@ -6,6 +6,8 @@ pub mod app;
 #[cfg(target_arch = "wasm32")]
 pub mod fetch;
 pub mod manifest;
+#[cfg(target_arch = "wasm32")]
+pub mod run;
 pub mod viewer;
 
 /// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.

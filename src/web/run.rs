@@ -1,0 +1,292 @@
+//! The Run flow in the browser (wasm32 only): the compute device (WebGPU, or
+//! the CPU backend in wasm when WebGPU is missing), the models built from
+//! weights fetched from the page's origin, the support atlas, and for each
+//! query localize → segment every slice once, with progress, ETA and Cancel.
+//! Also re-segmenting one slice from a user's box or points.
+//!
+//! Nothing here touches the DOM: the app shell passes callbacks for progress.
+
+use std::sync::atomic::AtomicBool;
+
+use burn::tensor::Device;
+
+use super::fetch::{fetch_manifest, fetch_weights};
+use crate::medlam::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
+use crate::medlam::localize::{LocalizeOptions, MedLamLocalizer};
+use crate::medlam::net::{MedLam, MedLamConfig};
+use crate::metrics::{LabelMetrics, evaluate_labels};
+use crate::pipeline::{
+    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, segment_canonical,
+};
+use crate::sam::model::SamConfig;
+use crate::sam::predictor::{SamSegmenter, SlicePrompt};
+use crate::sam::preprocess::Preprocess;
+use crate::sam::weights::load_bpk_bytes;
+use crate::volume::{CtVolume, LabelVolume};
+use crate::{Error, Result};
+
+/// Weights files of the web build (in `weights/web/`).
+pub const SAM_WEIGHTS: &str = "lite_medsam.q8.bpk";
+pub const MEDLAM_WEIGHTS: &str = "medlam.bpk";
+
+/// The device and the two models, built once per page.
+pub struct Models {
+    pub device: Device,
+    /// What the user is told about the backend.
+    pub backend: String,
+    pub sam: SamSegmenter,
+    pub medlam: MedLam,
+    pub medlam_config: MedLamConfig,
+}
+
+/// WebGPU when the browser has it and an adapter comes up, else Burn's CPU backend in wasm.
+pub async fn init_device() -> (Device, String) {
+    match Device::wgpu_options().init_async().await {
+        Ok(d) => (d, "WebGPU".into()),
+        Err(e) => (
+            Device::flex(),
+            format!("CPU in WebAssembly (WebGPU unavailable: {e}); slower"),
+        ),
+    }
+}
+
+/// Fetch, verify and build both models; `progress(what, fraction)` while downloading.
+pub async fn load_models(progress: &mut dyn FnMut(&str, f64)) -> Result<Models> {
+    progress("starting the compute device", 0.0);
+    let (device, backend) = init_device().await;
+    let manifest = fetch_manifest().await?;
+    let total: u64 = [SAM_WEIGHTS, MEDLAM_WEIGHTS]
+        .iter()
+        .map(|n| manifest.entry(n).map(|e| e.bytes))
+        .sum::<Result<u64>>()?;
+    let mut before = 0u64;
+    let mut files = Vec::new();
+    for name in [SAM_WEIGHTS, MEDLAM_WEIGHTS] {
+        let label = format!("downloading model weights ({name})");
+        let bytes = fetch_weights(&manifest, name, &mut |got, _| {
+            progress(&label, (before + got) as f64 / total.max(1) as f64)
+        })
+        .await?;
+        before += bytes.len() as u64;
+        files.push(bytes);
+    }
+    progress("building the models", 1.0);
+    let medlam_bytes = files.pop().expect("two files");
+    let sam_bytes = files.pop().expect("two files");
+    let sam_model = load_bpk_bytes(&SamConfig::lite_medsam(), sam_bytes, &device)?;
+    let sam = SamSegmenter::new(sam_model, device.clone(), Preprocess::default());
+    let (medlam, medlam_config) = MedLam::from_bytes(&medlam_bytes, &device)?;
+    Ok(Models {
+        device,
+        backend,
+        sam,
+        medlam,
+        medlam_config,
+    })
+}
+
+/// A support as the page holds it (canonical grid).
+pub struct SupportInput {
+    pub name: String,
+    pub ct: CtVolume,
+    pub labels: Option<LabelVolume>,
+    pub points: Vec<(u16, [[usize; 3]; 6])>,
+}
+
+/// What one query gave.
+pub struct QueryOutcome {
+    pub result: CanonicalResult,
+    /// Against the query's label map, when the user gave one.
+    pub metrics: Option<Vec<LabelMetrics>>,
+}
+
+/// Progress of a whole run: stage, fraction of the run done, seconds left (estimated).
+#[derive(Clone, Debug)]
+pub struct RunProgress {
+    pub stage: String,
+    pub fraction: f64,
+    pub eta_s: Option<f64>,
+}
+
+/// Settings of a run.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub organs: Vec<u16>,
+    pub mode: BoxMode,
+}
+
+fn support_cases(supports: Vec<SupportInput>) -> Result<Vec<SupportCase>> {
+    supports
+        .into_iter()
+        .map(|s| {
+            let organs = match (s.labels, s.points.is_empty()) {
+                (Some(l), true) => SupportOrgans::Labels(l),
+                (None, false) => SupportOrgans::Points(s.points),
+                (Some(_), false) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "support {} has both a label map and clicked points: remove one",
+                        s.name
+                    )));
+                }
+                (None, true) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "support {} has no label map and no organ marked by 6 points",
+                        s.name
+                    )));
+                }
+            };
+            Ok(SupportCase {
+                name: s.name,
+                ct: s.ct,
+                organs,
+            })
+        })
+        .collect()
+}
+
+/// Localize and segment every query; `on_query(index, outcome)` as each one ends.
+/// The models are lent to the run and handed back inside the result.
+pub async fn run(
+    models: &mut Models,
+    supports: Vec<SupportInput>,
+    queries: &[(CtVolume, Option<LabelVolume>)],
+    settings: &RunSettings,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(RunProgress),
+    on_query: &mut dyn FnMut(usize, QueryOutcome),
+) -> Result<()> {
+    if queries.is_empty() {
+        return Err(Error::InvalidArgument("load at least one query CT".into()));
+    }
+    if settings.organs.is_empty() {
+        return Err(Error::InvalidArgument("choose at least one organ".into()));
+    }
+    let start = web_time::Instant::now();
+    progress(RunProgress {
+        stage: "support atlas".into(),
+        fraction: 0.0,
+        eta_s: None,
+    });
+    let mode = match settings.mode {
+        BoxMode::Wpl => AtlasMode::Wpl,
+        BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
+    };
+    let cases = support_cases(supports)?;
+    let atlas = Atlas::build(
+        &models.medlam,
+        &models.medlam_config,
+        &cases,
+        &settings.organs,
+        mode,
+        &models.device,
+    )
+    .await?;
+    drop(cases);
+    // The atlas takes a share of the run; each query an equal share of the rest.
+    let atlas_share = 0.1;
+    let n = queries.len() as f64;
+    let mut localizer = MedLamLocalizer {
+        net: models.medlam.clone(),
+        atlas,
+        device: models.device.clone(),
+        options: LocalizeOptions::default(),
+    };
+    for (qi, (ct, truth)) in queries.iter().enumerate() {
+        let mut report = |p: Progress| {
+            let within = match p.stage {
+                "localize" => 0.1 * p.done as f64 / p.total.max(1) as f64,
+                _ => 0.1 + 0.9 * p.done as f64 / p.total.max(1) as f64,
+            };
+            let fraction = atlas_share + (1.0 - atlas_share) * (qi as f64 + within) / n;
+            let elapsed = start.elapsed().as_secs_f64();
+            let eta_s =
+                (fraction > atlas_share + 0.01).then(|| elapsed * (1.0 - fraction) / fraction);
+            progress(RunProgress {
+                stage: format!(
+                    "query {}/{}: {} {}/{}",
+                    qi + 1,
+                    queries.len(),
+                    p.stage,
+                    p.done,
+                    p.total
+                ),
+                fraction,
+                eta_s,
+            });
+        };
+        let result = segment_canonical(
+            ct,
+            &settings.organs,
+            &mut localizer,
+            &mut models.sam,
+            &SegmentOptions::default(),
+            Some(cancel),
+            &mut report,
+        )
+        .await?;
+        let metrics = match truth {
+            Some(t) => Some(evaluate_labels(&result.labels, t, &settings.organs)?),
+            None => None,
+        };
+        on_query(qi, QueryOutcome { result, metrics });
+    }
+    Ok(())
+}
+
+/// A user's correction on one axial slice: a box, points, or both (slice pixels `[i, j]`).
+#[derive(Clone, Debug, Default)]
+pub struct SliceEdit {
+    pub organ: u16,
+    pub k: usize,
+    pub prompt: SlicePrompt,
+}
+
+/// Re-segment one slice of a canonical query from a user's prompt and write the
+/// organ's new mask into `labels` (the organ's old voxels on that slice are cleared;
+/// other organs' voxels are kept). Returns the number of voxels now labelled.
+pub async fn resegment_slice(
+    models: &mut Models,
+    ct: &CtVolume,
+    labels: &mut LabelVolume,
+    edit: &SliceEdit,
+) -> Result<usize> {
+    let [nx, ny, nz] = ct.dims;
+    if edit.k >= nz {
+        return Err(Error::InvalidArgument(format!(
+            "slice {} is outside the query ({} slices)",
+            edit.k, nz
+        )));
+    }
+    if edit.prompt.bbox.is_none() && edit.prompt.points.is_empty() {
+        return Err(Error::InvalidArgument(
+            "draw a box or click at least one point on the axial slice first".into(),
+        ));
+    }
+    let slice: Vec<f32> = ct.axial_slice(edit.k).iter().map(|&v| v as f32).collect();
+    let emb = models.sam.embed(&slice, nx, ny)?;
+    let prob = models
+        .sam
+        .decode_probabilities(&emb, std::slice::from_ref(&edit.prompt))
+        .await?
+        .pop()
+        .expect("one prompt");
+    let plane = &mut labels.data[edit.k * nx * ny..(edit.k + 1) * nx * ny];
+    let mut count = 0;
+    for (l, p) in plane.iter_mut().zip(&prob) {
+        if *l == edit.organ {
+            *l = 0;
+        }
+        if *p > 0.5 && *l == 0 {
+            *l = edit.organ;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The organs of a result shown with their confidence, in label order.
+pub fn confidences(organs: &[OrganLocalization]) -> Vec<(u16, f32)> {
+    let mut v: Vec<(u16, f32)> = organs.iter().map(|o| (o.label, o.confidence)).collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
