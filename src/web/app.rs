@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{
-    CanvasRenderingContext2d, Document, Event, HtmlAnchorElement, HtmlCanvasElement, HtmlElement,
-    HtmlInputElement, HtmlSelectElement, ImageData, WheelEvent,
+    CanvasRenderingContext2d, Document, Event, HtmlAnchorElement, HtmlButtonElement,
+    HtmlCanvasElement, HtmlElement, HtmlInputElement, HtmlSelectElement, ImageData, WheelEvent,
 };
 
 use super::run::{self, Models, QueryOutcome, RunProgress, RunSettings, SliceEdit, SupportInput};
@@ -404,9 +404,9 @@ fn fmt_eta(s: f64) -> String {
 
 fn set_running(running: bool) {
     APP.with_borrow_mut(|a| a.running = running);
-    let run: HtmlInputElement = by_testid("run-button");
+    let run: HtmlButtonElement = by_testid("run-button");
     run.set_disabled(running);
-    let cancel: HtmlInputElement = by_testid("cancel-button");
+    let cancel: HtmlButtonElement = by_testid("cancel-button");
     cancel.set_disabled(!running);
 }
 

@@ -11,8 +11,8 @@ use web_sys::{Request, RequestInit, Response};
 use super::manifest::{MANIFEST_NAME, Manifest};
 use crate::{Error, Result};
 
-/// Folder of the web weights, relative to the page.
-pub const WEIGHTS_DIR: &str = "weights/web/";
+/// Folder of the weights, relative to the page.
+pub const WEIGHTS_DIR: &str = "weights/";
 /// Name of the Cache Storage bucket holding verified weights.
 const CACHE_NAME: &str = "medlsam-weights-v1";
 

@@ -1,5 +1,5 @@
 //! The weights manifest: which model files the browser app fetches from its own
-//! origin (`weights/web/`), with their sizes and SHA-256, so a truncated or
+//! origin (`weights/`), with their sizes and SHA-256, so a truncated or
 //! corrupted download (or a stale browser cache) is detected before a model is
 //! built from it. Written natively by `medlsam weights manifest`, read by the page.
 
@@ -8,8 +8,11 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
-/// Name of the manifest file inside the web weights folder.
+/// Name of the manifest file inside the weights folder.
 pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// The weights files the browser app uses (LiteMedSAM int8, MedLAM f32).
+pub const WEB_WEIGHTS: [&str; 2] = ["lite_medsam.q8.bpk", "medlam.bpk"];
 
 /// One file the page fetches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

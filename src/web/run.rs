@@ -25,9 +25,11 @@ use crate::sam::weights::load_bpk_bytes;
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
 
-/// Weights files of the web build (in `weights/web/`).
-pub const SAM_WEIGHTS: &str = "lite_medsam.q8.bpk";
-pub const MEDLAM_WEIGHTS: &str = "medlam.bpk";
+use super::manifest::WEB_WEIGHTS;
+
+/// Weights files of the web build (in `weights/`).
+const SAM_WEIGHTS: &str = WEB_WEIGHTS[0];
+const MEDLAM_WEIGHTS: &str = WEB_WEIGHTS[1];
 
 /// The device and the two models, built once per page.
 pub struct Models {

@@ -1,0 +1,55 @@
+// Ad-hoc: drive a real run in headless Chromium and print timings (not part of the suite).
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+const [dist, data, organs] = process.argv.slice(2);
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://127.0.0.1");
+  let file = path.resolve(dist, "." + decodeURIComponent(url.pathname));
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "index.html");
+  if (!fs.existsSync(file)) { res.writeHead(404); return res.end("not found"); }
+  res.writeHead(200, { "content-type": types[path.extname(file)] || "application/octet-stream" });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium",
+  args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"] });
+const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+page.on("console", (m) => console.log("console:", m.type(), m.text().slice(0, 300)));
+page.on("pageerror", (e) => console.log("pageerror:", String(e).slice(0, 500)));
+await page.goto(origin + "/");
+await page.waitForFunction(() => /ready/.test(document.querySelector("[data-testid='status']").textContent));
+const sup = ["okbp_001", "okbp_002"];
+await page.getByTestId("support-image-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.ct.nii.gz`)));
+await page.getByTestId("support-label-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.label.nii.gz`)));
+await page.getByTestId("label-table-input").setInputFiles([path.join(data, "openkbp/labels.json")]);
+await page.getByTestId("query-input").setInputFiles([path.join(data, "openkbp/okbp_010.ct.nii.gz")]);
+await page.getByTestId("query-label-input").setInputFiles([path.join(data, "openkbp/okbp_010.label.nii.gz")]);
+await page.waitForTimeout(500);
+const want = (organs || "1").split(",");
+for (const cb of await page.locator("[data-testid='organ-select'] input").all()) {
+  const l = await cb.getAttribute("data-organ");
+  if (!want.includes(l)) await cb.uncheck();
+}
+if (process.env.MODE) await page.getByTestId("mode-select").selectOption(process.env.MODE);
+const t0 = Date.now();
+await page.getByTestId("run-button").click();
+let last = "";
+for (;;) {
+  let s, p, g;
+  try {
+    s = await page.getByTestId("status").textContent({ timeout: 600000 });
+    p = await page.getByTestId("progress-text").textContent();
+    g = await page.getByTestId("gpu-status").textContent();
+  } catch (e) { console.log("page busy:", String(e).slice(0, 100)); continue; }
+  if (p + s + g !== last) { console.log(((Date.now() - t0) / 1000).toFixed(1), "s |", g, "|", p, "|", s); last = p + s + g; }
+  if (/^(done|error|cancelled)/.test(s)) break;
+  await page.waitForTimeout(1000);
+}
+console.log(await page.getByTestId("metrics-table").textContent());
+await page.screenshot({ path: "/tmp/webtry/run.png", fullPage: true });
+await browser.close(); server.close();
