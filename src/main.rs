@@ -16,6 +16,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use medlsam::metrics::{LabelMetrics, evaluate_labels};
+    use medlsam::sam::commands::{SamBench, TrueBoxRun, default_data_dir};
     use medlsam::volume::label_table::LabelTable;
     use medlsam::volume::labels::{bounding_box, classes, extreme_points, slice_boxes};
     use medlsam::volume::nifti_io::write_ct_nifti_path;
@@ -66,19 +67,6 @@ mod cli {
         Localize(Box<LocalizeArgs>),
         /// Few-shot localization evaluation on OpenKBP: baseline, UAM, MSS, UAM+MSS.
         EvalLocalize(Box<EvalLocalizeArgs>),
-        /// Benchmarks; `medlam`: atlas and per-query localization time (7 organs).
-        Bench {
-            /// What to benchmark: medlam.
-            what: String,
-            #[arg(long, default_value = "weights/medlam.bpk")]
-            weights: PathBuf,
-            #[arg(long, default_value_t = 3)]
-            queries: usize,
-            #[arg(long, default_value = "cpu")]
-            backend: String,
-            #[arg(long, default_value = "../shared/data")]
-            data: PathBuf,
-        },
         /// Run on a bundled synthetic phantom (no data needed): writes it in LPS and RAS,
         /// reads both back and shows that geometry, organ boxes and metrics agree.
         Demo {
@@ -90,6 +78,63 @@ mod cli {
         /// Convert model weights to Burn's format.
         #[command(subcommand)]
         Weights(WeightsCommand),
+        /// Segment a query CT slice by slice with LiteMedSAM, prompted by the true 2-D box of
+        /// each organ on each slice of a label map (the paper's "manual box" ceiling).
+        Segment {
+            #[arg(long)]
+            query: PathBuf,
+            /// Label map on the query's grid whose per-slice organ boxes are the prompts.
+            #[arg(long)]
+            boxes_from_label: PathBuf,
+            /// Organs, e.g. 1,3,4 (default: every label in the map).
+            #[arg(long, value_delimiter = ',')]
+            organs: Vec<u16>,
+            /// Box enlargement in pixels at SAM's 1024² scale (scaled to the slice size).
+            #[arg(long, default_value_t = 10.0)]
+            margin_px: f64,
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
+            /// LiteMedSAM weights (.bpk; default weights/lite_medsam.bpk).
+            #[arg(long)]
+            weights: Option<PathBuf>,
+            /// CT window low,high in HU mapped to the model's 0-255 input.
+            #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [-160.0, 240.0])]
+            window: Vec<f32>,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Benchmarks (timings and peak memory).
+        #[command(subcommand)]
+        Bench(BenchCommand),
+    }
+
+    #[derive(Subcommand)]
+    enum BenchCommand {
+        /// LiteMedSAM: encoder ms/slice, decoder ms/box, peak memory.
+        Sam {
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
+            #[arg(long, default_value_t = 5)]
+            slices: usize,
+            #[arg(long, default_value_t = 3)]
+            boxes: usize,
+            /// CT to take slices from (default ../shared/data/abdomen/ircadb_017.ct.nii.gz).
+            #[arg(long)]
+            ct: Option<PathBuf>,
+            #[arg(long)]
+            weights: Option<PathBuf>,
+        },
+        /// MedLAM: support atlas and per-query localization time (7 OpenKBP organs).
+        Medlam {
+            #[arg(long, default_value = "weights/medlam.bpk")]
+            weights: PathBuf,
+            #[arg(long, default_value_t = 3)]
+            queries: usize,
+            #[arg(long, default_value = "cpu")]
+            backend: String,
+            #[arg(long, default_value = "../shared/data")]
+            data: PathBuf,
+        },
     }
 
     #[derive(Subcommand)]
@@ -236,13 +281,43 @@ mod cli {
             Command::Train(a) => train(*a),
             Command::Localize(a) => localize(*a),
             Command::EvalLocalize(a) => eval_localize(*a),
-            Command::Bench {
-                what,
+            Command::Segment {
+                query,
+                boxes_from_label,
+                organs,
+                margin_px,
+                backend,
+                weights,
+                window,
+                out,
+            } => {
+                let mut run = TrueBoxRun::new(query, boxes_from_label, out);
+                run.organs = (!organs.is_empty()).then_some(organs);
+                run.margin_px_1024 = margin_px;
+                run.backend = backend;
+                run.weights = weights;
+                run.window_hu = [window[0], window[1]];
+                medlsam::sam::commands::segment_and_report(&run)
+            }
+            Command::Bench(BenchCommand::Sam {
+                backend,
+                slices,
+                boxes,
+                ct,
+                weights,
+            }) => medlsam::sam::commands::bench_sam(&SamBench {
+                backend,
+                slices,
+                boxes,
+                ct: ct.unwrap_or_else(|| default_data_dir().join("abdomen/ircadb_017.ct.nii.gz")),
+                weights,
+            }),
+            Command::Bench(BenchCommand::Medlam {
                 weights,
                 queries,
                 backend,
                 data,
-            } => bench(&what, &weights, queries, &backend, &data),
+            }) => bench_medlam(&weights, queries, &backend, &data),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -374,23 +449,16 @@ mod cli {
         Ok(())
     }
 
-    fn bench(what: &str, weights: &Path, queries: usize, backend: &str, data: &Path) -> Result<()> {
-        match what {
-            "medlam" => {
-                let r = medlsam::medlam::eval::bench_medlam(
-                    data,
-                    weights,
-                    queries.max(1),
-                    &device(backend)?,
-                    &mut |l| eprintln!("{l}"),
-                )?;
-                print!("{r}");
-                Ok(())
-            }
-            other => Err(Error::InvalidArgument(format!(
-                "unknown benchmark '{other}': use medlam"
-            ))),
-        }
+    fn bench_medlam(weights: &Path, queries: usize, backend: &str, data: &Path) -> Result<()> {
+        let r = medlsam::medlam::eval::bench_medlam(
+            data,
+            weights,
+            queries.max(1),
+            &device(backend)?,
+            &mut |l| eprintln!("{l}"),
+        )?;
+        print!("{r}");
+        Ok(())
     }
 
     fn to_json<T: serde::Serialize>(v: &T) -> String {

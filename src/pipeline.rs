@@ -59,6 +59,19 @@ pub trait SliceSegmenter {
     /// `[i_min, j_min, i_max, j_max]` in slice pixel coordinates (inclusive corners).
     async fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4])
     -> Result<Vec<f32>>;
+    /// Probabilities for several boxes of one slice, in order (default: one
+    /// [`Self::decode_box`] each; segmenters may decode them as one batch).
+    async fn decode_boxes(
+        &mut self,
+        embedding: &Self::Embedding,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(boxes.len());
+        for &b in boxes {
+            out.push(self.decode_box(embedding, b).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// How 2-D boxes are derived from a localization.
@@ -219,17 +232,29 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         slices_encoded += 1;
         best.iter_mut().for_each(|b| *b = opt.threshold);
         let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-        for &(o, sb) in &per_slice[k] {
-            let bbox = [
-                (sb.min[0] as f64 - margin).max(0.0) as f32,
-                (sb.min[1] as f64 - margin).max(0.0) as f32,
-                (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
-                (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
-            ];
-            let t = web_time::Instant::now();
-            let prob = segmenter.decode_box(&emb, bbox).await?;
-            times.decode += t.elapsed();
-            boxes_decoded += 1;
+        let boxes: Vec<[f32; 4]> = per_slice[k]
+            .iter()
+            .map(|&(_, sb)| {
+                [
+                    (sb.min[0] as f64 - margin).max(0.0) as f32,
+                    (sb.min[1] as f64 - margin).max(0.0) as f32,
+                    (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
+                    (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
+                ]
+            })
+            .collect();
+        let t = web_time::Instant::now();
+        let probs = segmenter.decode_boxes(&emb, &boxes).await?;
+        times.decode += t.elapsed();
+        boxes_decoded += boxes.len();
+        if probs.len() != boxes.len() {
+            return Err(Error::InvalidArgument(format!(
+                "segmenter returned {} masks for {} boxes",
+                probs.len(),
+                boxes.len()
+            )));
+        }
+        for (&(o, _), prob) in per_slice[k].iter().zip(&probs) {
             if prob.len() != nx * ny {
                 return Err(Error::InvalidArgument(format!(
                     "segmenter returned {} probabilities for a {nx}×{ny} slice",

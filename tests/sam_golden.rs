@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use medlsam::sam::predictor::{PromptPoint, SamSegmenter, SlicePrompt};
-use medlsam::sam::preprocess::Preprocess;
+use medlsam::sam::preprocess::{Preprocess, resize_area_u8};
 use medlsam::sam::weights::{LITE_MEDSAM_BPK, LITE_MEDSAM_Q8_BPK, default_weights_dir, load_bpk};
 use medlsam::sam::{Sam, SamConfig};
 use medlsam::volume::read_nifti_path;
@@ -303,6 +303,22 @@ fn print_report(what: &str, r: &Report) {
         r.worst_dsc_large * 100.0,
         r.pooled_dsc * 100.0
     );
+}
+
+#[test]
+fn resize_matches_opencv_inter_area() {
+    let g = Golden::load();
+    for r in g.index["resize"].as_array().unwrap() {
+        let (name_in, name_out) = (r["input"].as_str().unwrap(), r["output"].as_str().unwrap());
+        let (_, hw_in, _) = g.desc(name_in);
+        let (_, hw_out, _) = g.desc(name_out);
+        let ours = resize_area_u8(
+            &g.u8s(name_in),
+            [hw_in[0], hw_in[1]],
+            [hw_out[0], hw_out[1]],
+        );
+        assert_eq!(ours, g.u8s(name_out), "{hw_in:?} → {hw_out:?}");
+    }
 }
 
 #[test]

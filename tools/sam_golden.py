@@ -8,9 +8,10 @@ decoder and its `lite_medsam.pth`) to compute, for a few real CT slices of
 
   * the preprocessed 256x256 encoder input (as the resized uint8 image before
     min-max normalisation and padding; the exact input is derived from it),
-  * the image embedding (every 4th of its 256 channels, 64x64, float32),
+  * the image embedding (every 8th of its 256 channels, 64x64, float32),
   * the low-resolution mask logits of each prompt (256x256, float32),
-  * the final mask on the slice grid (bit-packed).
+  * the final mask on the slice grid (bit-packed),
+  * a few cv2.resize(INTER_AREA) results on other image sizes (non-integer scales).
 
 Preprocessing is the official LiteMedSAM inference preprocessing
 (bowang-lab/MedSAM, CVPR24_LiteMedSAM_infer.py), preceded by the CT window:
@@ -54,7 +55,7 @@ CHECKPOINT_SIZE = 39370479
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 WINDOW_HU = (-160.0, 240.0)  # MedSAM CT soft-tissue window (level 40, width 400)
 MARGIN_PX_1024 = 10.0
-EMBED_CHANNEL_STRIDE = 4
+EMBED_CHANNEL_STRIDE = 8
 
 
 def canonical_lps(img):
@@ -261,6 +262,18 @@ def main():
                 print(f"{tag} {p['name']}: mask {rec['mask_pixels']} px, iou_pred {rec['iou_pred']:.3f}"
                       + (f", DSC vs label {rec['dsc_vs_label']:.3f}" if "dsc_vs_label" in rec else ""))
             index["slices"].append(entry)
+    # OpenCV INTER_AREA on sizes the CT slices above do not cover: non-integer up- and downscales.
+    rng = np.random.default_rng(0)
+    index["resize"] = []
+    for h, w in [(122, 101), (97, 97), (130, 131), (300, 200), (333, 700)]:
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w), dtype=np.uint8), (5, 5), 2)
+        scale = 256.0 / max(h, w)
+        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        tag = f"resize_{h}x{w}"
+        index["resize"].append({
+            "input": wr.put(f"{tag}_in", img, np.uint8),
+            "output": wr.put(f"{tag}_out", cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA), np.uint8),
+        })
     (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     total = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({total / 1e6:.2f} MB)")

@@ -20,6 +20,9 @@ use super::prompt_encoder::{PointBatch, PointLabel};
 use crate::pipeline::SliceSegmenter;
 use crate::{Error, Result};
 
+/// Most prompts decoded in one batch.
+pub const MAX_BATCH: usize = 8;
+
 /// A point prompt in slice pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PromptPoint {
@@ -174,13 +177,14 @@ impl SamSegmenter {
         prompts: &[SlicePrompt],
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(prompts.len());
-        // Consecutive prompts with the same token layout are decoded as one batch.
+        // Consecutive prompts with the same token layout are decoded as one batch
+        // (at most MAX_BATCH, to bound memory: ≈ 10 MB per prompt).
         let mut start = 0;
         while start < prompts.len() {
             let layout = prompts[start].layout();
-            let end = (start..prompts.len())
+            let end = (start..prompts.len().min(start + MAX_BATCH))
                 .find(|&i| prompts[i].layout() != layout)
-                .unwrap_or(prompts.len());
+                .unwrap_or(prompts.len().min(start + MAX_BATCH));
             let logits = self.decode_logits(emb, &prompts[start..end])?;
             let probs = upsample_probabilities(logits, &emb.prep);
             let data = probs.into_data_async().await.map_err(|e| {
@@ -226,5 +230,14 @@ impl SliceSegmenter for SamSegmenter {
             .decode_probabilities(embedding, &[SlicePrompt::from_box(bbox)])
             .await?;
         Ok(v.pop().expect("one prompt"))
+    }
+
+    async fn decode_boxes(
+        &mut self,
+        embedding: &SliceEmbedding,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Vec<f32>>> {
+        let prompts: Vec<SlicePrompt> = boxes.iter().map(|&b| SlicePrompt::from_box(b)).collect();
+        self.decode_probabilities(embedding, &prompts).await
     }
 }

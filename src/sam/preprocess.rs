@@ -280,8 +280,8 @@ fn area_upscale(
             hrow((y + 1).min(sh - 1))
         };
         out.extend(r0.iter().zip(&r1).map(|(&p, &q)| {
-            let v = (p as i64 * a as i64 + q as i64 * b as i64 + (1 << 21)) >> 22;
-            v.clamp(0, 255) as u8
+            let v = (((p >> 4) * a) >> 16) + (((q >> 4) * b) >> 16);
+            ((v + 2) >> 2).clamp(0, 255) as u8
         }));
     }
     out

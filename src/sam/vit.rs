@@ -5,7 +5,7 @@
 //!
 //! Global attention over 64×64 tokens would need a `[12, 4096, 4096]` bias
 //! (≈ 0.8 GB); queries are processed in chunks of image rows so that one
-//! chunk's bias stays under [`BIAS_CHUNK_BYTES`].
+//! chunk's bias stays under [`VitConfig::max_bias_bytes`] (default [`BIAS_CHUNK_BYTES`]).
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -16,7 +16,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::common::{INIT, MlpBlock, Neck, linear};
 
-/// Upper bound of the attention-bias memory of one query chunk in global attention.
+/// Default upper bound of the attention-bias memory of one query chunk (global attention).
 pub const BIAS_CHUNK_BYTES: usize = 64 << 20;
 
 /// Sizes of a ViT encoder.
@@ -35,6 +35,8 @@ pub struct VitConfig {
     pub window_size: usize,
     /// Blocks with global attention.
     pub global_attn_indexes: Vec<usize>,
+    /// Upper bound of the attention-bias memory of one query chunk.
+    pub max_bias_bytes: usize,
 }
 
 impl VitConfig {
@@ -51,6 +53,7 @@ impl VitConfig {
             out_chans: 256,
             window_size: 14,
             global_attn_indexes: vec![2, 5, 8, 11],
+            max_bias_bytes: BIAS_CHUNK_BYTES,
         }
     }
 
@@ -89,6 +92,7 @@ impl VitConfig {
                             rel_pos_h: INIT.init([2 * side - 1, d / self.num_heads], device),
                             rel_pos_w: INIT.init([2 * side - 1, d / self.num_heads], device),
                             num_heads: self.num_heads,
+                            max_bias_bytes: self.max_bias_bytes,
                         },
                         norm2: ln(),
                         mlp: MlpBlock::new(d, d * self.mlp_ratio, device),
@@ -194,6 +198,7 @@ pub struct VitAttention {
     /// `[2·W − 1, head_dim]`.
     pub rel_pos_w: Param<Tensor<2>>,
     pub num_heads: usize,
+    pub max_bias_bytes: usize,
 }
 
 /// `table[q − k + n − 1]` for every (q, k) pair: `[n, n, C]`.
@@ -252,7 +257,7 @@ impl VitAttention {
         };
         // Queries in chunks of whole image rows to bound the bias memory.
         let row_bytes = bh * w * n * 4;
-        let rows = (BIAS_CHUNK_BYTES / row_bytes.max(1)).clamp(1, h);
+        let rows = (self.max_bias_bytes / row_bytes.max(1)).clamp(1, h);
         let mut outs = Vec::new();
         let mut r0 = 0;
         while r0 < h {

