@@ -7,7 +7,6 @@
 #![cfg(target_arch = "wasm32")]
 
 use burn::module::Module;
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 use medlsam::medlam::net::MedLamConfig;
 use medlsam::sam::model::SamConfig;
@@ -42,16 +41,20 @@ async fn read(t: Tensor<1>) -> Vec<f32> {
     t.into_data_async()
         .await
         .expect("async read")
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("f32 data")
 }
 
 /// Deterministic pseudo-random values in [0, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
@@ -59,7 +62,10 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn range(a: &[f32]) -> f32 {
@@ -103,60 +109,64 @@ async fn webgpu_reads_back_asynchronously() {
     assert_eq!(read(x.sum()).await, vec![6.5]);
 }
 
+/// The int8 web copy of LiteMedSAM on WebGPU against the PyTorch goldens
+/// (`tools/sam_golden.py`) on a real abdominal slice: the browser's whole SAM path.
 #[wasm_bindgen_test]
-async fn litemedsam_on_webgpu_matches_the_cpu_backend() {
-    let (cpu, gpu) = (Device::flex(), webgpu().await);
-    // The same weights on both devices, moved as the app moves them: burnpack bytes.
-    let config = SamConfig::lite_medsam();
-    let model = config.init(&cpu);
-    let mut store = BurnpackStore::from_bytes(None);
-    model.save_into(&mut store).unwrap();
-    let bytes = store.get_bytes().unwrap().to_vec();
-    let on_gpu_model = load_bpk_bytes(&config, bytes, &gpu).unwrap();
-    let mut on_cpu = SamSegmenter::new(model, cpu, Preprocess::default());
-    let mut on_gpu = SamSegmenter::new(on_gpu_model, gpu, Preprocess::default());
-    // A 96×80 "slice" in HU with structure, and a box and a point prompt on it.
-    let (w, h) = (96, 80);
-    let slice: Vec<f32> = noise(w * h, 7)
-        .iter()
-        .enumerate()
-        .map(|(p, v)| {
-            let (i, j) = ((p % w) as f32, (p / w) as f32);
-            let blob = ((i - 40.0).powi(2) + (j - 35.0).powi(2) < 300.0) as i32 as f32;
-            -100.0 + 150.0 * blob + 60.0 * v
-        })
+async fn litemedsam_int8_on_webgpu_agrees_with_pytorch() {
+    const WEIGHTS: &[u8] = include_bytes!("../weights/lite_medsam.q8.bpk");
+    const CT: &[u8] = include_bytes!("../../shared/data/abdomen/msd_spleen_008.ct.nii.gz");
+    const EMBEDDING: &[u8] = include_bytes!("golden/sam/msd_spleen_008_k16_embedding.bin");
+    const MASK: &[u8] = include_bytes!("golden/sam/msd_spleen_008_k16_label1_mask.bits");
+    const STRIDE: usize = 8; // every 8th embedding channel is stored
+    const BOX: [f32; 4] = [319.0, 195.0, 444.0, 368.0]; // the golden's spleen box, slice pixels
+
+    let gpu = webgpu().await;
+    let model = load_bpk_bytes(&SamConfig::lite_medsam(), WEIGHTS.to_vec(), &gpu).unwrap();
+    let seg = SamSegmenter::new(model, gpu, Preprocess::default());
+    let (ct, _) = read_nifti_bytes(CT)
+        .unwrap()
+        .into_ct()
+        .unwrap()
+        .to_canonical();
+    let [w, h, _] = ct.dims;
+    let slice: Vec<f32> = ct.axial_slice(16).iter().map(|&v| v as f32).collect();
+    let emb = seg.embed(&slice, w, h).unwrap();
+
+    let all = read(emb.embedding.clone().flatten(0, 3)).await;
+    let ours: Vec<f32> = all
+        .chunks(64 * 64)
+        .step_by(STRIDE)
+        .flatten()
+        .copied()
         .collect();
-    let (ec, eg) = (
-        on_cpu.embed(&slice, w, h).unwrap(),
-        on_gpu.embed(&slice, w, h).unwrap(),
-    );
-    let (vc, vg) = (
-        read(ec.embedding.clone().flatten(0, 3)).await,
-        read(eg.embedding.clone().flatten(0, 3)).await,
-    );
-    let d = max_abs_diff(&vc, &vg);
+    let gold: Vec<f32> = EMBEDDING
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let rel = max_abs_diff(&ours, &gold) / range(&gold);
+    assert!(rel < 0.1, "int8 embedding differs by {rel:.3} of its range");
+
+    let prob = seg
+        .decode_probabilities(&emb, &[SlicePrompt::from_box(BOX)])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let gold_mask: Vec<bool> = (0..w * h)
+        .map(|i| MASK[i / 8] >> (7 - i % 8) & 1 == 1)
+        .collect();
+    let mask: Vec<bool> = prob.iter().map(|&p| p > 0.5).collect();
+    let inter = mask
+        .iter()
+        .zip(&gold_mask)
+        .filter(|(a, b)| **a && **b)
+        .count();
+    let total = mask.iter().filter(|v| **v).count() + gold_mask.iter().filter(|v| **v).count();
+    let dsc = 200.0 * inter as f64 / total as f64;
     assert!(
-        d <= 1e-3 * range(&vc),
-        "embedding differs by {d} (range {})",
-        range(&vc)
+        dsc >= 98.0,
+        "int8 on WebGPU: spleen mask DSC {dsc:.2} % vs PyTorch f32"
     );
-    let prompts = [
-        SlicePrompt::from_box([20.0, 15.0, 60.0, 55.0]),
-        SlicePrompt {
-            bbox: None,
-            points: vec![medlsam::sam::predictor::PromptPoint {
-                xy: [40.0, 35.0],
-                positive: true,
-            }],
-        },
-    ];
-    let pc = on_cpu.decode_probabilities(&ec, &prompts).await.unwrap();
-    let pg = on_gpu.decode_probabilities(&eg, &prompts).await.unwrap();
-    for (a, b) in pc.iter().zip(&pg) {
-        assert_eq!(a.len(), w * h);
-        let d = max_abs_diff(a, b);
-        assert!(d < 1e-3, "probabilities differ by {d}");
-    }
 }
 
 #[wasm_bindgen_test]

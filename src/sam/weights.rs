@@ -8,10 +8,10 @@
 //! reference's `nn.Sequential` indices become named fields); everything else
 //! keeps the reference names.
 
-use burn::module::{Module, ParamGroup, Quantizer};
+use burn::module::{Module, ModuleMapper, Param, ParamGroup, Quantizer};
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
 use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
-use burn::tensor::{Bytes, DType, Device};
+use burn::tensor::{Bytes, DType, Device, Tensor};
 
 use super::model::{Sam, SamConfig};
 use crate::{Error, Result};
@@ -101,13 +101,27 @@ pub fn pytorch_renames(config: &SamConfig) -> Vec<(&'static str, &'static str)> 
 /// Load a SAM-family model from Burn's own `.bpk` bytes (works in the browser).
 pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Result<Sam> {
     let mut model = config.init(device);
-    // Half-precision tensors of the web copy become f32 again; int8 ones stay int8.
+    // Half-precision tensors of the web copy become f32 again.
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
         .with_from_adapter(FloatCastAdapter::to(DType::F32));
     model
         .load_from(&mut store)
         .map_err(|e| Error::InvalidArgument(format!("not a valid SAM weight file: {e}")))?;
-    Ok(model)
+    Ok(dequantize(model))
+}
+
+/// Int8 weights become their f32 values on the model's device, once at load time.
+/// The int8 copy only saves download size: Burn dequantises before computing anyway,
+/// and on WebGPU (Chromium's Tint) Burn 0.22's matmul kernels for the dequantised
+/// layout fail to compile, while plain f32 weights run (tests/web_browser.rs).
+pub fn dequantize(model: Sam) -> Sam {
+    struct Dequantize;
+    impl ModuleMapper for Dequantize {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.dequantize())
+        }
+    }
+    model.map(&mut Dequantize)
 }
 
 /// Int8 quantisation of a model for the web copy: the linear weights (87 % of
