@@ -289,6 +289,100 @@ async fn yield_between_slices() {
     crate::web::yield_to_browser().await;
 }
 
+/// 2-D boxes of one organ on axial slices, in **canonical** voxel indices (e.g. drawn by a user).
+#[derive(Clone, Debug)]
+pub struct OrganBoxes {
+    pub label: u16,
+    pub boxes: Vec<SliceBox>,
+}
+
+/// A localizer that returns boxes it was given (canonical indices).
+struct GivenBoxes(Vec<OrganBoxes>);
+
+impl Localizer for GivenBoxes {
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
+        let [nx, ny, nz] = query.dims;
+        let mut out = Vec::new();
+        for o in self.0.iter().filter(|o| organs.contains(&o.label)) {
+            if let Some(b) = o.boxes.iter().find(|b| {
+                b.k >= nz
+                    || b.max[0] >= nx
+                    || b.max[1] >= ny
+                    || b.min[0] > b.max[0]
+                    || b.min[1] > b.max[1]
+            }) {
+                return Err(Error::InvalidArgument(format!(
+                    "box {b:?} of organ {} is not inside the {nx}×{ny}×{nz} canonical grid",
+                    o.label
+                )));
+            }
+            let (Some(k0), Some(k1)) = (
+                o.boxes.iter().map(|b| b.k).min(),
+                o.boxes.iter().map(|b| b.k).max(),
+            ) else {
+                continue;
+            };
+            let bbox = BoxVox {
+                min: [
+                    o.boxes.iter().map(|b| b.min[0]).min().unwrap_or(0),
+                    o.boxes.iter().map(|b| b.min[1]).min().unwrap_or(0),
+                    k0,
+                ],
+                max: [
+                    o.boxes.iter().map(|b| b.max[0]).max().unwrap_or(0),
+                    o.boxes.iter().map(|b| b.max[1]).max().unwrap_or(0),
+                    k1,
+                ],
+            };
+            // No extreme points are known: use the centres of the 3-D box's faces.
+            let c = [0, 1, 2].map(|a| (bbox.min[a] + bbox.max[a]) / 2);
+            let mut extreme = [c; 6];
+            for a in 0..3 {
+                extreme[2 * a][a] = bbox.min[a];
+                extreme[2 * a + 1][a] = bbox.max[a];
+            }
+            out.push(OrganLocalization {
+                label: o.label,
+                confidence: 1.0,
+                extreme_points: extreme,
+                bbox,
+                slice_boxes: o.boxes.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Segment given per-slice boxes (canonical indices, used as they are: no margin)
+/// on a query CT (file grid in, file grid out): each slice is encoded once and
+/// all boxes on it decoded against that embedding; `progress` reports slices done / total.
+pub async fn segment_slices<S: SliceSegmenter>(
+    query: &CtVolume,
+    organs: &[OrganBoxes],
+    segmenter: &mut S,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<QueryResult> {
+    let labels: Vec<u16> = organs.iter().map(|o| o.label).collect();
+    let opt = SegmentOptions {
+        margin_px_1024: 0.0,
+        ..Default::default()
+    };
+    segment_query(
+        query,
+        &labels,
+        &mut GivenBoxes(organs.to_vec()),
+        segmenter,
+        &opt,
+        None,
+        progress,
+    )
+    .await
+}
+
 /// Per-slice 2-D boxes of a 3-D localization: WPL repeats the 3-D box on each
 /// slice; SPL uses the given slab boxes (canonical indices).
 pub fn wpl_slice_boxes(bbox: &BoxVox) -> Vec<SliceBox> {
@@ -466,6 +560,50 @@ mod tests {
                 "liver was not requested"
             );
         }
+    }
+
+    #[test]
+    fn given_boxes_segment_their_slices_and_bad_boxes_are_refused() {
+        let (ct, lab) = phantom(&PhantomOptions {
+            dims: [48, 48, 30],
+            spacing_mm: [6.0; 3],
+            ..Default::default()
+        })
+        .unwrap();
+        let (canon_lab, _) = lab.to_canonical();
+        let boxes = slice_boxes(&canon_lab, 2);
+        let mut seen = Vec::new();
+        let res = pollster::block_on(segment_slices(
+            &ct,
+            &[OrganBoxes {
+                label: 2,
+                boxes: boxes.clone(),
+            }],
+            &mut Threshold,
+            &mut |p| seen.push((p.stage, p.done, p.total)),
+        ))
+        .unwrap();
+        assert_eq!(res.slices_encoded, boxes.len());
+        assert!(seen.contains(&("segment", boxes.len(), boxes.len())));
+        let d = dice_pct(&mask_of(&res.labels, 2), &mask_of(&lab, 2))
+            .unwrap()
+            .unwrap();
+        assert!(d > 80.0, "dsc {d}");
+        let mut bad = boxes[0];
+        bad.max[0] = 48;
+        let e = pollster::block_on(segment_slices(
+            &ct,
+            &[OrganBoxes {
+                label: 2,
+                boxes: vec![bad],
+            }],
+            &mut Threshold,
+            &mut |_| {},
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("not inside"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ impl SamConfig {
 }
 
 /// The image encoder of a [`Sam`].
+// One instance per model: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ImageEncoder {
     TinyVit(TinyVit),

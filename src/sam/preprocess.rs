@@ -97,7 +97,8 @@ pub fn prepare_slice(
             slice_hu.len()
         )));
     }
-    if !(p.window_hu[1] > p.window_hu[0]) {
+    let [lo, hi] = p.window_hu;
+    if !lo.is_finite() || !hi.is_finite() || hi <= lo {
         return Err(Error::InvalidArgument(format!(
             "CT window {:?} is empty: the upper bound must exceed the lower",
             p.window_hu
