@@ -179,8 +179,9 @@ mod cli {
         seed: u64,
         #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
         organs: Vec<u16>,
-        #[arg(long, default_value_t = 16)]
-        search_radius: usize,
+        /// MSS search radii (3 mm voxels) to compare, e.g. 8,16.
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        search_radius: Vec<usize>,
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long, default_value = "out/eval_localize")]
@@ -331,7 +332,7 @@ mod cli {
             queries: a.queries,
             seed: a.seed,
             organs: a.organs,
-            search_radius_vox: a.search_radius,
+            radii: a.search_radius,
             device: device(&a.backend)?,
             out: a.out,
         };

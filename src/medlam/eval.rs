@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
 use super::localize::{
     LocalizeOptions, QueryState, localize_organs, organ_localization, query_state, refine,
+    refine_per_support,
 };
 use super::net::{MedLam, MedLamConfig};
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
@@ -268,7 +269,8 @@ pub struct EvalOptions {
     pub queries: usize,
     pub seed: u64,
     pub organs: Vec<u16>,
-    pub search_radius_vox: usize,
+    /// MSS search radii (3 mm voxels) evaluated for UAM+MSS; the first one for the others.
+    pub radii: Vec<usize>,
     pub device: Device,
     /// Where `eval_localize.csv` and `eval_localize.txt` go.
     pub out: PathBuf,
@@ -280,7 +282,7 @@ pub struct EvalRow {
     pub draw: usize,
     pub case: String,
     pub label: u16,
-    pub method: &'static str,
+    pub method: String,
     pub iou: f64,
     pub wd: f64,
     pub ale: f64,
@@ -386,7 +388,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             for &label in &present {
                 baseline.extend(baseline_localization(&supports, &canon, label)?);
             }
-            let mut results = vec![("baseline", baseline.clone())];
+            let mut results = vec![("baseline".to_string(), baseline.clone())];
             results.extend(pollster::block_on(evaluate_query(
                 &net, &atlas, &q, &present, &baseline, o,
             ))?);
@@ -397,7 +399,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
                 for l in &locs {
                     if let Some(s) = score(l, &lab) {
                         ious.push(s.iou);
-                        rows.push(row(draw, case, l.label, method, s));
+                        rows.push(row(draw, case, l.label, &method, s));
                     }
                 }
                 line.push_str(&format!(
@@ -431,20 +433,22 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     Ok(rows)
 }
 
-fn row(draw: usize, case: &str, label: u16, method: &'static str, s: BoxScores) -> EvalRow {
+fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalRow {
     EvalRow {
         draw,
         case: case.to_string(),
         label,
-        method,
+        method: method.to_string(),
         iou: s.iou,
         wd: s.wd,
         ale: s.ale,
     }
 }
 
-/// UAM only (1 and 2 passes), MSS only (whole-body search), UAM+MSS, and MSS started
-/// from the baseline's points, for one query (one feature pass serves all).
+/// Every method but the baseline for one query (one feature pass serves all): UAM
+/// (1 and 2 passes), MSS alone (whole-body search), UAM+MSS at each radius (mean
+/// support windows, and `/med`: each support's windows, median point), UAM(2 passes)+MSS,
+/// and MSS started from the baseline's points.
 async fn evaluate_query(
     net: &MedLam,
     atlas: &Atlas,
@@ -452,7 +456,7 @@ async fn evaluate_query(
     organs: &[u16],
     baseline: &[OrganLocalization],
     o: &EvalOptions,
-) -> Result<Vec<(&'static str, Vec<OrganLocalization>)>> {
+) -> Result<Vec<(String, Vec<OrganLocalization>)>> {
     let points: Vec<_> = organs
         .iter()
         .filter_map(|&l| atlas.organ(l))
@@ -480,11 +484,6 @@ async fn evaluate_query(
         })
         .collect();
     let frame = q.frame(net, &atlas.config, &uam1, None, &o.device)?;
-    let r = Some(o.search_radius_vox);
-    let global = refine(&frame, atlas, &points, &uam1, None, &o.device).await?;
-    let local1 = refine(&frame, atlas, &points, &uam1, r, &o.device).await?;
-    let local2 = refine(&frame, atlas, &points, &uam2, r, &o.device).await?;
-    let from_base = refine(&frame, atlas, &points, &base_start, r, &o.device).await?;
     let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
         let mut out = Vec::new();
         let mut at = 0;
@@ -501,14 +500,25 @@ async fn evaluate_query(
         out
     };
     let pts = |m: &[([f64; 3], f32)]| m.iter().map(|x| x.0).collect::<Vec<_>>();
-    Ok(vec![
-        ("uam", assemble(&uam1)),
-        ("uam2", assemble(&uam2)),
-        ("mss", assemble(&pts(&global))),
-        ("uam+mss", assemble(&pts(&local1))),
-        ("uam2+mss", assemble(&pts(&local2))),
-        ("base+mss", assemble(&pts(&from_base))),
-    ])
+    let dev = &o.device;
+    let r0 = Some(o.radii.first().copied().unwrap_or(16));
+    let mut out = vec![
+        ("uam".to_string(), assemble(&uam1)),
+        ("uam2".to_string(), assemble(&uam2)),
+    ];
+    let global = refine(&frame, atlas, &points, &uam1, None, dev).await?;
+    out.push(("mss".into(), assemble(&pts(&global))));
+    for &r in &o.radii {
+        let local = refine(&frame, atlas, &points, &uam1, Some(r), dev).await?;
+        out.push((format!("uam+mss@{r}"), assemble(&pts(&local))));
+        let med = refine_per_support(&frame, atlas, &points, &uam1, Some(r), dev).await?;
+        out.push((format!("uam+mss/med@{r}"), assemble(&pts(&med))));
+    }
+    let local2 = refine(&frame, atlas, &points, &uam2, r0, dev).await?;
+    out.push(("uam2+mss".into(), assemble(&pts(&local2))));
+    let from_base = refine(&frame, atlas, &points, &base_start, r0, dev).await?;
+    out.push(("base+mss".into(), assemble(&pts(&from_base))));
+    Ok(out)
 }
 
 /// A text table: per method, per organ mean box IoU / WD / ALE, and the means.
@@ -516,10 +526,16 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut t = String::new();
     t.push_str(&format!(
-        "{:<10} {:<14} {:>6} {:>9} {:>8} {:>8}\n",
+        "{:<16} {:<14} {:>6} {:>9} {:>8} {:>8}\n",
         "method", "organ", "n", "IoU %", "WD mm", "ALE mm"
     ));
-    for method in METHODS {
+    let mut methods: Vec<&str> = Vec::new();
+    for r in rows {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    for method in methods {
         let of = |l: Option<u16>| -> Vec<&EvalRow> {
             rows.iter()
                 .filter(|r| r.method == method && l.is_none_or(|l| r.label == l))
@@ -531,7 +547,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
                 continue;
             }
             t.push_str(&format!(
-                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
                 method,
                 names.name(l),
                 r.len(),
@@ -552,7 +568,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
             mean(&v)
         };
         t.push_str(&format!(
-            "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+            "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
             method,
             "mean",
             of(None).len(),
@@ -567,7 +583,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
             .collect();
         if !target.is_empty() {
             t.push_str(&format!(
-                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
                 method,
                 "mean(1,3,4,7)",
                 "",

@@ -37,6 +37,9 @@ pub struct LocalizeOptions {
     /// UAM passes: after the first (from patches at the body centre), each further pass
     /// re-estimates an organ part's points from a patch centred on their current mean.
     pub uam_iterations: usize,
+    /// Match each support's windows separately and take the median point (else match the
+    /// supports' mean windows).
+    pub per_support: bool,
 }
 
 impl Default for LocalizeOptions {
@@ -46,6 +49,7 @@ impl Default for LocalizeOptions {
             mss: true,
             search_radius_vox: 16,
             uam_iterations: 1,
+            per_support: false,
         }
     }
 }
@@ -224,8 +228,9 @@ impl QueryState {
     }
 }
 
-/// Refine points (grid voxels) by MSS: each support window is matched within `radius`
-/// of its start (`None`: anywhere in the frame). Returns grid voxels and scores.
+/// Refine points (grid voxels) by MSS with the supports' mean windows: each is matched
+/// within `radius` of its start (`None`: anywhere in the frame). Returns grid voxels and
+/// scores.
 pub async fn refine(
     frame: &FeatureFrame,
     atlas: &Atlas,
@@ -234,10 +239,63 @@ pub async fn refine(
     radius: Option<usize>,
     device: &Device,
 ) -> Result<Vec<([f64; 3], f32)>> {
-    const CHUNK: usize = 24;
+    let windows: Vec<&[Vec<f32>; 3]> = points.iter().map(|p| &p.windows).collect();
+    match_windows(frame, atlas, &windows, starts, radius, device).await
+}
+
+/// Refine points by MSS with each support's own windows, all searched around the same
+/// start; the point is the per-axis median of the supports' matches, the score their mean.
+pub async fn refine_per_support(
+    frame: &FeatureFrame,
+    atlas: &Atlas,
+    points: &[&PointAtlas],
+    starts: &[[f64; 3]],
+    radius: Option<usize>,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    let mut windows = Vec::new();
+    let mut st = Vec::new();
+    for (p, s) in points.iter().zip(starts) {
+        for sp in &p.per_support {
+            windows.push(&sp.windows);
+            st.push(*s);
+        }
+    }
+    let found = match_windows(frame, atlas, &windows, &st, radius, device).await?;
     let mut out = Vec::with_capacity(points.len());
-    for (pts, st) in points.chunks(CHUNK).zip(starts.chunks(CHUNK)) {
-        let windows = atlas.window_tensors(pts, device);
+    let mut at = 0;
+    for p in points {
+        let n = p.per_support.len();
+        let m = &found[at..at + n];
+        at += n;
+        let median = |a: usize| {
+            let mut v: Vec<f64> = m.iter().map(|x| x.0[a]).collect();
+            v.sort_by(f64::total_cmp);
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let score = m.iter().map(|x| x.1).sum::<f32>() / n.max(1) as f32;
+        out.push(([0, 1, 2].map(median), score));
+    }
+    Ok(out)
+}
+
+/// Match window sets (one per start) in a frame; grid voxels and scores.
+async fn match_windows(
+    frame: &FeatureFrame,
+    atlas: &Atlas,
+    windows: &[&[Vec<f32>; 3]],
+    starts: &[[f64; 3]],
+    radius: Option<usize>,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    const CHUNK: usize = 24;
+    let mut out = Vec::with_capacity(windows.len());
+    for (win, st) in windows.chunks(CHUNK).zip(starts.chunks(CHUNK)) {
+        let windows = atlas.window_tensors(win, device);
         let searches: Vec<Search> = st
             .iter()
             .map(|s| Search {
@@ -315,7 +373,11 @@ pub async fn localize_organs(
     };
     let located: Vec<([f64; 3], f32)> = if options.mss {
         let frame = query.frame(net, config, &coarse, radius, device)?;
-        refine(&frame, atlas, &points, &coarse, radius, device).await?
+        if options.per_support {
+            refine_per_support(&frame, atlas, &points, &coarse, radius, device).await?
+        } else {
+            refine(&frame, atlas, &points, &coarse, radius, device).await?
+        }
     } else {
         coarse.iter().map(|&c| (c, f32::NAN)).collect()
     };
@@ -392,6 +454,7 @@ mod tests {
         let point = PointAtlas {
             position: [0.1, 0.05, 0.0],
             windows: [vec![], vec![], vec![]],
+            per_support: vec![],
         };
         let g = q.uam_point(&point);
         assert!((g[0] - 5.0).abs() < 1e-5);
