@@ -57,6 +57,42 @@ pub fn score(pred: &OrganLocalization, truth: &LabelVolume) -> Option<BoxScores>
     })
 }
 
+/// Mean 2-D IoU (%) of the per-slice boxes against the true per-slice boxes, over every
+/// slice that has either (a slice with only one of them counts 0).
+pub fn slice_box_iou(pred: &OrganLocalization, truth: &LabelVolume) -> Option<f64> {
+    let true_boxes = crate::volume::labels::slice_boxes(truth, pred.label);
+    if true_boxes.is_empty() {
+        return None;
+    }
+    let mut ks: Vec<usize> = true_boxes
+        .iter()
+        .map(|b| b.k)
+        .chain(pred.slice_boxes.iter().map(|b| b.k))
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let area = |b: &crate::volume::labels::SliceBox| {
+        ((b.max[0] - b.min[0] + 1) * (b.max[1] - b.min[1] + 1)) as f64
+    };
+    let total: f64 = ks
+        .iter()
+        .map(|&k| {
+            let (Some(p), Some(t)) = (
+                pred.slice_boxes.iter().find(|b| b.k == k),
+                true_boxes.iter().find(|b| b.k == k),
+            ) else {
+                return 0.0;
+            };
+            let w = |a: usize| {
+                (p.max[a].min(t.max[a]) + 1).saturating_sub(p.min[a].max(t.min[a])) as f64
+            };
+            let inter = w(0) * w(1);
+            100.0 * inter / (area(p) + area(t) - inter)
+        })
+        .sum();
+    Some(total / ks.len() as f64)
+}
+
 /// Body box (HU > −500) of a canonical CT, in canonical voxels.
 fn body_box(ct: &CtVolume) -> Result<BoxVox> {
     bounding_box_where(ct, |v| v > -500)
@@ -658,9 +694,14 @@ pub fn bench_medlam(
         let atlas_s = t.elapsed().as_secs_f64();
         let points: usize = atlas.organs.iter().map(|o| 6 * o.parts.len()).sum();
         let mut times = Vec::new();
+        let (mut ious, mut slice_ious) = (Vec::new(), Vec::new());
         for case in &complete[5..5 + queries] {
             let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
             let (canon, _) = ct.to_canonical();
+            let lab = read_nifti_path(path(case, "label"))?
+                .into_labels()?
+                .to_canonical()
+                .0;
             let t = Instant::now();
             let q = pollster::block_on(query_state(&net, &config, &canon, device))?;
             let found = pollster::block_on(localize_organs(
@@ -672,20 +713,70 @@ pub fn bench_medlam(
                 device,
             ))?;
             times.push(t.elapsed().as_secs_f64());
+            for o in &found {
+                ious.extend(score(o, &lab).map(|s| s.iou));
+                slice_ious.extend(slice_box_iou(o, &lab));
+            }
             log(format!(
                 "{mode:?} {case}: {} organs in {:.2} s",
                 found.len(),
                 times.last().unwrap()
             ));
         }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         report.push_str(&format!(
-            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries\n",
+            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries | 3-D box IoU {:.1} %, 2-D slice-box IoU {:.1} %\n",
             format!("{mode:?}"),
             atlas_s,
-            times.iter().sum::<f64>() / times.len().max(1) as f64,
+            mean(&times),
             times.iter().copied().fold(f64::INFINITY, f64::min),
-            times.len()
+            times.len(),
+            mean(&ious),
+            mean(&slice_ious)
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::labels::SliceBox;
+    use crate::volume::{Affine, Volume};
+
+    #[test]
+    fn slice_box_iou_counts_missing_slices_as_zero() {
+        let mut lab = Volume::filled([10, 10, 4], 0u16, Affine::identity()).unwrap();
+        for k in 1..=2 {
+            for j in 2..=5 {
+                for i in 2..=3 {
+                    let idx = lab.index(i, j, k);
+                    lab.data[idx] = 5;
+                }
+            }
+        }
+        let sb = |k, min, max| SliceBox { k, min, max };
+        let pred = |boxes: Vec<SliceBox>| OrganLocalization {
+            label: 5,
+            confidence: 0.0,
+            extreme_points: [[0; 3]; 6],
+            bbox: BoxVox {
+                min: [0; 3],
+                max: [0; 3],
+            },
+            slice_boxes: boxes,
+        };
+        let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
+        assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));
+        // Slice 2 half as wide (IoU 50 %), and an extra slice 3 (0): (100 + 50 + 0) / 3.
+        let off = pred(vec![
+            sb(1, [2, 2], [3, 5]),
+            sb(2, [2, 2], [2, 5]),
+            sb(3, [2, 2], [3, 5]),
+        ]);
+        assert!((slice_box_iou(&off, &lab).unwrap() - 50.0).abs() < 1e-9);
+        let mut other = lab.clone();
+        other.data.iter_mut().for_each(|v| *v = 0);
+        assert_eq!(slice_box_iou(&exact, &other), None);
+    }
 }
