@@ -505,6 +505,18 @@ async fn evaluate_query(
         .uam_refine(net, &atlas.config, &groups, &current, &o.device)
         .await?
         .concat();
+    let current2: Vec<Vec<[f64; 3]>> = uam2.chunks(6).map(|c| c.to_vec()).collect();
+    let uam3 = q
+        .uam_refine(net, &atlas.config, &groups, &current2, &o.device)
+        .await?
+        .concat();
+    // Second pass with one patch per point instead of per organ part.
+    let singles: Vec<Vec<_>> = points.iter().map(|p| vec![*p]).collect();
+    let single_now: Vec<Vec<[f64; 3]>> = uam1.iter().map(|c| vec![*c]).collect();
+    let uam2p = q
+        .uam_refine(net, &atlas.config, &singles, &single_now, &o.device)
+        .await?
+        .concat();
     // The baseline's extreme points as starting points (WPL: the atlas points are those 6).
     let base_start: Vec<[f64; 3]> = organs
         .iter()
@@ -541,6 +553,8 @@ async fn evaluate_query(
     let mut out = vec![
         ("uam".to_string(), assemble(&uam1)),
         ("uam2".to_string(), assemble(&uam2)),
+        ("uam3".to_string(), assemble(&uam3)),
+        ("uam2p".to_string(), assemble(&uam2p)),
     ];
     let global = refine(&frame, atlas, &points, &uam1, None, dev).await?;
     out.push(("mss".into(), assemble(&pts(&global))));
