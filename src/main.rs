@@ -144,6 +144,10 @@ mod cli {
         /// Query label maps (optional, one per query, in order) for localization.csv.
         #[arg(long)]
         query_label: Vec<PathBuf>,
+        /// Where query label maps use other values than the supports: SUPPORT=QUERY pairs,
+        /// e.g. 5=1 (support organ 5 is label 1 in the query labels).
+        #[arg(long, value_delimiter = ',')]
+        query_label_map: Vec<String>,
         /// Organs, e.g. 1,3 (default: every label of the supports).
         #[arg(long, value_delimiter = ',')]
         organs: Vec<u16>,
@@ -303,10 +307,25 @@ mod cli {
                 )));
             }
         };
+        let query_label_map = a
+            .query_label_map
+            .iter()
+            .map(|pair| {
+                let parsed = pair
+                    .split_once('=')
+                    .and_then(|(s, q)| Some((s.trim().parse().ok()?, q.trim().parse().ok()?)));
+                parsed.ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--query-label-map '{pair}': expected SUPPORT=QUERY label values, e.g. 5=1"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<(u16, u16)>>>()?;
         let run = LocalizeRun {
             supports: a.support_image.into_iter().zip(a.support_label).collect(),
             queries: a.query,
             query_labels: a.query_label,
+            query_label_map,
             organs: a.organs,
             mode,
             options: LocalizeOptions {

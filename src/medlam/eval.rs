@@ -157,6 +157,8 @@ pub struct LocalizeRun {
     pub queries: Vec<PathBuf>,
     /// Query label maps (same order as `queries`), for `localization.csv`.
     pub query_labels: Vec<PathBuf>,
+    /// `(support label, query label)` pairs where the query labels use other values.
+    pub query_label_map: Vec<(u16, u16)>,
     /// Organs (empty: every label of any support).
     pub organs: Vec<u16>,
     pub mode: AtlasMode,
@@ -254,7 +256,16 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
                 &lab,
                 &format!("query {} and its label map", qpath.display()),
             )?;
-            let lab = lab.to_canonical().0;
+            let mut lab = lab.to_canonical().0;
+            if !run.query_label_map.is_empty() {
+                // Relabel the query's truth into the supports' values (others dropped).
+                lab = lab.map(|v| {
+                    run.query_label_map
+                        .iter()
+                        .find(|(_, q)| *q == v)
+                        .map_or(0, |(s, _)| *s)
+                });
+            }
             for o in &found {
                 if let Some(s) = score(o, &lab) {
                     let name = names.name(o.label);
