@@ -409,6 +409,27 @@ pub struct MedLamLocalizer {
     pub options: LocalizeOptions,
 }
 
+impl MedLamLocalizer {
+    /// Load weights (burnpack bytes) and build the atlas of `organs` from the supports.
+    pub async fn from_supports(
+        weights: &[u8],
+        supports: &[super::atlas::SupportCase],
+        organs: &[u16],
+        mode: AtlasMode,
+        options: LocalizeOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (net, config) = MedLam::from_bytes(weights, device)?;
+        let atlas = Atlas::build(&net, &config, supports, organs, mode, device).await?;
+        Ok(Self {
+            net,
+            atlas,
+            device: device.clone(),
+            options,
+        })
+    }
+}
+
 impl Localizer for MedLamLocalizer {
     async fn localize(
         &mut self,
