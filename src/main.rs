@@ -163,6 +163,25 @@ mod cli {
         /// MSS search half-width around the UAM point (3 mm voxels).
         #[arg(long, default_value_t = 16)]
         search_radius: usize,
+        /// Skip the UAM coarse step (MSS searches the whole body).
+        #[arg(long)]
+        no_uam: bool,
+        /// Skip the MSS refinement (UAM points only).
+        #[arg(long)]
+        no_mss: bool,
+        /// MSS on one tiled feature pass over the body instead of patches centred on the
+        /// UAM points.
+        #[arg(long)]
+        tiled: bool,
+        /// Centred MSS passes (each re-centres on the previous match, half the radius).
+        #[arg(long, default_value_t = 2)]
+        mss_iterations: usize,
+        /// Match each support separately and take the median point.
+        #[arg(long)]
+        per_support: bool,
+        /// Shape regularisation: 1 keeps the located points, 0 uses the supports' shape.
+        #[arg(long, default_value_t = 1.0)]
+        shape_blend: f64,
         #[arg(long)]
         out: PathBuf,
     }
@@ -183,9 +202,16 @@ mod cli {
         seed: u64,
         #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
         organs: Vec<u16>,
-        /// MSS search radii (3 mm voxels) to compare, e.g. 8,16.
+        /// MSS search radii (3 mm voxels); the first is the reported UAM+MSS, the others are
+        /// evaluated with --tuning.
         #[arg(long, value_delimiter = ',', default_value = "16")]
         search_radius: Vec<usize>,
+        /// Centred MSS passes.
+        #[arg(long, default_value_t = 2)]
+        mss_iterations: usize,
+        /// Also evaluate tuning variants (other radii, one MSS pass).
+        #[arg(long)]
+        tuning: bool,
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long, default_value = "out/eval_localize")]
@@ -330,6 +356,12 @@ mod cli {
             mode,
             options: LocalizeOptions {
                 search_radius_vox: a.search_radius,
+                uam: !a.no_uam,
+                mss: !a.no_mss,
+                centred: !a.tiled,
+                per_support: a.per_support,
+                shape_blend: a.shape_blend,
+                mss_iterations: a.mss_iterations,
                 ..Default::default()
             },
             weights: a.weights,
@@ -352,6 +384,8 @@ mod cli {
             seed: a.seed,
             organs: a.organs,
             radii: a.search_radius,
+            mss_iterations: a.mss_iterations,
+            tuning: a.tuning,
             device: device(&a.backend)?,
             out: a.out,
         };

@@ -64,6 +64,8 @@ pub struct PointAtlas {
     pub windows: [Vec<f32>; 3],
     /// The point on each support that has the organ.
     pub per_support: Vec<SupportPoint>,
+    /// Mean offset (mm, canonical axes) of the point from the centre of its part's box.
+    pub offset_mm: [f64; 3],
 }
 
 /// One organ: its parts (1 for WPL, the slabs for SPL), each of 6 points.
@@ -169,9 +171,15 @@ impl Atlas {
                     .collect()
             })
             .collect();
+        // Sums of the points' offsets from their part's box centre (mm).
+        let mut offsets: Vec<Vec<[[f64; 3]; 6]>> = part_counts
+            .iter()
+            .map(|&n| vec![[[0.0; 3]; 6]; n])
+            .collect();
         let mut counts = vec![0usize; organs.len()];
         for s in supports {
             let prep = Prepared::from_canonical(&s.ct)?;
+            let spacing = s.ct.spacing_mm();
             // (organ index, part, point index, grid voxel)
             let mut jobs: Vec<(usize, usize, usize, [i64; 3])> = Vec::new();
             for (o, &label) in organs.iter().enumerate() {
@@ -194,6 +202,13 @@ impl Atlas {
                 }
                 counts[o] += 1;
                 for (part, pts) in parts.iter().enumerate() {
+                    let b = super::boxes::box_from_points(pts);
+                    for (k, p) in pts.iter().enumerate() {
+                        for a in 0..3 {
+                            let centre = (b.min[a] + b.max[a]) as f64 / 2.0;
+                            offsets[o][part][k][a] += (p[a] as f64 - centre) * spacing[a];
+                        }
+                    }
                     for (k, p) in pts.iter().enumerate() {
                         let g = prep.canonical_to_grid(p.map(|x| x as f64));
                         jobs.push((o, part, k, g.map(|x| x.round() as i64)));
@@ -249,12 +264,18 @@ impl Atlas {
             let parts = std::mem::take(&mut sums[o])
                 .into_iter()
                 .zip(std::mem::take(&mut singles[o]))
-                .map(|(pts, single)| {
+                .zip(&offsets[o])
+                .map(|((pts, single), off)| {
                     let mut single = single.into_iter();
-                    pts.map(|(pos, win)| PointAtlas {
-                        position: pos.map(|x| (x / n) as f32),
-                        windows: win.map(|w| w.into_iter().map(|x| x / n as f32).collect()),
-                        per_support: single.next().unwrap_or_default(),
+                    let mut k = 0;
+                    pts.map(|(pos, win)| {
+                        k += 1;
+                        PointAtlas {
+                            position: pos.map(|x| (x / n) as f32),
+                            windows: win.map(|w| w.into_iter().map(|x| x / n as f32).collect()),
+                            per_support: single.next().unwrap_or_default(),
+                            offset_mm: off[k - 1].map(|x| x / n),
+                        }
                     })
                 })
                 .collect();

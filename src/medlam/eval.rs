@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
 use super::localize::{
-    LocalizeOptions, QueryState, localize_organs, organ_localization, query_state, refine,
-    refine_per_support,
+    LocalizeOptions, QueryState, localize_organs, locate_points, organ_localization, organ_points,
+    query_state, regularize_parts,
 };
 use super::net::{MedLam, MedLamConfig};
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
@@ -316,8 +316,12 @@ pub struct EvalOptions {
     pub queries: usize,
     pub seed: u64,
     pub organs: Vec<u16>,
-    /// MSS search radii (3 mm voxels) evaluated for UAM+MSS; the first one for the others.
+    /// MSS search radii (3 mm voxels) evaluated for UAM+MSS (only the first unless tuning).
     pub radii: Vec<usize>,
+    /// Centred MSS passes of UAM+MSS.
+    pub mss_iterations: usize,
+    /// Also evaluate the tuning variants (other radii, a single MSS pass).
+    pub tuning: bool,
     pub device: Device,
     /// Where `eval_localize.csv` and `eval_localize.txt` go.
     pub out: PathBuf,
@@ -437,7 +441,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             }
             let mut results = vec![("baseline".to_string(), baseline.clone())];
             results.extend(pollster::block_on(evaluate_query(
-                &net, &atlas, &q, &present, &baseline, o,
+                &net, &atlas, &q, &present, o,
             ))?);
             query_seconds.push(t.elapsed().as_secs_f64());
             let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
@@ -492,57 +496,18 @@ fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalR
     }
 }
 
-/// Every method but the baseline for one query (one feature pass serves all): UAM
-/// (1 and 2 passes), MSS alone (whole-body search), UAM+MSS at each radius (mean
-/// support windows, and `/med`: each support's windows, median point), UAM(2 passes)+MSS,
-/// and MSS started from the baseline's points.
+/// Every method but the baseline for one query: UAM (1 and 2 passes), MSS alone (one
+/// tiled feature pass, whole-body search) and UAM+MSS (patches centred on the UAM points,
+/// `mss_iterations` passes; `/med`: each support matched separately, median point, in
+/// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`).
 async fn evaluate_query(
     net: &MedLam,
     atlas: &Atlas,
     q: &QueryState,
     organs: &[u16],
-    baseline: &[OrganLocalization],
     o: &EvalOptions,
 ) -> Result<Vec<(String, Vec<OrganLocalization>)>> {
-    let points: Vec<_> = organs
-        .iter()
-        .filter_map(|&l| atlas.organ(l))
-        .flat_map(|org| org.parts.iter().flat_map(|p| p.iter()))
-        .collect();
-    let uam1: Vec<[f64; 3]> = points.iter().map(|p| q.uam_point(p)).collect();
-    let groups: Vec<Vec<_>> = points.chunks(6).map(|c| c.to_vec()).collect();
-    let current: Vec<Vec<[f64; 3]>> = uam1.chunks(6).map(|c| c.to_vec()).collect();
-    let uam2 = q
-        .uam_refine(net, &atlas.config, &groups, &current, &o.device)
-        .await?
-        .concat();
-    let current2: Vec<Vec<[f64; 3]>> = uam2.chunks(6).map(|c| c.to_vec()).collect();
-    let uam3 = q
-        .uam_refine(net, &atlas.config, &groups, &current2, &o.device)
-        .await?
-        .concat();
-    // Second pass with one patch per point instead of per organ part.
-    let singles: Vec<Vec<_>> = points.iter().map(|p| vec![*p]).collect();
-    let single_now: Vec<Vec<[f64; 3]>> = uam1.iter().map(|c| vec![*c]).collect();
-    let uam2p = q
-        .uam_refine(net, &atlas.config, &singles, &single_now, &o.device)
-        .await?
-        .concat();
-    // The baseline's extreme points as starting points (WPL: the atlas points are those 6).
-    let base_start: Vec<[f64; 3]> = organs
-        .iter()
-        .filter(|&&l| atlas.organ(l).is_some())
-        .flat_map(|&l| {
-            let b = baseline.iter().find(|b| b.label == l);
-            (0..6).map(move |k| match b {
-                Some(b) => q
-                    .prep
-                    .canonical_to_grid(b.extreme_points[k].map(|x| x as f64)),
-                None => q.centre,
-            })
-        })
-        .collect();
-    let frame = q.frame(net, &atlas.config, &uam1, None, &o.device)?;
+    let (points, _) = organ_points(atlas, organs);
     let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
         let mut out = Vec::new();
         let mut at = 0;
@@ -558,27 +523,68 @@ async fn evaluate_query(
         }
         out
     };
-    let pts = |m: &[([f64; 3], f32)]| m.iter().map(|x| x.0).collect::<Vec<_>>();
-    let dev = &o.device;
-    let r0 = Some(o.radii.first().copied().unwrap_or(16));
-    let mut out = vec![
-        ("uam".to_string(), assemble(&uam1)),
-        ("uam2".to_string(), assemble(&uam2)),
-        ("uam3".to_string(), assemble(&uam3)),
-        ("uam2p".to_string(), assemble(&uam2p)),
-    ];
-    let global = refine(&frame, atlas, &points, &uam1, None, dev).await?;
-    out.push(("mss".into(), assemble(&pts(&global))));
-    for &r in &o.radii {
-        let local = refine(&frame, atlas, &points, &uam1, Some(r), dev).await?;
-        out.push((format!("uam+mss@{r}"), assemble(&pts(&local))));
-        let med = refine_per_support(&frame, atlas, &points, &uam1, Some(r), dev).await?;
-        out.push((format!("uam+mss/med@{r}"), assemble(&pts(&med))));
+    let mut out = Vec::new();
+    let mut run = async |name: String, opt: LocalizeOptions| -> Result<()> {
+        let found = locate_points(net, atlas, q, &points, &opt, &o.device).await?;
+        let located: Vec<[f64; 3]> = found.iter().map(|x| x.0).collect();
+        for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
+            out.push((
+                format!("{name}{suffix}"),
+                assemble(&regularize_parts(&located, &points, blend)),
+            ));
+        }
+        Ok(())
+    };
+    let base = LocalizeOptions {
+        mss_iterations: o.mss_iterations,
+        ..LocalizeOptions::default()
+    };
+    let uam = LocalizeOptions { mss: false, ..base };
+    run("uam".into(), uam).await?;
+    run(
+        "uam2".into(),
+        LocalizeOptions {
+            uam_iterations: 2,
+            ..uam
+        },
+    )
+    .await?;
+    run(
+        "mss".into(),
+        LocalizeOptions {
+            uam: false,
+            centred: false,
+            ..base
+        },
+    )
+    .await?;
+    for (i, &r) in o.radii.iter().enumerate() {
+        let at = LocalizeOptions {
+            search_radius_vox: r,
+            ..base
+        };
+        if i == 0 || o.tuning {
+            run(format!("uam+mss@{r}"), at).await?;
+            run(
+                format!("uam+mss/med@{r}"),
+                LocalizeOptions {
+                    per_support: true,
+                    ..at
+                },
+            )
+            .await?;
+        }
+        if o.tuning && i == 0 {
+            run(
+                format!("uam+mss@{r}x1"),
+                LocalizeOptions {
+                    mss_iterations: 1,
+                    ..at
+                },
+            )
+            .await?;
+        }
     }
-    let local2 = refine(&frame, atlas, &points, &uam2, r0, dev).await?;
-    out.push(("uam2+mss".into(), assemble(&pts(&local2))));
-    let from_base = refine(&frame, atlas, &points, &base_start, r0, dev).await?;
-    out.push(("base+mss".into(), assemble(&pts(&from_base))));
     Ok(out)
 }
 
