@@ -213,6 +213,10 @@ mod cli {
         /// Query label maps (optional, one per query, in order) for localization.csv.
         #[arg(long)]
         query_label: Vec<PathBuf>,
+        /// Where query label maps use other values than the supports: SUPPORT=QUERY pairs,
+        /// e.g. 5=1 (support organ 5 is label 1 in the query labels).
+        #[arg(long, value_delimiter = ',')]
+        query_label_map: Vec<String>,
         /// Organs, e.g. 1,3 (default: every label of the supports).
         #[arg(long, value_delimiter = ',')]
         organs: Vec<u16>,
@@ -228,6 +232,25 @@ mod cli {
         /// MSS search half-width around the UAM point (3 mm voxels).
         #[arg(long, default_value_t = 16)]
         search_radius: usize,
+        /// Skip the UAM coarse step (MSS searches the whole body).
+        #[arg(long)]
+        no_uam: bool,
+        /// Skip the MSS refinement (UAM points only).
+        #[arg(long)]
+        no_mss: bool,
+        /// MSS on one tiled feature pass over the body instead of patches centred on the
+        /// UAM points.
+        #[arg(long)]
+        tiled: bool,
+        /// Centred MSS passes (each re-centres on the previous match, half the radius).
+        #[arg(long, default_value_t = 2)]
+        mss_iterations: usize,
+        /// Match each support separately and take the median point.
+        #[arg(long)]
+        per_support: bool,
+        /// Shape regularisation: 1 keeps the located points, 0 uses the supports' shape.
+        #[arg(long, default_value_t = 1.0)]
+        shape_blend: f64,
         #[arg(long)]
         out: PathBuf,
     }
@@ -248,8 +271,16 @@ mod cli {
         seed: u64,
         #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
         organs: Vec<u16>,
-        #[arg(long, default_value_t = 16)]
-        search_radius: usize,
+        /// MSS search radii (3 mm voxels); the first is the reported UAM+MSS, the others are
+        /// evaluated with --tuning.
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        search_radius: Vec<usize>,
+        /// Centred MSS passes.
+        #[arg(long, default_value_t = 2)]
+        mss_iterations: usize,
+        /// Also evaluate tuning variants (other radii, one MSS pass).
+        #[arg(long)]
+        tuning: bool,
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long, default_value = "out/eval_localize")]
@@ -411,14 +442,35 @@ mod cli {
                 )));
             }
         };
+        let query_label_map = a
+            .query_label_map
+            .iter()
+            .map(|pair| {
+                let parsed = pair
+                    .split_once('=')
+                    .and_then(|(s, q)| Some((s.trim().parse().ok()?, q.trim().parse().ok()?)));
+                parsed.ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--query-label-map '{pair}': expected SUPPORT=QUERY label values, e.g. 5=1"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<(u16, u16)>>>()?;
         let run = LocalizeRun {
             supports: a.support_image.into_iter().zip(a.support_label).collect(),
             queries: a.query,
             query_labels: a.query_label,
+            query_label_map,
             organs: a.organs,
             mode,
             options: LocalizeOptions {
                 search_radius_vox: a.search_radius,
+                uam: !a.no_uam,
+                mss: !a.no_mss,
+                centred: !a.tiled,
+                per_support: a.per_support,
+                shape_blend: a.shape_blend,
+                mss_iterations: a.mss_iterations,
                 ..Default::default()
             },
             weights: a.weights,
@@ -440,7 +492,9 @@ mod cli {
             queries: a.queries,
             seed: a.seed,
             organs: a.organs,
-            search_radius_vox: a.search_radius,
+            radii: a.search_radius,
+            mss_iterations: a.mss_iterations,
+            tuning: a.tuning,
             device: device(&a.backend)?,
             out: a.out,
         };

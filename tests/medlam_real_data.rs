@@ -254,7 +254,7 @@ fn training_run_checkpoints_and_resumes_exactly() {
     assert_eq!(part.steps, 3);
     let mut resumed_at = None;
     let rest = train(&opts("b", None), &mut |e| {
-        if let medlsam::medlam::train::TrainEvent::Resumed { step } = e {
+        if let medlsam::medlam::train::TrainEvent::Resumed { step, .. } = e {
             resumed_at = Some(step);
         }
     })

@@ -46,13 +46,26 @@ pub enum AtlasMode {
 /// Running sums of one point over supports: latent position and windows per scale.
 type PointSum = ([f64; 3], [Vec<f32>; 3]);
 
-/// One support point averaged over the supports.
+/// One point on one support.
+#[derive(Clone, Debug)]
+pub struct SupportPoint {
+    /// Latent coordinate (canonical axis order).
+    pub position: [f32; 3],
+    /// Normalised windows per scale, `C_s·w³` values in `[C][K][J][I]` order.
+    pub windows: [Vec<f32>; 3],
+}
+
+/// One support point averaged over the supports (and each support's own values).
 #[derive(Clone, Debug)]
 pub struct PointAtlas {
     /// Mean latent coordinate (canonical axis order).
     pub position: [f32; 3],
     /// Mean normalised windows per scale, `C_s·w³` values in `[C][K][J][I]` order.
     pub windows: [Vec<f32>; 3],
+    /// The point on each support that has the organ.
+    pub per_support: Vec<SupportPoint>,
+    /// Mean offset (mm, canonical axes) of the point from the centre of its part's box.
+    pub offset_mm: [f64; 3],
 }
 
 /// One organ: its parts (1 for WPL, the slabs for SPL), each of 6 points.
@@ -78,17 +91,14 @@ impl Atlas {
         self.organs.iter().find(|o| o.label == label)
     }
 
-    /// The window tensors `[n, C_s, w, w, w]` of some points, one per scale.
-    pub fn window_tensors(&self, points: &[&PointAtlas], device: &Device) -> [Tensor<5>; 3] {
+    /// The window tensors `[n, C_s, w, w, w]` of `n` window sets, one tensor per scale.
+    pub fn window_tensors(&self, windows: &[&[Vec<f32>; 3]], device: &Device) -> [Tensor<5>; 3] {
         let channels = self.config.feature_channels();
         [0, 1, 2].map(|s| {
             let w = WINDOWS[s];
-            let data: Vec<f32> = points
-                .iter()
-                .flat_map(|p| p.windows[s].iter().copied())
-                .collect();
+            let data: Vec<f32> = windows.iter().flat_map(|p| p[s].iter().copied()).collect();
             Tensor::from_data(
-                TensorData::new(data, [points.len(), channels[s], w, w, w]),
+                TensorData::new(data, [windows.len(), channels[s], w, w, w]),
                 device,
             )
         })
@@ -153,9 +163,23 @@ impl Atlas {
                     .collect()
             })
             .collect();
+        let mut singles: Vec<Vec<[Vec<SupportPoint>; 6]>> = part_counts
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| std::array::from_fn(|_| Vec::new()))
+                    .collect()
+            })
+            .collect();
+        // Sums of the points' offsets from their part's box centre (mm).
+        let mut offsets: Vec<Vec<[[f64; 3]; 6]>> = part_counts
+            .iter()
+            .map(|&n| vec![[[0.0; 3]; 6]; n])
+            .collect();
         let mut counts = vec![0usize; organs.len()];
         for s in supports {
             let prep = Prepared::from_canonical(&s.ct)?;
+            let spacing = s.ct.spacing_mm();
             // (organ index, part, point index, grid voxel)
             let mut jobs: Vec<(usize, usize, usize, [i64; 3])> = Vec::new();
             for (o, &label) in organs.iter().enumerate() {
@@ -178,6 +202,13 @@ impl Atlas {
                 }
                 counts[o] += 1;
                 for (part, pts) in parts.iter().enumerate() {
+                    let b = super::boxes::box_from_points(pts);
+                    for (k, p) in pts.iter().enumerate() {
+                        for a in 0..3 {
+                            let centre = (b.min[a] + b.max[a]) as f64 / 2.0;
+                            offsets[o][part][k][a] += (p[a] as f64 - centre) * spacing[a];
+                        }
+                    }
                     for (k, p) in pts.iter().enumerate() {
                         let g = prep.canonical_to_grid(p.map(|x| x as f64));
                         jobs.push((o, part, k, g.map(|x| x.round() as i64)));
@@ -203,6 +234,11 @@ impl Atlas {
                     win.push(read_f32(w).await?);
                 }
                 for (b, &(o, part, k, _)) in chunk.iter().enumerate() {
+                    singles[o][part][k].push(SupportPoint {
+                        position: [0, 1, 2].map(|a| pos[3 * b + a]),
+                        windows: [0, 1, 2]
+                            .map(|sc| win[sc][b * sizes[sc]..(b + 1) * sizes[sc]].to_vec()),
+                    });
                     let entry = &mut sums[o][part][k];
                     for a in 0..3 {
                         entry.0[a] += pos[3 * b + a] as f64;
@@ -227,10 +263,19 @@ impl Atlas {
             let n = counts[o] as f64;
             let parts = std::mem::take(&mut sums[o])
                 .into_iter()
-                .map(|pts| {
-                    pts.map(|(pos, win)| PointAtlas {
-                        position: pos.map(|x| (x / n) as f32),
-                        windows: win.map(|w| w.into_iter().map(|x| x / n as f32).collect()),
+                .zip(std::mem::take(&mut singles[o]))
+                .zip(&offsets[o])
+                .map(|((pts, single), off)| {
+                    let mut single = single.into_iter();
+                    let mut k = 0;
+                    pts.map(|(pos, win)| {
+                        k += 1;
+                        PointAtlas {
+                            position: pos.map(|x| (x / n) as f32),
+                            windows: win.map(|w| w.into_iter().map(|x| x / n as f32).collect()),
+                            per_support: single.next().unwrap_or_default(),
+                            offset_mm: off[k - 1].map(|x| x / n),
+                        }
                     })
                 })
                 .collect();
@@ -315,6 +360,10 @@ mod tests {
             assert_eq!(a.supports, 2);
             assert_eq!(a.parts.len(), 1);
             for (p, q) in a.parts[0].iter().zip(&b.parts[0]) {
+                assert_eq!(p.per_support.len(), 2);
+                // The mean is the mean of the supports' own values.
+                let mean0 = (p.per_support[0].position[0] + p.per_support[1].position[0]) / 2.0;
+                assert!((p.position[0] - mean0).abs() < 1e-5);
                 assert_eq!(p.position, q.position);
                 assert_eq!(p.windows, q.windows);
                 // Windows are means of unit vectors: no voxel norm above 1.

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
 use super::localize::{
-    LocalizeOptions, QueryState, localize_organs, organ_localization, query_state, refine,
+    LocalizeOptions, QueryState, localize_organs, locate_points, organ_localization, organ_points,
+    query_state, regularize_parts,
 };
 use super::net::{MedLam, MedLamConfig};
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
@@ -54,6 +55,42 @@ pub fn score(pred: &OrganLocalization, truth: &LabelVolume) -> Option<BoxScores>
         wd: wall_distance_mm(&pred.bbox, &tb, truth.spacing_mm()),
         ale: ale_mm(&pred.extreme_points, &te, &truth.affine),
     })
+}
+
+/// Mean 2-D IoU (%) of the per-slice boxes against the true per-slice boxes, over every
+/// slice that has either (a slice with only one of them counts 0).
+pub fn slice_box_iou(pred: &OrganLocalization, truth: &LabelVolume) -> Option<f64> {
+    let true_boxes = crate::volume::labels::slice_boxes(truth, pred.label);
+    if true_boxes.is_empty() {
+        return None;
+    }
+    let mut ks: Vec<usize> = true_boxes
+        .iter()
+        .map(|b| b.k)
+        .chain(pred.slice_boxes.iter().map(|b| b.k))
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let area = |b: &crate::volume::labels::SliceBox| {
+        ((b.max[0] - b.min[0] + 1) * (b.max[1] - b.min[1] + 1)) as f64
+    };
+    let total: f64 = ks
+        .iter()
+        .map(|&k| {
+            let (Some(p), Some(t)) = (
+                pred.slice_boxes.iter().find(|b| b.k == k),
+                true_boxes.iter().find(|b| b.k == k),
+            ) else {
+                return 0.0;
+            };
+            let w = |a: usize| {
+                (p.max[a].min(t.max[a]) + 1).saturating_sub(p.min[a].max(t.min[a])) as f64
+            };
+            let inter = w(0) * w(1);
+            100.0 * inter / (area(p) + area(t) - inter)
+        })
+        .sum();
+    Some(total / ks.len() as f64)
 }
 
 /// Body box (HU > −500) of a canonical CT, in canonical voxels.
@@ -120,6 +157,8 @@ pub struct LocalizeRun {
     pub queries: Vec<PathBuf>,
     /// Query label maps (same order as `queries`), for `localization.csv`.
     pub query_labels: Vec<PathBuf>,
+    /// `(support label, query label)` pairs where the query labels use other values.
+    pub query_label_map: Vec<(u16, u16)>,
     /// Organs (empty: every label of any support).
     pub organs: Vec<u16>,
     pub mode: AtlasMode,
@@ -217,7 +256,16 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
                 &lab,
                 &format!("query {} and its label map", qpath.display()),
             )?;
-            let lab = lab.to_canonical().0;
+            let mut lab = lab.to_canonical().0;
+            if !run.query_label_map.is_empty() {
+                // Relabel the query's truth into the supports' values (others dropped).
+                lab = lab.map(|v| {
+                    run.query_label_map
+                        .iter()
+                        .find(|(_, q)| *q == v)
+                        .map_or(0, |(s, _)| *s)
+                });
+            }
             for o in &found {
                 if let Some(s) = score(o, &lab) {
                     let name = names.name(o.label);
@@ -268,7 +316,12 @@ pub struct EvalOptions {
     pub queries: usize,
     pub seed: u64,
     pub organs: Vec<u16>,
-    pub search_radius_vox: usize,
+    /// MSS search radii (3 mm voxels) evaluated for UAM+MSS (only the first unless tuning).
+    pub radii: Vec<usize>,
+    /// Centred MSS passes of UAM+MSS.
+    pub mss_iterations: usize,
+    /// Also evaluate the tuning variants (other radii, a single MSS pass).
+    pub tuning: bool,
     pub device: Device,
     /// Where `eval_localize.csv` and `eval_localize.txt` go.
     pub out: PathBuf,
@@ -280,7 +333,7 @@ pub struct EvalRow {
     pub draw: usize,
     pub case: String,
     pub label: u16,
-    pub method: &'static str,
+    pub method: String,
     pub iou: f64,
     pub wd: f64,
     pub ale: f64,
@@ -386,9 +439,9 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             for &label in &present {
                 baseline.extend(baseline_localization(&supports, &canon, label)?);
             }
-            let mut results = vec![("baseline", baseline.clone())];
+            let mut results = vec![("baseline".to_string(), baseline.clone())];
             results.extend(pollster::block_on(evaluate_query(
-                &net, &atlas, &q, &present, &baseline, o,
+                &net, &atlas, &q, &present, o,
             ))?);
             query_seconds.push(t.elapsed().as_secs_f64());
             let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
@@ -397,7 +450,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
                 for l in &locs {
                     if let Some(s) = score(l, &lab) {
                         ious.push(s.iou);
-                        rows.push(row(draw, case, l.label, method, s));
+                        rows.push(row(draw, case, l.label, &method, s));
                     }
                 }
                 line.push_str(&format!(
@@ -431,60 +484,30 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     Ok(rows)
 }
 
-fn row(draw: usize, case: &str, label: u16, method: &'static str, s: BoxScores) -> EvalRow {
+fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalRow {
     EvalRow {
         draw,
         case: case.to_string(),
         label,
-        method,
+        method: method.to_string(),
         iou: s.iou,
         wd: s.wd,
         ale: s.ale,
     }
 }
 
-/// UAM only (1 and 2 passes), MSS only (whole-body search), UAM+MSS, and MSS started
-/// from the baseline's points, for one query (one feature pass serves all).
+/// Every method but the baseline for one query: UAM (1 and 2 passes), MSS alone (one
+/// tiled feature pass, whole-body search) and UAM+MSS (patches centred on the UAM points,
+/// `mss_iterations` passes; `/med`: each support matched separately, median point, in
+/// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`).
 async fn evaluate_query(
     net: &MedLam,
     atlas: &Atlas,
     q: &QueryState,
     organs: &[u16],
-    baseline: &[OrganLocalization],
     o: &EvalOptions,
-) -> Result<Vec<(&'static str, Vec<OrganLocalization>)>> {
-    let points: Vec<_> = organs
-        .iter()
-        .filter_map(|&l| atlas.organ(l))
-        .flat_map(|org| org.parts.iter().flat_map(|p| p.iter()))
-        .collect();
-    let uam1: Vec<[f64; 3]> = points.iter().map(|p| q.uam_point(p)).collect();
-    let groups: Vec<Vec<_>> = points.chunks(6).map(|c| c.to_vec()).collect();
-    let current: Vec<Vec<[f64; 3]>> = uam1.chunks(6).map(|c| c.to_vec()).collect();
-    let uam2 = q
-        .uam_refine(net, &atlas.config, &groups, &current, &o.device)
-        .await?
-        .concat();
-    // The baseline's extreme points as starting points (WPL: the atlas points are those 6).
-    let base_start: Vec<[f64; 3]> = organs
-        .iter()
-        .filter(|&&l| atlas.organ(l).is_some())
-        .flat_map(|&l| {
-            let b = baseline.iter().find(|b| b.label == l);
-            (0..6).map(move |k| match b {
-                Some(b) => q
-                    .prep
-                    .canonical_to_grid(b.extreme_points[k].map(|x| x as f64)),
-                None => q.centre,
-            })
-        })
-        .collect();
-    let frame = q.frame(net, &atlas.config, &uam1, None, &o.device)?;
-    let r = Some(o.search_radius_vox);
-    let global = refine(&frame, atlas, &points, &uam1, None, &o.device).await?;
-    let local1 = refine(&frame, atlas, &points, &uam1, r, &o.device).await?;
-    let local2 = refine(&frame, atlas, &points, &uam2, r, &o.device).await?;
-    let from_base = refine(&frame, atlas, &points, &base_start, r, &o.device).await?;
+) -> Result<Vec<(String, Vec<OrganLocalization>)>> {
+    let (points, _) = organ_points(atlas, organs);
     let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
         let mut out = Vec::new();
         let mut at = 0;
@@ -500,15 +523,69 @@ async fn evaluate_query(
         }
         out
     };
-    let pts = |m: &[([f64; 3], f32)]| m.iter().map(|x| x.0).collect::<Vec<_>>();
-    Ok(vec![
-        ("uam", assemble(&uam1)),
-        ("uam2", assemble(&uam2)),
-        ("mss", assemble(&pts(&global))),
-        ("uam+mss", assemble(&pts(&local1))),
-        ("uam2+mss", assemble(&pts(&local2))),
-        ("base+mss", assemble(&pts(&from_base))),
-    ])
+    let mut out = Vec::new();
+    let mut run = async |name: String, opt: LocalizeOptions| -> Result<()> {
+        let found = locate_points(net, atlas, q, &points, &opt, &o.device).await?;
+        let located: Vec<[f64; 3]> = found.iter().map(|x| x.0).collect();
+        for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
+            out.push((
+                format!("{name}{suffix}"),
+                assemble(&regularize_parts(&located, &points, blend)),
+            ));
+        }
+        Ok(())
+    };
+    let base = LocalizeOptions {
+        mss_iterations: o.mss_iterations,
+        ..LocalizeOptions::default()
+    };
+    let uam = LocalizeOptions { mss: false, ..base };
+    run("uam".into(), uam).await?;
+    run(
+        "uam2".into(),
+        LocalizeOptions {
+            uam_iterations: 2,
+            ..uam
+        },
+    )
+    .await?;
+    run(
+        "mss".into(),
+        LocalizeOptions {
+            uam: false,
+            centred: false,
+            ..base
+        },
+    )
+    .await?;
+    for (i, &r) in o.radii.iter().enumerate() {
+        let at = LocalizeOptions {
+            search_radius_vox: r,
+            ..base
+        };
+        if i == 0 || o.tuning {
+            run(format!("uam+mss@{r}"), at).await?;
+            run(
+                format!("uam+mss/med@{r}"),
+                LocalizeOptions {
+                    per_support: true,
+                    ..at
+                },
+            )
+            .await?;
+        }
+        if o.tuning && i == 0 {
+            run(
+                format!("uam+mss@{r}x1"),
+                LocalizeOptions {
+                    mss_iterations: 1,
+                    ..at
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(out)
 }
 
 /// A text table: per method, per organ mean box IoU / WD / ALE, and the means.
@@ -516,10 +593,16 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut t = String::new();
     t.push_str(&format!(
-        "{:<10} {:<14} {:>6} {:>9} {:>8} {:>8}\n",
+        "{:<16} {:<14} {:>6} {:>9} {:>8} {:>8}\n",
         "method", "organ", "n", "IoU %", "WD mm", "ALE mm"
     ));
-    for method in METHODS {
+    let mut methods: Vec<&str> = Vec::new();
+    for r in rows {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    for method in methods {
         let of = |l: Option<u16>| -> Vec<&EvalRow> {
             rows.iter()
                 .filter(|r| r.method == method && l.is_none_or(|l| r.label == l))
@@ -531,7 +614,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
                 continue;
             }
             t.push_str(&format!(
-                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
                 method,
                 names.name(l),
                 r.len(),
@@ -552,7 +635,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
             mean(&v)
         };
         t.push_str(&format!(
-            "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+            "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
             method,
             "mean",
             of(None).len(),
@@ -567,7 +650,7 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
             .collect();
         if !target.is_empty() {
             t.push_str(&format!(
-                "{:<10} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
+                "{:<16} {:<14} {:>6} {:>9.1} {:>8.1} {:>8.1}\n",
                 method,
                 "mean(1,3,4,7)",
                 "",
@@ -642,9 +725,14 @@ pub fn bench_medlam(
         let atlas_s = t.elapsed().as_secs_f64();
         let points: usize = atlas.organs.iter().map(|o| 6 * o.parts.len()).sum();
         let mut times = Vec::new();
+        let (mut ious, mut slice_ious) = (Vec::new(), Vec::new());
         for case in &complete[5..5 + queries] {
             let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
             let (canon, _) = ct.to_canonical();
+            let lab = read_nifti_path(path(case, "label"))?
+                .into_labels()?
+                .to_canonical()
+                .0;
             let t = Instant::now();
             let q = pollster::block_on(query_state(&net, &config, &canon, device))?;
             let found = pollster::block_on(localize_organs(
@@ -656,20 +744,70 @@ pub fn bench_medlam(
                 device,
             ))?;
             times.push(t.elapsed().as_secs_f64());
+            for o in &found {
+                ious.extend(score(o, &lab).map(|s| s.iou));
+                slice_ious.extend(slice_box_iou(o, &lab));
+            }
             log(format!(
                 "{mode:?} {case}: {} organs in {:.2} s",
                 found.len(),
                 times.last().unwrap()
             ));
         }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         report.push_str(&format!(
-            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries\n",
+            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries | 3-D box IoU {:.1} %, 2-D slice-box IoU {:.1} %\n",
             format!("{mode:?}"),
             atlas_s,
-            times.iter().sum::<f64>() / times.len().max(1) as f64,
+            mean(&times),
             times.iter().copied().fold(f64::INFINITY, f64::min),
-            times.len()
+            times.len(),
+            mean(&ious),
+            mean(&slice_ious)
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::labels::SliceBox;
+    use crate::volume::{Affine, Volume};
+
+    #[test]
+    fn slice_box_iou_counts_missing_slices_as_zero() {
+        let mut lab = Volume::filled([10, 10, 4], 0u16, Affine::identity()).unwrap();
+        for k in 1..=2 {
+            for j in 2..=5 {
+                for i in 2..=3 {
+                    let idx = lab.index(i, j, k);
+                    lab.data[idx] = 5;
+                }
+            }
+        }
+        let sb = |k, min, max| SliceBox { k, min, max };
+        let pred = |boxes: Vec<SliceBox>| OrganLocalization {
+            label: 5,
+            confidence: 0.0,
+            extreme_points: [[0; 3]; 6],
+            bbox: BoxVox {
+                min: [0; 3],
+                max: [0; 3],
+            },
+            slice_boxes: boxes,
+        };
+        let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
+        assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));
+        // Slice 2 half as wide (IoU 50 %), and an extra slice 3 (0): (100 + 50 + 0) / 3.
+        let off = pred(vec![
+            sb(1, [2, 2], [3, 5]),
+            sb(2, [2, 2], [2, 5]),
+            sb(3, [2, 2], [3, 5]),
+        ]);
+        assert!((slice_box_iou(&off, &lab).unwrap() - 50.0).abs() < 1e-9);
+        let mut other = lab.clone();
+        other.data.iter_mut().for_each(|v| *v = 0);
+        assert_eq!(slice_box_iou(&exact, &other), None);
+    }
 }

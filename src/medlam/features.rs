@@ -224,6 +224,59 @@ impl FeatureFrame {
         })
     }
 
+    /// One single-tile frame per centre (grid voxel): the patch centred there, so the point
+    /// of interest sits at the patch centre as on the supports (the reference's per-point
+    /// query patches).
+    pub fn centred_tiles(
+        net: &MedLam,
+        config: &MedLamConfig,
+        vol: &Prepared,
+        centres: &[[i64; 3]],
+        device: &Device,
+    ) -> Result<Vec<Self>> {
+        let p = config.patch;
+        let strides = config.feature_strides();
+        let channels = config.feature_channels();
+        let margins = [0, 1, 2].map(|s| WINDOWS[s] / 2 + 1);
+        let mut out = Vec::with_capacity(centres.len());
+        const BATCH: usize = 4;
+        for chunk in centres.chunks(BATCH) {
+            let mut data = Vec::with_capacity(chunk.len() * p * p * p);
+            for c in chunk {
+                data.extend(vol.patch(*c, p));
+            }
+            let x = Tensor::<5>::from_data(
+                burn::tensor::TensorData::new(data, [chunk.len(), 1, p, p, p]),
+                device,
+            );
+            let feats = net.forward(x).features.map(normalize_channels);
+            for (b, c) in chunk.iter().enumerate() {
+                let maps = (0..3)
+                    .map(|s| {
+                        let m = p / strides[s];
+                        let g = margins[s];
+                        let f =
+                            feats[s]
+                                .clone()
+                                .slice([b..b + 1, 0..channels[s], 0..m, 0..m, 0..m]);
+                        Tensor::zeros([1, channels[s], m + 2 * g, m + 2 * g, m + 2 * g], device)
+                            .slice_assign([0..1, 0..channels[s], g..g + m, g..g + m, g..g + m], f)
+                    })
+                    .collect();
+                out.push(Self {
+                    origin: c.map(|x| x - (p / 2) as i64),
+                    size: [p; 3],
+                    strides,
+                    margins,
+                    maps,
+                    tiles_computed: 1,
+                    tiles_total: 1,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Best matches of support windows (`windows[s]`: `[n, C_s, w, w, w]`, one per search).
     pub async fn best_matches(
         &self,
@@ -286,29 +339,33 @@ impl FeatureFrame {
                 .collect();
             let len = [0, 1, 2].map(|a| len[a].min(m[a] as usize + 1));
             // Input crops: feature voxels t0 − w/2 .. t0 + len − 1 + w/2 (in map coordinates + g).
-            let crops: Vec<Tensor<5>> = spans
-                .iter()
-                .map(|t0| {
-                    let r = [0, 1, 2].map(|a| {
-                        let a0 = (t0[a] - (w / 2) as i64 + g) as usize;
-                        a0..a0 + len[a] + w - 1
-                    });
-                    self.maps[s].clone().slice([
-                        0..1,
-                        0..c,
-                        r[2].clone(),
-                        r[1].clone(),
-                        r[0].clone(),
-                    ])
-                })
-                .collect();
-            let input = Tensor::cat(crops, 1); // [1, n·C, ..]
-            let sim = conv3d(
-                input,
-                windows[s].clone(),
-                None,
-                ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], n),
-            )
+            let crop = |t0: &[i64; 3]| {
+                let r = [0, 1, 2].map(|a| {
+                    let a0 = (t0[a] - (w / 2) as i64 + g) as usize;
+                    a0..a0 + len[a] + w - 1
+                });
+                self.maps[s]
+                    .clone()
+                    .slice([0..1, 0..c, r[2].clone(), r[1].clone(), r[0].clone()])
+            };
+            // Searches over the same span (e.g. whole-frame ones) share one crop; otherwise
+            // each window is correlated with its own crop (a grouped convolution).
+            let sim = if spans.iter().all(|t| t == &spans[0]) {
+                conv3d(
+                    crop(&spans[0]),
+                    windows[s].clone(),
+                    None,
+                    ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], 1),
+                )
+            } else {
+                let input = Tensor::cat(spans.iter().map(crop).collect(), 1); // [1, n·C, ..]
+                conv3d(
+                    input,
+                    windows[s].clone(),
+                    None,
+                    ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], n),
+                )
+            }
             .div_scalar((w * w * w) as f32);
             let data = sim
                 .into_data_async()
@@ -495,6 +552,36 @@ mod tests {
     }
 
     #[test]
+    fn a_support_window_matches_its_own_centred_patch_exactly() {
+        // A frame of exactly one tile centred on the point: the support window (from the
+        // same patch) must be found at the point itself with score 1.
+        let (net, cfg, dev) = tiny();
+        let vol = random_vol([40, 36, 32], 4);
+        let point = [20i64, 17, 15];
+        let (origin, size) = frame_for(point, point, 0, 16);
+        assert_eq!(size, [16; 3]);
+        assert_eq!(origin, [12, 9, 7]);
+        let frame =
+            FeatureFrame::compute(&net, &cfg, &vol, origin, size, &|_, _| true, &dev).unwrap();
+        let x = Tensor::<5>::from_data(
+            burn::tensor::TensorData::new(vol.patch(point, 16), [1, 1, 16, 16, 16]),
+            &dev,
+        );
+        let windows = centre_windows(net.forward(x).features);
+        let centre = [0, 1, 2].map(|a| (point[a] - origin[a]) as f64);
+        let m = pollster::block_on(frame.best_matches(
+            &windows,
+            &[Search {
+                centre,
+                radius: None,
+            }],
+        ))
+        .unwrap();
+        assert_eq!(m[0].point, centre.map(|x| x as i64));
+        assert!(m[0].score > 0.95, "{:?}", m[0]);
+    }
+
+    #[test]
     fn a_window_cut_from_the_frame_is_found_where_it_was_cut() {
         let (net, cfg, dev) = tiny();
         let vol = random_vol([40, 36, 32], 9);
@@ -535,9 +622,11 @@ mod tests {
             ],
         ))
         .unwrap();
+        // The score is the mean cosine over the window voxels: 1 except where a voxel's
+        // features are all zero (ReLU), which counts 0.
         for found in m {
             assert_eq!(found.point, q);
-            assert!((found.score - 1.0).abs() < 1e-4, "{found:?}");
+            assert!(found.score > 0.95 && found.score <= 1.0 + 1e-5, "{found:?}");
         }
         // A search that cannot reach q finds something else, inside its cube.
         let far = pollster::block_on(frame.best_matches(

@@ -37,6 +37,19 @@ pub struct LocalizeOptions {
     /// UAM passes: after the first (from patches at the body centre), each further pass
     /// re-estimates an organ part's points from a patch centred on their current mean.
     pub uam_iterations: usize,
+    /// Match each support's windows separately and take the median point (else match the
+    /// supports' mean windows).
+    pub per_support: bool,
+    /// Shape regularisation of each part's 6 points: 1 keeps the located points, 0 replaces
+    /// them by the supports' mean shape placed at the located points' mean centre (see
+    /// [`regularize_shape`]); in between blends the two.
+    pub shape_blend: f64,
+    /// Query features from a patch centred on each coarse point (as the reference and as
+    /// the supports) instead of one tiled pass over the body.
+    pub centred: bool,
+    /// Centred MSS passes: each further pass re-centres the query patch on the previous
+    /// match and searches again within half the previous radius (at least 2 voxels).
+    pub mss_iterations: usize,
 }
 
 impl Default for LocalizeOptions {
@@ -46,6 +59,10 @@ impl Default for LocalizeOptions {
             mss: true,
             search_radius_vox: 16,
             uam_iterations: 1,
+            per_support: false,
+            shape_blend: 1.0,
+            centred: true,
+            mss_iterations: 2,
         }
     }
 }
@@ -224,8 +241,9 @@ impl QueryState {
     }
 }
 
-/// Refine points (grid voxels) by MSS: each support window is matched within `radius`
-/// of its start (`None`: anywhere in the frame). Returns grid voxels and scores.
+/// Refine points (grid voxels) by MSS with the supports' mean windows: each is matched
+/// within `radius` of its start (`None`: anywhere in the frame). Returns grid voxels and
+/// scores.
 pub async fn refine(
     frame: &FeatureFrame,
     atlas: &Atlas,
@@ -234,10 +252,98 @@ pub async fn refine(
     radius: Option<usize>,
     device: &Device,
 ) -> Result<Vec<([f64; 3], f32)>> {
-    const CHUNK: usize = 24;
+    let windows: Vec<&[Vec<f32>; 3]> = points.iter().map(|p| &p.windows).collect();
+    match_windows(frame, atlas, &windows, starts, radius, device).await
+}
+
+/// Refine points by MSS with each support's own windows, all searched around the same
+/// start; the point is the per-axis median of the supports' matches, the score their mean.
+pub async fn refine_per_support(
+    frame: &FeatureFrame,
+    atlas: &Atlas,
+    points: &[&PointAtlas],
+    starts: &[[f64; 3]],
+    radius: Option<usize>,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    let mut windows = Vec::new();
+    let mut st = Vec::new();
+    for (p, s) in points.iter().zip(starts) {
+        for sp in &p.per_support {
+            windows.push(&sp.windows);
+            st.push(*s);
+        }
+    }
+    let found = match_windows(frame, atlas, &windows, &st, radius, device).await?;
     let mut out = Vec::with_capacity(points.len());
-    for (pts, st) in points.chunks(CHUNK).zip(starts.chunks(CHUNK)) {
-        let windows = atlas.window_tensors(pts, device);
+    let mut at = 0;
+    for p in points {
+        let n = p.per_support.len();
+        let m = &found[at..at + n];
+        at += n;
+        let median = |a: usize| {
+            let mut v: Vec<f64> = m.iter().map(|x| x.0[a]).collect();
+            v.sort_by(f64::total_cmp);
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let score = m.iter().map(|x| x.1).sum::<f32>() / n.max(1) as f32;
+        out.push(([0, 1, 2].map(median), score));
+    }
+    Ok(out)
+}
+
+/// Refine points by MSS in query patches centred on their starts (one forward per point),
+/// searching within `search_radius_vox` (at most half a patch); with `per_support`, each
+/// support's windows separately and the median point.
+pub async fn refine_centred(
+    net: &MedLam,
+    atlas: &Atlas,
+    query: &QueryState,
+    points: &[&PointAtlas],
+    starts: &[[f64; 3]],
+    options: &LocalizeOptions,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    let config = &atlas.config;
+    let centres: Vec<[i64; 3]> = starts.iter().map(|s| s.map(|x| x.round() as i64)).collect();
+    let radius = Some(options.search_radius_vox.min(config.patch / 2));
+    let mut out = Vec::with_capacity(points.len());
+    const CHUNK: usize = 8;
+    for ((pts, st), cs) in points
+        .chunks(CHUNK)
+        .zip(starts.chunks(CHUNK))
+        .zip(centres.chunks(CHUNK))
+    {
+        let frames = FeatureFrame::centred_tiles(net, config, &query.prep, cs, device)?;
+        for ((p, s), frame) in pts.iter().zip(st).zip(&frames) {
+            let found = if options.per_support {
+                refine_per_support(frame, atlas, &[*p], &[*s], radius, device).await?
+            } else {
+                refine(frame, atlas, &[*p], &[*s], radius, device).await?
+            };
+            out.extend(found);
+        }
+    }
+    Ok(out)
+}
+
+/// Match window sets (one per start) in a frame; grid voxels and scores.
+async fn match_windows(
+    frame: &FeatureFrame,
+    atlas: &Atlas,
+    windows: &[&[Vec<f32>; 3]],
+    starts: &[[f64; 3]],
+    radius: Option<usize>,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    const CHUNK: usize = 24;
+    let mut out = Vec::with_capacity(windows.len());
+    for (win, st) in windows.chunks(CHUNK).zip(starts.chunks(CHUNK)) {
+        let windows = atlas.window_tensors(win, device);
         let searches: Vec<Search> = st
             .iter()
             .map(|s| Search {
@@ -253,6 +359,42 @@ pub async fn refine(
         }
     }
     Ok(out)
+}
+
+/// Shape regularisation of one part's 6 located points (grid voxels): each point, minus
+/// its mean offset from the part's box centre on the supports, estimates that centre; the
+/// prior points are the supports' mean offsets around the mean estimate. Returns
+/// `blend·located + (1 − blend)·prior`.
+pub fn regularize_shape(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64) -> Vec<[f64; 3]> {
+    let n = located.len().min(points.len()).max(1) as f64;
+    let centre = [0, 1, 2].map(|a| {
+        located
+            .iter()
+            .zip(points)
+            .map(|(l, p)| l[a] - p.offset_mm[a] / SPACING_MM)
+            .sum::<f64>()
+            / n
+    });
+    located
+        .iter()
+        .zip(points)
+        .map(|(l, p)| {
+            [0, 1, 2]
+                .map(|a| blend * l[a] + (1.0 - blend) * (centre[a] + p.offset_mm[a] / SPACING_MM))
+        })
+        .collect()
+}
+
+/// Apply [`regularize_shape`] to every part (consecutive groups of 6 points).
+pub fn regularize_parts(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64) -> Vec<[f64; 3]> {
+    if blend >= 1.0 {
+        return located.to_vec();
+    }
+    located
+        .chunks(6)
+        .zip(points.chunks(6))
+        .flat_map(|(l, p)| regularize_shape(l, p, blend))
+        .collect()
 }
 
 /// Assemble an organ's localization from its parts' points (canonical voxels of the query).
@@ -278,19 +420,13 @@ pub fn organ_localization(
     })
 }
 
-/// Localize organs in a prepared query (canonical voxel results).
-pub async fn localize_organs(
-    net: &MedLam,
-    atlas: &Atlas,
-    query: &QueryState,
+/// The points of an atlas's requested organs, in order, with each organ's part count.
+pub fn organ_points<'a>(
+    atlas: &'a Atlas,
     organs: &[u16],
-    options: &LocalizeOptions,
-    device: &Device,
-) -> Result<Vec<OrganLocalization>> {
-    let config = &atlas.config;
-    // Every point of every requested organ, in order.
+) -> (Vec<&'a PointAtlas>, Vec<(u16, usize)>) {
     let mut points: Vec<&PointAtlas> = Vec::new();
-    let mut layout: Vec<(u16, usize)> = Vec::new(); // (label, parts)
+    let mut layout = Vec::new();
     for &label in organs {
         if let Some(o) = atlas.organ(label) {
             layout.push((label, o.parts.len()));
@@ -299,6 +435,20 @@ pub async fn localize_organs(
             }
         }
     }
+    (points, layout)
+}
+
+/// Locate support points in a query (grid voxels and MSS scores; NaN without MSS):
+/// UAM, then MSS as the options say; no shape regularisation.
+pub async fn locate_points(
+    net: &MedLam,
+    atlas: &Atlas,
+    query: &QueryState,
+    points: &[&PointAtlas],
+    options: &LocalizeOptions,
+    device: &Device,
+) -> Result<Vec<([f64; 3], f32)>> {
+    let config = &atlas.config;
     let mut coarse: Vec<[f64; 3]> = points.iter().map(|p| query.uam_point(p)).collect();
     for _ in 1..options.uam_iterations.max(1) {
         let groups: Vec<Vec<&PointAtlas>> = points.chunks(6).map(|c| c.to_vec()).collect();
@@ -313,12 +463,47 @@ pub async fn localize_organs(
     } else {
         None
     };
-    let located: Vec<([f64; 3], f32)> = if options.mss {
+    Ok(if options.mss && options.centred && options.uam {
+        let mut found = refine_centred(net, atlas, query, points, &coarse, options, device).await?;
+        let mut o = *options;
+        for _ in 1..options.mss_iterations.max(1) {
+            o.search_radius_vox = (o.search_radius_vox / 2).max(2);
+            let starts: Vec<[f64; 3]> = found.iter().map(|x| x.0).collect();
+            found = refine_centred(net, atlas, query, points, &starts, &o, device).await?;
+        }
+        found
+    } else if options.mss {
         let frame = query.frame(net, config, &coarse, radius, device)?;
-        refine(&frame, atlas, &points, &coarse, radius, device).await?
+        if options.per_support {
+            refine_per_support(&frame, atlas, points, &coarse, radius, device).await?
+        } else {
+            refine(&frame, atlas, points, &coarse, radius, device).await?
+        }
     } else {
         coarse.iter().map(|&c| (c, f32::NAN)).collect()
-    };
+    })
+}
+
+/// Localize organs in a prepared query (canonical voxel results).
+pub async fn localize_organs(
+    net: &MedLam,
+    atlas: &Atlas,
+    query: &QueryState,
+    organs: &[u16],
+    options: &LocalizeOptions,
+    device: &Device,
+) -> Result<Vec<OrganLocalization>> {
+    let (points, layout) = organ_points(atlas, organs);
+    let mut located = locate_points(net, atlas, query, &points, options, device).await?;
+    if options.shape_blend < 1.0 {
+        let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
+        for (l, r) in located
+            .iter_mut()
+            .zip(regularize_parts(&pts, &points, options.shape_blend))
+        {
+            l.0 = r;
+        }
+    }
     let mut out = Vec::new();
     let mut at = 0;
     for (label, n_parts) in layout {
@@ -345,6 +530,27 @@ pub struct MedLamLocalizer {
     pub atlas: Atlas,
     pub device: Device,
     pub options: LocalizeOptions,
+}
+
+impl MedLamLocalizer {
+    /// Load weights (burnpack bytes) and build the atlas of `organs` from the supports.
+    pub async fn from_supports(
+        weights: &[u8],
+        supports: &[super::atlas::SupportCase],
+        organs: &[u16],
+        mode: AtlasMode,
+        options: LocalizeOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (net, config) = MedLam::from_bytes(weights, device)?;
+        let atlas = Atlas::build(&net, &config, supports, organs, mode, device).await?;
+        Ok(Self {
+            net,
+            atlas,
+            device: device.clone(),
+            options,
+        })
+    }
 }
 
 impl Localizer for MedLamLocalizer {
@@ -392,6 +598,8 @@ mod tests {
         let point = PointAtlas {
             position: [0.1, 0.05, 0.0],
             windows: [vec![], vec![], vec![]],
+            per_support: vec![],
+            offset_mm: [0.0; 3],
         };
         let g = q.uam_point(&point);
         assert!((g[0] - 5.0).abs() < 1e-5);
@@ -399,6 +607,44 @@ mod tests {
         assert!((g[2] - (5.0 + 1500.0 * 0.2f64.tanh() / 3.0)).abs() < 1e-4);
         // Grid → canonical: 2g + 0.5, rounded and clamped to the volume.
         assert_eq!(q.to_canonical([3.0, 0.0, 100.0]), [7, 1, 19]);
+    }
+
+    #[test]
+    fn shape_regularisation_keeps_the_mean_centre_and_the_support_shape() {
+        let pt = |o: [f64; 3]| PointAtlas {
+            position: [0.0; 3],
+            windows: [vec![], vec![], vec![]],
+            per_support: vec![],
+            offset_mm: o,
+        };
+        // Support shape: points at ±6 mm (±2 voxels) along each axis from the centre.
+        let atlas: Vec<PointAtlas> = (0..6)
+            .map(|k| {
+                let mut o = [0.0; 3];
+                o[k / 2] = if k % 2 == 0 { -6.0 } else { 6.0 };
+                pt(o)
+            })
+            .collect();
+        let refs: Vec<&PointAtlas> = atlas.iter().collect();
+        // Located: the shape around (10, 20, 30), with the i_max point 6 voxels too far.
+        let mut located: Vec<[f64; 3]> = atlas
+            .iter()
+            .map(|p| {
+                [
+                    10.0 + p.offset_mm[0] / 3.0,
+                    20.0 + p.offset_mm[1] / 3.0,
+                    30.0 + p.offset_mm[2] / 3.0,
+                ]
+            })
+            .collect();
+        located[1][0] += 6.0;
+        let prior = regularize_shape(&located, &refs, 0.0);
+        // Mean centre estimate moves by 6/6 = 1 voxel along i; the shape is the support's.
+        assert_eq!(prior[0], [9.0, 20.0, 30.0]);
+        assert_eq!(prior[1], [13.0, 20.0, 30.0]);
+        assert_eq!(regularize_shape(&located, &refs, 1.0), located);
+        let half = regularize_shape(&located, &refs, 0.5);
+        assert!((half[1][0] - (located[1][0] + 13.0) / 2.0).abs() < 1e-12);
     }
 
     #[test]

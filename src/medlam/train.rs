@@ -111,6 +111,8 @@ pub enum TrainEvent {
     },
     Resumed {
         step: usize,
+        /// `(old, new)` total steps when `epochs` changed since the checkpoint.
+        schedule: Option<(usize, usize)>,
     },
     Step {
         step: usize,
@@ -145,7 +147,12 @@ pub fn format_event(e: &TrainEvent) -> String {
             }
             t
         }
-        TrainEvent::Resumed { step } => format!("resumed from the checkpoint at step {step}"),
+        TrainEvent::Resumed { step, schedule } => format!(
+            "resumed from the checkpoint at step {step}{}",
+            schedule.map_or(String::new(), |(a, b)| format!(
+                " (schedule changed from {a} to {b} steps: the learning rate follows the new one)"
+            ))
+        ),
         TrainEvent::Step {
             step,
             total,
@@ -690,15 +697,17 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
     if opts.resume && state_f.is_file() {
         let st: CheckpointState =
             serde_json::from_str(&std::fs::read_to_string(&state_f)?).map_err(record_err)?;
-        if st.config != opts.config
-            || st.seed != opts.seed
-            || st.batch != opts.batch
-            || st.total_steps != total
-        {
+        if st.config != opts.config || st.seed != opts.seed || st.batch != opts.batch {
             return Err(Error::InvalidArgument(format!(
-                "the checkpoint in {} was made with other settings (config, seed, batch or epochs × data): \
+                "the checkpoint in {} was made with other settings (config, seed or batch): \
                  use the same ones to resume, or another --checkpoint-dir",
                 opts.checkpoint_dir.display()
+            )));
+        }
+        if st.step > total {
+            return Err(Error::InvalidArgument(format!(
+                "the checkpoint is at step {} but --epochs gives only {total} steps",
+                st.step
             )));
         }
         let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(std::fs::read(&model_f)?))
@@ -710,7 +719,10 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
         start = st.step;
         wall_before = st.wall_s;
         history = st.history;
-        event(TrainEvent::Resumed { step: start });
+        event(TrainEvent::Resumed {
+            step: start,
+            schedule: (st.total_steps != total).then_some((st.total_steps, total)),
+        });
     }
 
     // A fixed validation batch (drawn from the training CTs with a separate stream).
