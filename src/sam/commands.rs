@@ -51,7 +51,19 @@ pub fn lite_medsam_segmenter(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_weights_dir().join(LITE_MEDSAM_BPK));
     let device = backend.device();
-    let model = load_bpk(&SamConfig::lite_medsam(), &path, &device)?;
+    let model = if path.extension().is_some_and(|e| e == "pth") {
+        // A user's PyTorch checkpoint: LiteMedSAM, else the SAM/MedSAM ViT-B layout.
+        super::weights::load_pth(&SamConfig::lite_medsam(), &path, &device).or_else(|lite| {
+            super::weights::load_pth(&SamConfig::vit_b(), &path, &device).map_err(|vit| {
+                Error::InvalidArgument(format!(
+                    "{} is neither a LiteMedSAM ({lite}) nor a SAM ViT-B checkpoint ({vit})",
+                    path.display()
+                ))
+            })
+        })?
+    } else {
+        load_bpk(&SamConfig::lite_medsam(), &path, &device)?
+    };
     Ok(SamSegmenter::new(
         model,
         device,
