@@ -99,22 +99,157 @@ fn errors_are_one_line_with_non_zero_exit() {
     assert!(!ok && err.contains("--truth"), "{err}");
 }
 
+/// The DSC column of an organ row of the summary table printed by `segment`/`demo`.
+fn summary_dsc(out: &str, organ: &str) -> f64 {
+    let row = out
+        .lines()
+        .find(|l| {
+            let mut w = l.split_whitespace();
+            w.next().is_some_and(|v| v.parse::<u16>().is_ok()) && w.next() == Some(organ)
+        })
+        .unwrap_or_else(|| panic!("no summary row for {organ} in:\n{out}"));
+    row.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
 #[test]
-fn demo_writes_phantoms_that_agree_across_orientations() {
+fn demo_runs_the_whole_pipeline_on_phantoms() {
     let scratch = Scratch::new("demo");
     let dir = &scratch.0;
-    let (ok, out, err) = medlsam(&["demo", "--out", dir.to_str().unwrap(), "--seed", "3"]);
+    let (ok, out, err) = medlsam(&["demo", "--out", dir.to_str().unwrap()]);
     assert!(ok, "{err}");
     for f in [
-        "phantom_lps.ct.nii.gz",
-        "phantom_ras.label.nii.gz",
+        "inputs/phantom_support1.ct.nii.gz",
+        "inputs/phantom_query.label.nii.gz",
+        "phantom_query.seg.nii.gz",
+        "phantom_query.boxes.json",
+        "phantom_query.png",
         "labels.json",
+        "metrics.csv",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
-    let last_rows: Vec<&str> = out
+    // The query is stored in RAS: its segmentation keeps that affine.
+    let (_, info_q, _) = medlsam(&[
+        "info",
+        dir.join("inputs/phantom_query.ct.nii.gz").to_str().unwrap(),
+    ]);
+    let (_, info_s, _) = medlsam(&[
+        "info",
+        dir.join("phantom_query.seg.nii.gz").to_str().unwrap(),
+    ]);
+    let geometry = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                l.starts_with("affine") || l.starts_with("spacing") || l.starts_with("shape")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(geometry(&info_q), geometry(&info_s));
+    assert!(!geometry(&info_q).is_empty(), "{info_q}");
+    let liver = summary_dsc(&out, "liver");
+    assert!(liver >= 50.0, "liver DSC {liver} % on the phantom:\n{out}");
+}
+
+#[test]
+fn segment_from_a_reference_ini_config_on_openkbp() {
+    let scratch = Scratch::new("segment-ini");
+    let dir = &scratch.0;
+    let list = |name: &str, paths: &[std::path::PathBuf]| {
+        let p = dir.join(name);
+        let text: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        std::fs::write(&p, text.join("\n")).unwrap();
+        p
+    };
+    list(
+        "support_image.txt",
+        &[openkbp("okbp_001", "ct"), openkbp("okbp_002", "ct")],
+    );
+    list(
+        "support_label.txt",
+        &[openkbp("okbp_001", "label"), openkbp("okbp_002", "label")],
+    );
+    list("query_image.txt", &[openkbp("okbp_004", "ct")]);
+    list("query_label.txt", &[openkbp("okbp_004", "label")]);
+    let out = dir.join("out");
+    let ini = format!(
+        "[data]\nsupport_image_ls = support_image.txt\nsupport_label_ls = support_label.txt\n\
+         query_image_ls = query_image.txt\nquery_label_ls = query_label.txt\n\
+         fg_class = [1]\nbbox_mode = WPL\nseg_save_path = {}\n",
+        out.display()
+    );
+    std::fs::write(dir.join("test.ini"), ini).unwrap();
+    let (ok, stdout, err) = medlsam(&[
+        "segment",
+        "--config",
+        dir.join("test.ini").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for f in [
+        "okbp_004.seg.nii.gz",
+        "okbp_004.boxes.json",
+        "okbp_004.png",
+        "labels.json",
+        "metrics.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(stdout.contains("time: load"), "{stdout}");
+    let dsc = summary_dsc(&stdout, "Brainstem");
+    assert!(dsc >= 50.0, "Brainstem DSC {dsc} %:\n{stdout}");
+    // The metrics command agrees with the run's own table.
+    let (ok, m, err) = medlsam(&[
+        "metrics",
+        "--pred",
+        out.join("okbp_004.seg.nii.gz").to_str().unwrap(),
+        "--truth",
+        openkbp("okbp_004", "label").to_str().unwrap(),
+        "--labels",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let row = m
         .lines()
-        .filter(|l| l.contains("kidney") && l.contains("100.00"))
-        .collect();
-    assert_eq!(last_rows.len(), 2, "{out}");
+        .find(|l| l.split_whitespace().nth(1) == Some("Brainstem"))
+        .unwrap_or_else(|| panic!("{m}"));
+    let again: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((again - dsc).abs() < 0.051, "{m}\n{stdout}");
+}
+
+#[test]
+fn segment_refuses_mismatched_supports_and_reports_failed_queries() {
+    let scratch = Scratch::new("segment-bad");
+    let dir = &scratch.0;
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let (ok, _, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(openkbp("okbp_001", "ct")),
+        "--support-label",
+        &s(openkbp("okbp_002", "label")),
+        "--query",
+        &s(openkbp("okbp_004", "ct")),
+        "--out",
+        &s(dir.join("a")),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("support") && err.lines().count() == 1, "{err}");
+    let (ok, _, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(openkbp("okbp_001", "ct")),
+        "--support-label",
+        &s(openkbp("okbp_001", "label")),
+        "--query",
+        &s(dir.join("missing.nii.gz")),
+        "--organs",
+        "1",
+        "--out",
+        &s(dir.join("b")),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("failed: missing") && err.contains("1 of 1 queries failed"),
+        "{err}"
+    );
 }

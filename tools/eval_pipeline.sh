@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Whole-pipeline evaluation (issue: MedLSAM pipeline), run by hand from the repository root:
+#   OpenKBP: 5 supports, the next N cases as queries, 7 organs; MedLAM boxes (SPL 6 mm and WPL)
+#   vs oracle boxes (each slice's true box with the same 10 px margin, `--boxes-from-label`).
+#   Abdomen: spleen of MSD case 8 with TotalSegmentator's ts_example as the support.
+# Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
+# Prints the per-organ summary tables (DSC, HD95, box IoU, WD, ALE as mean ± sd) and timings;
+# every run's metrics.csv stays under OUT.
+set -euo pipefail
+N="${1:-5}"
+OUT="${2:-out/eval_pipeline}"
+BACKEND="${3:-cpu}"
+D="${MEDLSAM_DATA:-../shared/data}"
+cargo build --release --quiet --bin medlsam
+BIN=target/release/medlsam
+mapfile -t CASES < <(tail -n +2 "$D/openkbp/index.tsv" | cut -f1)
+SUP=("${CASES[@]:0:5}")
+QRY=("${CASES[@]:5:$N}")
+args=()
+for c in "${SUP[@]}"; do
+  args+=(--support-image "$D/openkbp/$c.ct.nii.gz" --support-label "$D/openkbp/$c.label.nii.gz")
+done
+for c in "${QRY[@]}"; do
+  args+=(--query "$D/openkbp/$c.ct.nii.gz" --query-label "$D/openkbp/$c.label.nii.gz")
+done
+echo "supports: ${SUP[*]}"
+echo "queries:  ${QRY[*]}"
+for mode in spl wpl; do
+  echo "== OpenKBP, MedLAM boxes, $mode"
+  "$BIN" segment "${args[@]}" --organs all --mode "$mode" --backend "$BACKEND" --out "$OUT/openkbp_$mode" 2>/dev/null
+done
+echo "== OpenKBP, oracle boxes (true per-slice boxes + 10 px margin)"
+for c in "${QRY[@]}"; do
+  "$BIN" segment --query "$D/openkbp/$c.ct.nii.gz" --boxes-from-label "$D/openkbp/$c.label.nii.gz" \
+    --backend "$BACKEND" --out "$OUT/openkbp_oracle/$c" 2>/dev/null | tail -n +2
+done
+A="$D/abdomen"
+echo "== Abdomen: spleen (support ts_example → query msd_spleen_008), MedLAM SPL"
+"$BIN" segment --support-image "$A/ts_example.ct.nii.gz" --support-label "$A/ts_example.label.nii.gz" \
+  --query "$A/msd_spleen_008.ct.nii.gz" --query-label "$A/msd_spleen_008.label.nii.gz" \
+  --organs 1 --backend "$BACKEND" --out "$OUT/spleen_spl" 2>/dev/null
