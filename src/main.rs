@@ -286,8 +286,9 @@ mod cli {
         /// Match each support separately and take the median point.
         #[arg(long)]
         per_support: bool,
-        /// Shape regularisation: 1 keeps the located points, 0 uses the supports' shape.
-        #[arg(long, default_value_t = 1.0)]
+        /// Shape regularisation: 1 keeps the located points, 0 uses the supports' mean shape
+        /// at the located centre (the default: best in eval-localize).
+        #[arg(long, default_value_t = 0.0)]
         shape_blend: f64,
         #[arg(long)]
         out: PathBuf,

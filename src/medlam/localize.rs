@@ -60,7 +60,7 @@ impl Default for LocalizeOptions {
             search_radius_vox: 16,
             uam_iterations: 1,
             per_support: false,
-            shape_blend: 1.0,
+            shape_blend: 0.0,
             centred: true,
             mss_iterations: 2,
         }

@@ -11,7 +11,7 @@
 use burn::module::{Module, ModuleMapper, Param, ParamGroup, Quantizer};
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
 use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
-use burn::tensor::{Bytes, DType, Device, Tensor};
+use burn::tensor::{Bool, Bytes, DType, Device, Int, Tensor};
 
 use super::model::{Sam, SamConfig};
 use crate::{Error, Result};
@@ -99,29 +99,45 @@ pub fn pytorch_renames(config: &SamConfig) -> Vec<(&'static str, &'static str)> 
 }
 
 /// Load a SAM-family model from Burn's own `.bpk` bytes (works in the browser).
+/// The file is read on the CPU backend, where int8 tensors are dequantised once,
+/// and the f32 model is then copied to `device`: on WebGPU (Chromium's Tint)
+/// Burn 0.22's int8 dequantisation and quantised-matmul kernels fail to compile,
+/// while plain f32 weights run (tests/web_browser.rs). The int8 copy therefore
+/// only saves download size.
 pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Result<Sam> {
-    let mut model = config.init(device);
+    let cpu = Device::flex();
+    let mut model = config.init(&cpu);
     // Half-precision tensors of the web copy become f32 again.
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
         .with_from_adapter(FloatCastAdapter::to(DType::F32));
     model
         .load_from(&mut store)
         .map_err(|e| Error::InvalidArgument(format!("not a valid SAM weight file: {e}")))?;
-    Ok(dequantize(model))
+    Ok(to_f32_on(model, device))
 }
 
-/// Int8 weights become their f32 values on the model's device, once at load time.
-/// The int8 copy only saves download size: Burn dequantises before computing anyway,
-/// and on WebGPU (Chromium's Tint) Burn 0.22's matmul kernels for the dequantised
-/// layout fail to compile, while plain f32 weights run (tests/web_browser.rs).
-pub fn dequantize(model: Sam) -> Sam {
-    struct Dequantize;
-    impl ModuleMapper for Dequantize {
+/// Every float parameter dequantised (where int8) and copied to `device` as f32.
+pub fn to_f32_on(model: Sam, device: &Device) -> Sam {
+    struct ToF32<'a>(&'a Device);
+    impl ModuleMapper for ToF32<'_> {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.map(|t| t.dequantize())
+            param.map(|t| Tensor::from_data(t.dequantize().into_data(), self.0))
+        }
+        fn map_int<const D: usize>(
+            &mut self,
+            param: Param<Tensor<D, Int>>,
+        ) -> Param<Tensor<D, Int>> {
+            param.map(|t| Tensor::from_data(t.into_data(), self.0))
+        }
+        fn map_bool<const D: usize>(
+            &mut self,
+            param: Param<Tensor<D, Bool>>,
+        ) -> Param<Tensor<D, Bool>> {
+            param.map(|t| Tensor::from_data(t.into_data(), self.0))
         }
     }
-    model.map(&mut Dequantize)
+    // Constants (e.g. TinyViT's attention-bias index) are not parameters: move them too.
+    model.map(&mut ToF32(device)).to_device(device)
 }
 
 /// Int8 quantisation of a model for the web copy: the linear weights (87 % of
@@ -438,5 +454,28 @@ mod tests {
             .to_string();
         assert!(e.contains("not a valid SAM weight file"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_int8_web_copy_loads_as_f32_entirely_on_the_target_device() {
+        let path = default_weights_dir().join(LITE_MEDSAM_Q8_BPK);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{} missing ({e}): run ./dev setup", path.display()));
+        let wgpu = Device::wgpu(Default::default());
+        let model = load_bpk_bytes(&SamConfig::lite_medsam(), bytes, &wgpu).unwrap();
+        assert_eq!(model.collect_devices(Vec::new()), vec![wgpu]);
+        struct Dtypes(Vec<DType>);
+        impl burn::module::ModuleVisitor for Dtypes {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                self.0.push(p.val().dtype());
+            }
+        }
+        let mut d = Dtypes(Vec::new());
+        model.visit(&mut d);
+        assert!(
+            d.0.len() > 100 && d.0.iter().all(|t| *t == DType::F32),
+            "{:?}",
+            d.0
+        );
     }
 }
