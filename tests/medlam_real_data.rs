@@ -174,8 +174,10 @@ fn localize_command_writes_boxes_json_and_localization_csv() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("one label map per support image"));
 }
 
+/// Small widths; patch 32 so that the bottleneck after 4 poolings is 2³ (on a 1³ bottleneck
+/// instance norm outputs zeros and the position head sees a constant).
 fn tiny_config() -> MedLamConfig {
-    MedLamConfig::new(16, [4, 8, 8, 16, 16], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3)
+    MedLamConfig::new(32, [4, 8, 8, 16, 16], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3)
 }
 
 #[test]
