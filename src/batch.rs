@@ -332,12 +332,18 @@ pub fn segment_with_supports(
     )
 }
 
-/// Per-organ mean ± sd over queries of DSC, HD95, box IoU, WD and ALE, as a text table.
+/// Per-organ mean ± sd over queries of DSC, HD95, box IoU, WD and ALE, as a text table;
+/// queries whose label map lacks the organ are left out (`metrics.csv` keeps them).
 pub fn summary_table(reports: &[QueryReport], names: &LabelTable) -> String {
     let mut labels: Vec<u16> = reports
         .iter()
         .filter_map(|r| r.result.as_ref().ok())
-        .flat_map(|ok| ok.metrics.iter().map(|m| m.label))
+        .flat_map(|ok| {
+            ok.metrics
+                .iter()
+                .filter(|m| m.truth_voxels > 0)
+                .map(|m| m.label)
+        })
         .collect();
     labels.sort_unstable();
     labels.dedup();
@@ -353,7 +359,11 @@ pub fn summary_table(reports: &[QueryReport], names: &LabelTable) -> String {
         let ms: Vec<&LabelMetrics> = reports
             .iter()
             .filter_map(|r| r.result.as_ref().ok())
-            .flat_map(|ok| ok.metrics.iter().filter(|m| m.label == l))
+            .flat_map(|ok| {
+                ok.metrics
+                    .iter()
+                    .filter(|m| m.label == l && m.truth_voxels > 0)
+            })
             .collect();
         let col = |f: fn(&LabelMetrics) -> Option<f64>| ms.iter().filter_map(|m| f(m)).collect();
         out += &format!(
