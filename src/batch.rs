@@ -244,6 +244,15 @@ pub struct SupportRun {
     pub localize: LocalizeOptions,
 }
 
+/// Organ names of a run: the label table beside the first support label map that has one.
+pub fn support_label_table(config: &RunConfig) -> LabelTable {
+    config
+        .supports
+        .iter()
+        .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
+        .unwrap_or_default()
+}
+
 /// The MedLAM weights a run uses: the configured file or `weights/medlam.bpk`.
 pub fn medlam_weights_path(config: &RunConfig) -> PathBuf {
     config
@@ -268,11 +277,7 @@ pub fn segment_with_supports(
     let supports = load_supports(&cfg.supports)?;
     let (organs, warnings) = resolve_organs(&supports, &cfg.organs)?;
     warnings.into_iter().for_each(&mut *log);
-    let names = cfg
-        .supports
-        .iter()
-        .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
-        .unwrap_or_default();
+    let names = support_label_table(cfg);
     let cases: Vec<SupportCase> = supports
         .into_iter()
         .map(|s| SupportCase {

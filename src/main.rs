@@ -445,6 +445,21 @@ mod cli {
         Ok(medlsam::device::BackendChoice::parse(backend)?.device())
     }
 
+    /// `--support-image` and `--support-label` paired in order (one label map per image).
+    fn pair_supports(
+        images: Vec<PathBuf>,
+        labels: Vec<PathBuf>,
+    ) -> Result<Vec<(PathBuf, PathBuf)>> {
+        if images.len() != labels.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} --support-image but {} --support-label: give one label map per support image",
+                images.len(),
+                labels.len()
+            )));
+        }
+        Ok(images.into_iter().zip(labels).collect())
+    }
+
     fn segment(a: SegmentArgs) -> Result<()> {
         use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
         use medlsam::config::{CasePaths, Organs, RunConfig, parse_mode, parse_organs, read_list};
@@ -479,18 +494,10 @@ mod cli {
                 sam_weights: None,
             },
         };
-        if a.support_image.len() != a.support_label.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} --support-image but {} --support-label: give one label map per support image",
-                a.support_image.len(),
-                a.support_label.len()
-            )));
-        }
-        if !a.support_image.is_empty() {
-            cfg.supports = a
-                .support_image
+        let supports = pair_supports(a.support_image, a.support_label)?;
+        if !supports.is_empty() {
+            cfg.supports = supports
                 .into_iter()
-                .zip(a.support_label)
                 .map(|(image, label)| CasePaths {
                     image,
                     label: Some(label),
@@ -578,12 +585,7 @@ mod cli {
             },
             &mut |l| eprintln!("{l}"),
         )?;
-        let names = run
-            .config
-            .supports
-            .iter()
-            .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
-            .unwrap_or_default();
+        let names = medlsam::batch::support_label_table(&run.config);
         let mut failed = Vec::new();
         let (mut load, mut loc, mut enc, mut dec, mut write) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for r in &reports {
@@ -650,13 +652,7 @@ mod cli {
     fn localize(a: LocalizeArgs) -> Result<()> {
         use medlsam::medlam::eval::{LocalizeRun, run_localize};
         use medlsam::medlam::{AtlasMode, LocalizeOptions};
-        if a.support_image.len() != a.support_label.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} --support-image but {} --support-label: give one label map per support image",
-                a.support_image.len(),
-                a.support_label.len()
-            )));
-        }
+        let supports = pair_supports(a.support_image, a.support_label)?;
         let mode = match a.mode.to_ascii_lowercase().as_str() {
             "wpl" => AtlasMode::Wpl,
             "spl" => AtlasMode::Spl { slab_mm: a.slab_mm },
@@ -681,7 +677,7 @@ mod cli {
             })
             .collect::<Result<Vec<(u16, u16)>>>()?;
         let run = LocalizeRun {
-            supports: a.support_image.into_iter().zip(a.support_label).collect(),
+            supports,
             queries: a.query,
             query_labels: a.query_label,
             query_label_map,
@@ -937,11 +933,7 @@ mod cli {
         println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");
         let reports = segment_with_supports(
             &run,
-            &mut |case, p| {
-                if p.stage == "segment" && p.total > 0 && (p.done % 10 == 0 || p.done == p.total) {
-                    eprintln!("{case}: slice {}/{}", p.done, p.total);
-                }
-            },
+            &mut medlsam::sam::commands::print_slice_progress,
             &mut |l| eprintln!("{l}"),
         )?;
         for r in &reports {

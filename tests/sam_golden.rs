@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::numeric::{max_abs_diff, range};
+
 use std::path::PathBuf;
 
 use burn::tensor::Device;
@@ -99,21 +101,6 @@ fn slice_hu(rel: &str, k: usize) -> (Vec<f32>, usize, usize) {
     let (c, _) = ct.to_canonical();
     let s = c.axial_slice(k).iter().map(|&v| v as f32).collect();
     (s, c.dims[0], c.dims[1])
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn range(a: &[f32]) -> f32 {
-    let (mn, mx) = a
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(m, n), &v| (m.min(v), n.max(v)));
-    mx - mn
 }
 
 fn dice(a: &[bool], b: &[bool]) -> f64 {

@@ -1,10 +1,14 @@
 //! Browser tests (wasm32 only), run in headless Chromium with SwiftShader WebGPU by
 //! `wasm-bindgen-test-runner` (`./dev test` runs them; flags in `webdriver.json`):
 //! the parts that differ in the browser — NIfTI from in-memory bytes, asynchronous
-//! reads from the GPU — and that LiteMedSAM and MedLAM compute the same numbers on
-//! WebGPU as on Burn's CPU backend in the same page (same randomly initialised weights:
-//! the point is the kernels, not the weights, which the native golden tests cover).
+//! reads from the GPU —, that MedLAM computes the same numbers on WebGPU as on Burn's
+//! CPU backend in the same page, and that the int8 web copy of LiteMedSAM on WebGPU
+//! agrees with the PyTorch goldens.
 #![cfg(target_arch = "wasm32")]
+
+#[path = "common/numeric.rs"]
+mod numeric;
+use numeric::{max_abs_diff, range};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -58,21 +62,6 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn range(a: &[f32]) -> f32 {
-    let (lo, hi) = a
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    hi - lo
 }
 
 #[wasm_bindgen_test]

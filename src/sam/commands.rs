@@ -165,14 +165,17 @@ pub fn segment_true_boxes(
     )
 }
 
+/// Every 10th segmented slice of a query (and the last), on stderr.
+pub fn print_slice_progress(case: &str, p: crate::pipeline::Progress) {
+    if p.stage == "segment" && p.total > 0 && (p.done.is_multiple_of(10) || p.done == p.total) {
+        eprintln!("{case}: slice {}/{}", p.done, p.total);
+    }
+}
+
 /// [`segment_true_boxes`] with progress on stderr and a per-organ summary on stdout.
 pub fn segment_and_report(run: &TrueBoxRun) -> Result<()> {
     let t = web_time::Instant::now();
-    let reports = segment_true_boxes(run, &mut |case, p| {
-        if p.stage == "segment" && p.total > 0 && (p.done % 10 == 0 || p.done == p.total) {
-            eprintln!("{case}: slice {}/{}", p.done, p.total);
-        }
-    })?;
+    let reports = segment_true_boxes(run, &mut print_slice_progress)?;
     let names = LabelTable::find_beside(&run.label).unwrap_or_default();
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
     for r in &reports {

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod numeric;
+
 /// `../shared/data` beside the project (or `$MEDLSAM_DATA`). Fails loudly when missing:
 /// these tests must never pass without the real data.
 pub fn data_dir() -> PathBuf {
