@@ -55,6 +55,23 @@ pub trait SliceSegmenter {
         width: usize,
         height: usize,
     ) -> Result<Self::Embedding>;
+    /// Slices worth encoding together with [`Self::encode_many`] (1: one at a time).
+    fn slices_in_flight(&self) -> usize {
+        1
+    }
+    /// Encode several slices of one size (default: one after the other).
+    async fn encode_many(
+        &mut self,
+        slices: &[Vec<f32>],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Self::Embedding>> {
+        let mut out = Vec::with_capacity(slices.len());
+        for s in slices {
+            out.push(self.encode(s, width, height).await?);
+        }
+        Ok(out)
+    }
     /// Foreground probability per slice pixel (row-major, slice size) for the box
     /// `[i_min, j_min, i_max, j_max]` in slice pixel coordinates (inclusive corners).
     async fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4])
@@ -215,7 +232,9 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     let mut out = Volume::filled(canon.dims, 0u16, canon.affine)?;
     let mut best = vec![0f32; nx * ny];
     let (mut slices_encoded, mut boxes_decoded) = (0, 0);
-    for (n, &k) in todo.iter().enumerate() {
+    let chunk = segmenter.slices_in_flight().max(1);
+    let mut n = 0;
+    for group in todo.chunks(chunk) {
         yield_between_slices().await;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::InvalidArgument("cancelled".into()));
@@ -225,46 +244,59 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
             done: n,
             total: todo.len(),
         });
-        let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
-        let t = web_time::Instant::now();
-        let emb = segmenter.encode(&slice, nx, ny).await?;
-        times.encode += t.elapsed();
-        slices_encoded += 1;
-        best.iter_mut().for_each(|b| *b = opt.threshold);
-        let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-        let boxes: Vec<[f32; 4]> = per_slice[k]
+        let slices: Vec<Vec<f32>> = group
             .iter()
-            .map(|&(_, sb)| {
-                [
-                    (sb.min[0] as f64 - margin).max(0.0) as f32,
-                    (sb.min[1] as f64 - margin).max(0.0) as f32,
-                    (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
-                    (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
-                ]
-            })
+            .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
             .collect();
         let t = web_time::Instant::now();
-        let probs = segmenter.decode_boxes(&emb, &boxes).await?;
-        times.decode += t.elapsed();
-        boxes_decoded += boxes.len();
-        if probs.len() != boxes.len() {
+        let embeddings = segmenter.encode_many(&slices, nx, ny).await?;
+        times.encode += t.elapsed();
+        if embeddings.len() != group.len() {
             return Err(Error::InvalidArgument(format!(
-                "segmenter returned {} masks for {} boxes",
-                probs.len(),
-                boxes.len()
+                "segmenter returned {} embeddings for {} slices",
+                embeddings.len(),
+                group.len()
             )));
         }
-        for (&(o, _), prob) in per_slice[k].iter().zip(&probs) {
-            if prob.len() != nx * ny {
+        slices_encoded += group.len();
+        n += group.len();
+        for (&k, emb) in group.iter().zip(embeddings) {
+            best.iter_mut().for_each(|b| *b = opt.threshold);
+            let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
+            let boxes: Vec<[f32; 4]> = per_slice[k]
+                .iter()
+                .map(|&(_, sb)| {
+                    [
+                        (sb.min[0] as f64 - margin).max(0.0) as f32,
+                        (sb.min[1] as f64 - margin).max(0.0) as f32,
+                        (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
+                        (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
+                    ]
+                })
+                .collect();
+            let t = web_time::Instant::now();
+            let probs = segmenter.decode_boxes(&emb, &boxes).await?;
+            times.decode += t.elapsed();
+            boxes_decoded += boxes.len();
+            if probs.len() != boxes.len() {
                 return Err(Error::InvalidArgument(format!(
-                    "segmenter returned {} probabilities for a {nx}×{ny} slice",
-                    prob.len()
+                    "segmenter returned {} masks for {} boxes",
+                    probs.len(),
+                    boxes.len()
                 )));
             }
-            for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
-                if *p > *b {
-                    *b = *p;
-                    *l = found[o].label;
+            for (&(o, _), prob) in per_slice[k].iter().zip(&probs) {
+                if prob.len() != nx * ny {
+                    return Err(Error::InvalidArgument(format!(
+                        "segmenter returned {} probabilities for a {nx}×{ny} slice",
+                        prob.len()
+                    )));
+                }
+                for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
+                    if *p > *b {
+                        *b = *p;
+                        *l = found[o].label;
+                    }
                 }
             }
         }

@@ -102,6 +102,30 @@ def main():
     print(f"peak memory          {peak:8.0f} MiB (process, ru_maxrss)")
     print(f"load average         {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
+    # Per-stage encoder times (same stages as the Rust benchmark; the reference
+    # keeps stages 1-3 as tokens and merges at the end of each stage, as ours does).
+    enc_net = net.image_encoder
+    stages = [("patch embed", enc_net.patch_embed)] + [
+        (name, enc_net.layers[i])
+        for i, name in enumerate(["stage 0 (MBConv)", "stage 1 (attn 128)",
+                                  "stage 2 (attn 160)", "stage 3 (attn 320)"])
+    ] + [("neck", enc_net.neck)]
+    times = {name: [] for name, _ in stages}
+    start = {}
+    for name, mod in stages:
+        mod.register_forward_pre_hook(lambda m, a, name=name: start.__setitem__(name, time.perf_counter()))
+        mod.register_forward_hook(
+            lambda m, a, o, name=name: times[name].append((time.perf_counter() - start[name]) * 1e3))
+    k = ks[len(ks) // 2]
+    s = np.asarray(ct[:, :, k]).T.astype(np.float32)
+    _, x, _ = g.preprocess(s, g.WINDOW_HU)
+    with torch.no_grad():
+        for _ in range(3):
+            enc_net(x)
+    print(f"encoder stages (median of 3 runs on slice {k}):")
+    for name, _ in stages:
+        print(f"  {name:<19}{np.median(times[name]):8.1f} ms")
+
 
 if __name__ == "__main__":
     main()

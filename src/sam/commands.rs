@@ -14,7 +14,7 @@ use super::weights::{LITE_MEDSAM_BPK, convert_lite_medsam, default_weights_dir, 
 use crate::batch::{QueryReport, peak_memory_mib, run_queries};
 use crate::config::CasePaths;
 use crate::device::BackendChoice;
-use crate::pipeline::{BoxMode, OracleLocalizer, SegmentOptions};
+use crate::pipeline::{BoxMode, OracleLocalizer, SegmentOptions, SliceSegmenter};
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::read_nifti_path;
@@ -64,6 +64,11 @@ pub fn lite_medsam_segmenter(
     } else {
         load_bpk(&SamConfig::lite_medsam(), &path, &device)?
     };
+    // Two slices in flight on the CPU backend (see `SamSegmenter::with_slices_in_flight`).
+    let in_flight = match backend {
+        BackendChoice::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+        _ => 1,
+    };
     Ok(SamSegmenter::new(
         model,
         device,
@@ -71,7 +76,8 @@ pub fn lite_medsam_segmenter(
             window_hu,
             ..Default::default()
         },
-    ))
+    )
+    .with_slices_in_flight(in_flight))
 }
 
 /// Options of `medlsam segment --query Q --boxes-from-label L`.
@@ -231,7 +237,7 @@ pub struct SamBench {
 /// the figures with peak memory and the machine load.
 pub fn bench_sam(b: &SamBench) -> Result<()> {
     let t = web_time::Instant::now();
-    let seg = lite_medsam_segmenter(b.weights.as_deref(), b.backend, SOFT_TISSUE_WINDOW_HU)?;
+    let mut seg = lite_medsam_segmenter(b.weights.as_deref(), b.backend, SOFT_TISSUE_WINDOW_HU)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let (canon, _) = read_nifti_path(&b.ct)?.into_ct()?.to_canonical();
     let [nx, ny, nz] = canon.dims;
@@ -307,7 +313,87 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
         None => println!("peak memory          unknown"),
     }
     println!("load average         {}", loadavg.trim());
+    let in_flight = seg.slices_in_flight();
+    if in_flight > 1 {
+        // Throughput of the volume pipeline, which encodes this many slices at once.
+        let slices: Vec<Vec<f32>> = ks[1..]
+            .iter()
+            .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
+            .collect();
+        let t = web_time::Instant::now();
+        for group in slices.chunks(in_flight) {
+            for emb in pollster::block_on(seg.encode_many(group, nx, ny))? {
+                sync(&emb);
+            }
+        }
+        println!(
+            "encoder, {in_flight} in flight {:8.1} ms/slice (throughput of `segment`)",
+            t.elapsed().as_secs_f64() * 1e3 / slices.len() as f64
+        );
+        match peak_memory_mib() {
+            Some(m) => println!("peak memory          {m:8.0} MiB (after that)"),
+            None => println!("peak memory          unknown"),
+        }
+    }
+    if let super::model::ImageEncoder::TinyVit(enc) = &seg.model.image_encoder {
+        let k = ks[ks.len() / 2];
+        let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
+        let prep = super::preprocess::prepare_slice(&slice, nx, ny, &seg.preprocess)?;
+        let s = prep.input_size;
+        let image = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(prep.input, [1, 1, s, s]),
+            &seg.device,
+        )
+        .expand([1, 3, s, s]);
+        println!("encoder stages (median of 3 runs on slice {k}):");
+        for (name, ms) in tiny_vit_stage_times(enc, image, 3) {
+            println!("  {name:<19}{ms:8.1} ms");
+        }
+    }
     Ok(())
+}
+
+/// Median wall time of each TinyViT stage (the device is synchronised after each).
+fn tiny_vit_stage_times(
+    enc: &super::tiny_vit::TinyVit,
+    image: burn::tensor::Tensor<4>,
+    runs: usize,
+) -> Vec<(&'static str, f64)> {
+    fn timed(
+        f: impl FnOnce() -> burn::tensor::Tensor<4>,
+        times: &mut Vec<f64>,
+    ) -> burn::tensor::Tensor<4> {
+        let t = web_time::Instant::now();
+        let y = f();
+        let _ = y.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        y
+    }
+    let names = [
+        "patch embed",
+        "stage 0 (MBConv)",
+        "stage 1 (attn 128)",
+        "stage 2 (attn 160)",
+        "stage 3 (attn 320)",
+        "neck",
+    ];
+    let mut times = vec![Vec::new(); names.len()];
+    for _ in 0..runs.max(1) {
+        let x = timed(|| enc.patch_embed.forward(image.clone()), &mut times[0]);
+        let x = timed(|| enc.stage0.forward(x), &mut times[1]);
+        let x = timed(|| enc.stage1.forward(x), &mut times[2]);
+        let x = timed(|| enc.stage2.forward(x), &mut times[3]);
+        let x = timed(|| enc.stage3.forward(x), &mut times[4]);
+        timed(|| enc.neck.forward(x), &mut times[5]);
+    }
+    names
+        .into_iter()
+        .zip(times)
+        .map(|(n, mut t)| {
+            t.sort_by(f64::total_cmp);
+            (n, t[t.len() / 2])
+        })
+        .collect()
 }
 
 /// `../shared/data` (or `$MEDLSAM_DATA`) for defaults of developer commands.

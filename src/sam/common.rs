@@ -2,7 +2,7 @@
 //! followed by batch norm (TinyViT's `Conv2d_BN`), channel layer norm on
 //! `[B, C, H, W]` maps (SAM's `LayerNorm2d`), the two MLP shapes and SAM's neck.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
@@ -42,10 +42,12 @@ impl ConvSpec {
 }
 
 /// Convolution without bias followed by batch norm (inference: running statistics).
+/// [`ConvBn::fold_batch_norm`] merges the norm into the convolution for speed.
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    /// `None` once folded into `conv`.
+    pub bn: Option<BatchNorm>,
 }
 
 impl ConvBn {
@@ -60,13 +62,30 @@ impl ConvBn {
                 .with_bias(false)
                 .with_initializer(INIT)
                 .init(device),
-            bn: BatchNormConfig::new(c_out).init(device),
+            bn: Some(BatchNormConfig::new(c_out).init(device)),
         }
     }
 
     /// `[B, C_in, H, W] → [B, C_out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        let y = self.conv.forward(x);
+        match &self.bn {
+            Some(bn) => bn.forward(y),
+            None => y,
+        }
+    }
+
+    /// The same function as one convolution with bias: `w·γ/σ`, `β − μ·γ/σ`
+    /// (σ = √(running var + ε)); saves a pass over the activations.
+    pub fn fold_batch_norm(self) -> Self {
+        let Some(bn) = self.bn else { return self };
+        let mut conv = self.conv;
+        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+        let bias = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        let c = scale.dims()[0];
+        conv.weight = conv.weight.map(|w| w * scale.reshape([c, 1, 1, 1]));
+        conv.bias = Some(Param::from_tensor(bias));
+        Self { conv, bn: None }
     }
 }
 

@@ -117,6 +117,18 @@ pub struct PromptBatch {
 }
 
 impl Sam {
+    /// The same model prepared for inference: batch norms folded into convolutions.
+    pub fn for_inference(self) -> Self {
+        let image_encoder = match self.image_encoder {
+            ImageEncoder::TinyVit(e) => ImageEncoder::TinyVit(e.fold_batch_norms()),
+            other => other,
+        };
+        Self {
+            image_encoder,
+            ..self
+        }
+    }
+
     /// Preprocessed image `[B, 3, S, S]` → embedding `[B, 256, E, E]`.
     pub fn encode(&self, image: Tensor<4>) -> Tensor<4> {
         self.image_encoder.forward(image)

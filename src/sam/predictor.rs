@@ -69,11 +69,14 @@ pub struct SamSegmenter {
     pub device: Device,
     pub preprocess: Preprocess,
     image_pe: Tensor<4>,
+    /// Slices encoded at once by [`SliceSegmenter::encode_many`] (native only).
+    slices_in_flight: usize,
 }
 
 impl SamSegmenter {
-    /// Wrap a loaded model (its input size sets the preprocessing size).
+    /// Wrap a loaded model (its input size sets the preprocessing size; batch norms are folded).
     pub fn new(model: Sam, device: Device, mut preprocess: Preprocess) -> Self {
+        let model = model.for_inference();
         preprocess.input_size = model.prompt_encoder.input_size;
         let image_pe = model.prompt_encoder.dense_pe(&device);
         Self {
@@ -81,7 +84,17 @@ impl SamSegmenter {
             device,
             preprocess,
             image_pe,
+            slices_in_flight: 1,
         }
+    }
+
+    /// Encode up to `n` slices at once, each on its own thread (native builds).
+    /// On the CPU backend this pays: Flex runs element-wise ops such as GELU on
+    /// one thread, so two slices in flight keep both cores busy (`medlsam bench
+    /// sam` prints the figure). Ignored in the browser.
+    pub fn with_slices_in_flight(mut self, n: usize) -> Self {
+        self.slices_in_flight = n.max(1);
+        self
     }
 
     /// Preprocess and encode one slice (HU, row-major `[height][width]`).
@@ -223,6 +236,44 @@ impl SliceSegmenter for SamSegmenter {
         height: usize,
     ) -> Result<SliceEmbedding> {
         self.embed(slice_hu, width, height)
+    }
+
+    fn slices_in_flight(&self) -> usize {
+        if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            self.slices_in_flight
+        }
+    }
+
+    async fn encode_many(
+        &mut self,
+        slices: &[Vec<f32>],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<SliceEmbedding>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if slices.len() > 1 {
+            let this = &*self;
+            return std::thread::scope(|scope| {
+                let workers: Vec<_> = slices
+                    .iter()
+                    .map(|s| scope.spawn(move || this.embed(s, width, height)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().map_err(|_| {
+                            Error::InvalidArgument("a slice encoder thread panicked".into())
+                        })?
+                    })
+                    .collect()
+            });
+        }
+        slices
+            .iter()
+            .map(|s| self.embed(s, width, height))
+            .collect()
     }
 
     async fn decode_box(&mut self, embedding: &SliceEmbedding, bbox: [f32; 4]) -> Result<Vec<f32>> {

@@ -112,6 +112,50 @@ pub struct TinyVit {
 }
 
 impl TinyVit {
+    /// Fold every batch norm into its convolution (inference only; see [`ConvBn::fold_batch_norm`]).
+    pub fn fold_batch_norms(self) -> Self {
+        let merge = |m: PatchMerging| PatchMerging {
+            conv1: m.conv1.fold_batch_norm(),
+            conv2: m.conv2.fold_batch_norm(),
+            conv3: m.conv3.fold_batch_norm(),
+        };
+        let stage = |s: AttnStage| AttnStage {
+            blocks: s
+                .blocks
+                .into_iter()
+                .map(|b| TinyVitBlock {
+                    local_conv: b.local_conv.fold_batch_norm(),
+                    ..b
+                })
+                .collect(),
+            downsample: s.downsample.map(merge),
+            resolution: s.resolution,
+        };
+        Self {
+            patch_embed: PatchEmbed {
+                conv1: self.patch_embed.conv1.fold_batch_norm(),
+                conv2: self.patch_embed.conv2.fold_batch_norm(),
+            },
+            stage0: ConvStage {
+                blocks: self
+                    .stage0
+                    .blocks
+                    .into_iter()
+                    .map(|b| MbConv {
+                        conv1: b.conv1.fold_batch_norm(),
+                        conv2: b.conv2.fold_batch_norm(),
+                        conv3: b.conv3.fold_batch_norm(),
+                    })
+                    .collect(),
+                downsample: merge(self.stage0.downsample),
+            },
+            stage1: stage(self.stage1),
+            stage2: stage(self.stage2),
+            stage3: stage(self.stage3),
+            neck: self.neck,
+        }
+    }
+
     /// Image `[B, 3, S, S]` (S = img_size, values in [0, 1]) → embedding `[B, 256, S/4, S/4]`.
     pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
         let x = self.patch_embed.forward(image);
