@@ -139,6 +139,8 @@ pub struct QueryOk {
     pub seconds: f64,
     /// Organs found, with their confidence (canonical localizations).
     pub found: Vec<(u16, f32)>,
+    /// Organs predicted outside the query's field of view (not segmented).
+    pub outside_view: Vec<u16>,
 }
 
 /// Segment every query and write its outputs under `out`. `make_localizer` builds
@@ -149,6 +151,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
     organs: &[u16],
     names: &LabelTable,
     out: &Path,
+    query_label_map: &[(u16, u16)],
     make_localizer: &mut dyn FnMut(&CtVolume, Option<&LabelVolume>) -> Result<L>,
     segmenter: &mut S,
     opt: &SegmentOptions,
@@ -175,7 +178,10 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                             l.display()
                         ),
                     )?;
-                    Some(lab)
+                    Some(crate::volume::labels::to_support_values(
+                        lab,
+                        query_label_map,
+                    ))
                 }
                 None => None,
             };
@@ -217,6 +223,12 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                 boxes: res.boxes_decoded,
                 seconds: t0.elapsed().as_secs_f64(),
                 found: res.organs.iter().map(|o| (o.label, o.confidence)).collect(),
+                outside_view: res
+                    .organs
+                    .iter()
+                    .filter(|o| o.outside_view())
+                    .map(|o| o.label)
+                    .collect(),
             })
         })();
         if let Ok(ok) = &result {
@@ -241,6 +253,8 @@ pub struct SupportRun {
     /// Box enlargement in pixels at SAM's 1024² scale.
     pub margin_px_1024: f64,
     pub window_hu: [f32; 2],
+    /// `(support, query)` label pairs where query label maps use other values.
+    pub query_label_map: Vec<(u16, u16)>,
     pub localize: LocalizeOptions,
 }
 
@@ -330,6 +344,7 @@ pub fn segment_with_supports(
         &organs,
         &names,
         &out,
+        &run.query_label_map,
         &mut |_, _| Ok(localizer.clone()),
         &mut segmenter,
         &opt,

@@ -89,6 +89,24 @@ pub fn parse_organs(text: &str) -> Result<Organs> {
     Ok(Organs::List(list))
 }
 
+/// `SUPPORT=QUERY` label pairs (`5=1`: support organ 5 is label 1 in the query
+/// label maps), for query label maps that use other values than the supports.
+pub fn parse_label_map(pairs: &[String]) -> Result<Vec<(u16, u16)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let parsed = pair
+                .split_once('=')
+                .and_then(|(s, q)| Some((s.trim().parse().ok()?, q.trim().parse().ok()?)));
+            parsed.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--query-label-map '{pair}': expected SUPPORT=QUERY label values, e.g. 5=1"
+                ))
+            })
+        })
+        .collect()
+}
+
 pub fn parse_mode(mode: &str, slab_mm: Option<f64>) -> Result<BoxMode> {
     match mode.trim().to_ascii_lowercase().as_str() {
         "wpl" => Ok(BoxMode::Wpl),

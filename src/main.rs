@@ -203,6 +203,10 @@ mod cli {
         /// Query label maps (optional, one per query, same order): used only for metrics.
         #[arg(long)]
         query_label: Vec<PathBuf>,
+        /// Where query label maps use other values than the supports: SUPPORT=QUERY pairs,
+        /// e.g. 5=1 (support organ 5 is label 1 in the query labels).
+        #[arg(long, value_delimiter = ',')]
+        query_label_map: Vec<String>,
         /// Prompt with the true 2-D boxes of this label map (one query) instead of MedLAM.
         #[arg(long)]
         boxes_from_label: Option<PathBuf>,
@@ -551,6 +555,7 @@ mod cli {
             backend: a.backend,
             margin_px_1024: a.margin_px,
             window_hu,
+            query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
             localize: medlsam::medlam::LocalizeOptions {
                 search_radius_vox: a.search_radius,
                 ..Default::default()
@@ -594,20 +599,24 @@ mod cli {
                     let low: Vec<String> = ok
                         .found
                         .iter()
-                        .filter(|(_, c)| *c < 0.5)
+                        .filter(|(l, c)| *c < 0.5 && !ok.outside_view.contains(l))
                         .map(|(l, c)| format!("{} ({c:.2})", names.name(*l)))
                         .collect();
+                    let outside: Vec<String> =
+                        ok.outside_view.iter().map(|&l| names.name(l)).collect();
+                    let mut notes = String::new();
+                    if !low.is_empty() {
+                        notes += &format!("; low confidence: {}", low.join(", "));
+                    }
+                    if !outside.is_empty() {
+                        notes += &format!(
+                            "; outside the field of view (not segmented): {}",
+                            outside.join(", ")
+                        );
+                    }
                     println!(
-                        "{}: {} slices, {} boxes in {:.1} s{}",
-                        r.case,
-                        ok.slices,
-                        ok.boxes,
-                        ok.seconds,
-                        if low.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; low confidence: {}", low.join(", "))
-                        }
+                        "{}: {} slices, {} boxes in {:.1} s{notes}",
+                        r.case, ok.slices, ok.boxes, ok.seconds
                     );
                     load += ok.load_s;
                     loc += ok.times.localize.as_secs_f64();
@@ -662,20 +671,7 @@ mod cli {
                 )));
             }
         };
-        let query_label_map = a
-            .query_label_map
-            .iter()
-            .map(|pair| {
-                let parsed = pair
-                    .split_once('=')
-                    .and_then(|(s, q)| Some((s.trim().parse().ok()?, q.trim().parse().ok()?)));
-                parsed.ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "--query-label-map '{pair}': expected SUPPORT=QUERY label values, e.g. 5=1"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<(u16, u16)>>>()?;
+        let query_label_map = medlsam::config::parse_label_map(&a.query_label_map)?;
         let run = LocalizeRun {
             supports,
             queries: a.query,
@@ -928,6 +924,7 @@ mod cli {
             backend,
             margin_px_1024: 10.0,
             window_hu: medlsam::sam::preprocess::SOFT_TISSUE_WINDOW_HU,
+            query_label_map: Vec::new(),
             localize: Default::default(),
         };
         println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");

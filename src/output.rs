@@ -27,6 +27,10 @@ pub struct OrganBoxesJson {
     pub label: u16,
     pub name: String,
     pub confidence: f32,
+    /// Fraction of the predicted box inside the scan.
+    pub in_view: f32,
+    /// Predicted (mostly) outside the scan: no slice boxes and no mask.
+    pub outside_field_of_view: bool,
     pub extreme_points: Vec<[usize; 3]>,
     #[serde(rename = "box")]
     pub bbox: BoxVox,
@@ -64,6 +68,8 @@ pub fn boxes_json(
             label: o.label,
             name: names.name(o.label),
             confidence: o.confidence,
+            in_view: o.in_view,
+            outside_field_of_view: o.outside_view(),
             extreme_points: o
                 .extreme_points
                 .iter()

@@ -27,10 +27,25 @@ pub struct OrganLocalization {
     pub label: u16,
     /// Higher is more certain; 0 when the organ could not be found.
     pub confidence: f32,
+    /// Fraction of the organ's predicted box inside the scan (1 for given boxes).
+    /// Below [`MIN_IN_VIEW`] the organ is outside the field of view: no slice
+    /// boxes, confidence 0, no mask.
+    pub in_view: f32,
     pub extreme_points: [[usize; 3]; 6],
     pub bbox: BoxVox,
     /// One 2-D box per axial slice to segment (inclusive, `[i, j]`).
     pub slice_boxes: Vec<SliceBox>,
+}
+
+/// Organs whose predicted box lies less than this fraction inside the query scan
+/// are reported as outside its field of view and not segmented.
+pub const MIN_IN_VIEW: f32 = 0.5;
+
+impl OrganLocalization {
+    /// Whether the organ was predicted (mostly) outside the query's field of view.
+    pub fn outside_view(&self) -> bool {
+        self.in_view < MIN_IN_VIEW
+    }
 }
 
 /// Finds organs in a query CT given on the canonical grid.
@@ -380,6 +395,7 @@ impl Localizer for GivenBoxes {
             out.push(OrganLocalization {
                 label: o.label,
                 confidence: 1.0,
+                in_view: 1.0,
                 extreme_points: extreme,
                 bbox,
                 slice_boxes: o.boxes.clone(),
@@ -471,6 +487,7 @@ impl Localizer for OracleLocalizer {
             out.push(OrganLocalization {
                 label,
                 confidence: 1.0,
+                in_view: 1.0,
                 extreme_points: extreme,
                 bbox,
                 slice_boxes,

@@ -15,7 +15,7 @@ use medlsam::medlam::localize::{localize_organs, query_state};
 use medlsam::medlam::sample::SamplingOptions;
 use medlsam::medlam::train::{TrainOptions, batch_loss, draw_batch, load_volumes, train};
 use medlsam::medlam::{Atlas, AtlasMode, LocalizeOptions, MedLamConfig};
-use medlsam::volume::read_nifti_path;
+use medlsam::volume::{Volume, read_nifti_path};
 
 fn weights() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/medlam.bpk");
@@ -27,7 +27,7 @@ fn weights() -> PathBuf {
     p
 }
 
-/// Supports and queries: OpenKBP cases with all 7 organs (fixed, disjoint).
+/// Supports and queries: fixed, disjoint OpenKBP cases.
 const SUPPORTS: [&str; 5] = ["okbp_004", "okbp_006", "okbp_011", "okbp_013", "okbp_016"];
 const QUERIES: [&str; 3] = ["okbp_020", "okbp_031", "okbp_047"];
 
@@ -95,6 +95,98 @@ fn localization_beats_the_body_box_baseline_on_head_and_neck_organs() {
         "MedLAM {m:.1} % is not clearly above the baseline {b:.1} %"
     );
     assert!(m > 35.0, "MedLAM box IoU {m:.1} %");
+}
+
+/// Slices `k0..k1` of a volume, with the affine moved to keep every voxel in place.
+fn crop_k<T: Copy>(v: &Volume<T>, k0: usize, k1: usize) -> Volume<T> {
+    let [nx, ny, _] = v.dims;
+    let data = v.data[k0 * nx * ny..k1 * nx * ny].to_vec();
+    let mut affine = v.affine;
+    let origin = v.affine.voxel_to_world([0.0, 0.0, k0 as f64]);
+    for (r, o) in origin.iter().enumerate() {
+        affine.m[r][3] = *o;
+    }
+    Volume::from_data([nx, ny, k1 - k0], data, affine).unwrap()
+}
+
+#[test]
+fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
+    data_dir();
+    let dev = Device::flex();
+    let (net, cfg) = load_weights(&weights(), &dev).unwrap();
+    // Two supports with an esophagus, and a query with one.
+    let supports: Vec<_> = ["okbp_013", "okbp_011"]
+        .iter()
+        .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
+        .collect();
+    // Brainstem (head) and esophagus (neck).
+    let organs = [1u16, 5];
+    let atlas = pollster::block_on(Atlas::build(
+        &net,
+        &cfg,
+        &supports,
+        &organs,
+        AtlasMode::Wpl,
+        &dev,
+    ))
+    .unwrap();
+    let case = "okbp_004";
+    let ct = read_nifti_path(openkbp(case, "ct"))
+        .unwrap()
+        .into_ct()
+        .unwrap();
+    let lab = read_nifti_path(openkbp(case, "label"))
+        .unwrap()
+        .into_labels()
+        .unwrap();
+    let (canon, lab) = (ct.to_canonical().0, lab.to_canonical().0);
+    let [nx, ny, nz] = lab.dims;
+    let span = |l: u16| {
+        let ks: Vec<usize> = (0..nz)
+            .filter(|&k| lab.data[k * nx * ny..(k + 1) * nx * ny].contains(&l))
+            .collect();
+        (ks[0], *ks.last().unwrap())
+    };
+    let (b0, b1) = (span(1), span(5));
+    // Keep the neck side of the scan only: the brainstem is cut off entirely.
+    let (k0, k1) = if b1.1 < b0.0 {
+        (0, b0.0 - 4)
+    } else {
+        (b0.1 + 5, nz)
+    };
+    let cropped = crop_k(&canon, k0, k1);
+    let q = pollster::block_on(query_state(&net, &cfg, &cropped, &dev)).unwrap();
+    let found = pollster::block_on(localize_organs(
+        &net,
+        &atlas,
+        &q,
+        &organs,
+        &LocalizeOptions::default(),
+        &dev,
+    ))
+    .unwrap();
+    let organ = |l: u16| found.iter().find(|o| o.label == l).unwrap();
+    let (brainstem, esophagus) = (organ(1), organ(5));
+    eprintln!(
+        "slices {k0}..{k1} kept: brainstem in view {:.2} (confidence {:.2}), esophagus in view {:.2} (confidence {:.2})",
+        brainstem.in_view, brainstem.confidence, esophagus.in_view, esophagus.confidence
+    );
+    assert!(brainstem.outside_view(), "brainstem {}", brainstem.in_view);
+    assert!(brainstem.slice_boxes.is_empty() && brainstem.confidence == 0.0);
+    assert!(!esophagus.outside_view(), "esophagus {}", esophagus.in_view);
+    assert!(!esophagus.slice_boxes.is_empty() && esophagus.confidence > 0.5);
+    // The uncropped scan shows both.
+    let q = pollster::block_on(query_state(&net, &cfg, &canon, &dev)).unwrap();
+    let found = pollster::block_on(localize_organs(
+        &net,
+        &atlas,
+        &q,
+        &organs,
+        &LocalizeOptions::default(),
+        &dev,
+    ))
+    .unwrap();
+    assert!(found.iter().all(|o| !o.outside_view() && o.in_view > 0.9));
 }
 
 #[test]

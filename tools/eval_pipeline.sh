@@ -2,7 +2,8 @@
 # Whole-pipeline evaluation (issue: MedLSAM pipeline), run by hand from the repository root:
 #   OpenKBP: 5 supports, the next N cases as queries, 7 organs; MedLAM boxes (SPL 6 mm and WPL)
 #   vs oracle boxes (each slice's true box with the same 10 px margin, `--boxes-from-label`).
-#   Abdomen: spleen of MSD case 8 with TotalSegmentator's ts_example as the support.
+#   Abdomen: spleen of MSD case 8 and liver of 3D-IRCADb 17 with TotalSegmentator's ts_example
+#   as the support (MedLAM SPL and oracle boxes).
 # Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
 # Prints the per-organ summary tables (DSC, HD95, box IoU, WD, ALE as mean ± sd) and timings;
 # every run's metrics.csv stays under OUT.
@@ -39,3 +40,12 @@ echo "== Abdomen: spleen (support ts_example → query msd_spleen_008), MedLAM S
 "$BIN" segment --support-image "$A/ts_example.ct.nii.gz" --support-label "$A/ts_example.label.nii.gz" \
   --query "$A/msd_spleen_008.ct.nii.gz" --query-label "$A/msd_spleen_008.label.nii.gz" \
   --organs 1 --backend "$BACKEND" --out "$OUT/spleen_spl" 2>/dev/null
+echo "== Abdomen: liver (support ts_example, label 5 → query ircadb_017, labels 1 + tumours 6, 7), MedLAM SPL"
+"$BIN" segment --support-image "$A/ts_example.ct.nii.gz" --support-label "$A/ts_example.label.nii.gz" \
+  --query "$A/ircadb_017.ct.nii.gz" --query-label "$A/ircadb_017.label.nii.gz" --query-label-map 5=1,5=6,5=7 \
+  --organs 5 --backend "$BACKEND" --out "$OUT/liver_spl" 2>/dev/null
+echo "== Abdomen, oracle boxes: spleen of msd_spleen_008, liver of ircadb_017"
+"$BIN" segment --query "$A/msd_spleen_008.ct.nii.gz" --boxes-from-label "$A/msd_spleen_008.label.nii.gz" \
+  --organs 1 --backend "$BACKEND" --out "$OUT/spleen_oracle" 2>/dev/null | tail -n +2
+"$BIN" segment --query "$A/ircadb_017.ct.nii.gz" --boxes-from-label "$A/ircadb_017.label.nii.gz" \
+  --organs 1 --backend "$BACKEND" --out "$OUT/liver_oracle" 2>/dev/null | tail -n +2

@@ -256,16 +256,10 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
                 &lab,
                 &format!("query {} and its label map", qpath.display()),
             )?;
-            let mut lab = lab.to_canonical().0;
-            if !run.query_label_map.is_empty() {
-                // Relabel the query's truth into the supports' values (others dropped).
-                lab = lab.map(|v| {
-                    run.query_label_map
-                        .iter()
-                        .find(|(_, q)| *q == v)
-                        .map_or(0, |(s, _)| *s)
-                });
-            }
+            let lab = crate::volume::labels::to_support_values(
+                lab.to_canonical().0,
+                &run.query_label_map,
+            );
             for o in &found {
                 if let Some(s) = score(o, &lab) {
                     let name = names.name(o.label);
@@ -790,6 +784,7 @@ mod tests {
         let pred = |boxes: Vec<SliceBox>| OrganLocalization {
             label: 5,
             confidence: 0.0,
+            in_view: 1.0,
             extreme_points: [[0; 3]; 6],
             bbox: BoxVox {
                 min: [0; 3],

@@ -144,6 +144,28 @@ pub async fn query_state(
 }
 
 impl QueryState {
+    /// Fraction of the box spanned by `points` (grid voxels, unclamped UAM estimates)
+    /// that lies inside the query's grid: the product of the per-axis overlaps.
+    pub fn fraction_in_view(&self, points: &[[f64; 3]]) -> f32 {
+        let mut f = 1.0;
+        for a in 0..3 {
+            let lo = points.iter().map(|p| p[a]).fold(f64::INFINITY, f64::min);
+            let hi = points
+                .iter()
+                .map(|p| p[a])
+                .fold(f64::NEG_INFINITY, f64::max);
+            if !(lo.is_finite() && hi.is_finite()) {
+                return 0.0;
+            }
+            // A box at least one voxel wide, against the grid [-0.5, dims - 0.5].
+            let (lo, hi) = (lo.min(hi - 1.0), hi);
+            let (g0, g1) = (-0.5, self.prep.dims[a] as f64 - 0.5);
+            let overlap = (hi.min(g1) - lo.max(g0)).max(0.0);
+            f *= overlap / (hi - lo);
+        }
+        f as f32
+    }
+
     /// UAM estimate (grid voxel, continuous) of a support point.
     pub fn uam_point(&self, point: &PointAtlas) -> [f64; 3] {
         [0, 1, 2].map(|a| {
@@ -414,6 +436,7 @@ pub fn organ_localization(
     Some(OrganLocalization {
         label,
         confidence,
+        in_view: 1.0,
         extreme_points,
         bbox,
         slice_boxes,
@@ -517,7 +540,17 @@ pub async fn localize_organs(
             at += 6;
         }
         let confidence = score / (6 * n_parts) as f32;
-        if let Some(o) = organ_localization(label, &parts, atlas.mode, confidence) {
+        let uam: Vec<[f64; 3]> = points[at - 6 * n_parts..at]
+            .iter()
+            .map(|p| query.uam_point(p))
+            .collect();
+        if let Some(mut o) = organ_localization(label, &parts, atlas.mode, confidence) {
+            o.in_view = query.fraction_in_view(&uam);
+            if o.outside_view() {
+                // Do not invent a mask for an organ the scan does not show.
+                o.confidence = 0.0;
+                o.slice_boxes.clear();
+            }
             out.push(o);
         }
     }

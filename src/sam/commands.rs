@@ -161,6 +161,7 @@ pub fn segment_true_boxes(
         &organs,
         &names,
         &run.out,
+        &[],
         &mut |ct, truth| {
             let truth = truth.ok_or_else(|| Error::InvalidArgument("no label map".into()))?;
             OracleLocalizer::new(ct, truth, BoxMode::Spl { slab_mm: 0.0 })

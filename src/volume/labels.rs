@@ -58,6 +58,15 @@ pub struct SliceBox {
     pub max: [usize; 2],
 }
 
+/// A query label map in the supports' values: each `(support, query)` pair maps
+/// `query` to `support`; other labels become background. Empty map: unchanged.
+pub fn to_support_values(labels: LabelVolume, map: &[(u16, u16)]) -> LabelVolume {
+    if map.is_empty() {
+        return labels;
+    }
+    labels.map(|v| map.iter().find(|(_, q)| *q == v).map_or(0, |(s, _)| *s))
+}
+
 /// Bounding box of the voxels where `pred` holds.
 pub fn bounding_box_where<T: Copy>(vol: &Volume<T>, pred: impl Fn(T) -> bool) -> Option<BoxVox> {
     let [nx, ny, _] = vol.dims;
