@@ -107,6 +107,24 @@ mod cli {
             #[arg(long)]
             weights: Option<PathBuf>,
         },
+        /// The whole pipeline on a large synthetic CT (default 512×512×600 int16):
+        /// time and peak memory of `segment` (run as a child process).
+        Segment {
+            /// Query grid i,j,k.
+            #[arg(long, value_delimiter = ',', default_values_t = [512, 512, 600])]
+            dims: Vec<usize>,
+            /// Query voxel size in mm.
+            #[arg(long, value_delimiter = ',', default_values_t = [0.7, 0.7, 0.8])]
+            spacing: Vec<f64>,
+            /// Phantom organs to segment (1 liver, 2 spleen, 3/4 kidneys).
+            #[arg(long, default_value = "2")]
+            organs: String,
+            #[arg(long, default_value = "cpu")]
+            backend: medlsam::device::BackendChoice,
+            /// Where the phantoms and the outputs go.
+            #[arg(long, default_value = "out/bench_segment")]
+            work: PathBuf,
+        },
         /// MedLAM: support atlas and per-query localization time (7 OpenKBP organs).
         Medlam {
             #[arg(long, default_value = "weights/medlam.bpk")]
@@ -369,6 +387,13 @@ mod cli {
                 ct: ct.unwrap_or_else(|| default_data_dir().join("abdomen/ircadb_017.ct.nii.gz")),
                 weights,
             }),
+            Command::Bench(BenchCommand::Segment {
+                dims,
+                spacing,
+                organs,
+                backend,
+                work,
+            }) => bench_segment(&dims, &spacing, &organs, backend, &work),
             Command::Bench(BenchCommand::Medlam {
                 weights,
                 queries,
@@ -858,6 +883,77 @@ mod cli {
                 fmt(m.ale_mm)
             );
         }
+    }
+
+    /// Write two small support phantoms and one large query phantom, then run
+    /// `medlsam segment` on them in a child process (so that its peak memory is the
+    /// pipeline's alone) and relay what it prints.
+    fn bench_segment(
+        dims: &[usize],
+        spacing: &[f64],
+        organs: &str,
+        backend: medlsam::device::BackendChoice,
+        work: &Path,
+    ) -> Result<()> {
+        use medlsam::volume::nifti_io::{write_ct_nifti_path, write_labels_nifti_path};
+        use medlsam::volume::synthetic::{PhantomOptions, phantom};
+        let (&[nx, ny, nz], &[sx, sy, sz]) = (dims, spacing) else {
+            return Err(Error::InvalidArgument(
+                "--dims and --spacing take three values each".into(),
+            ));
+        };
+        let inputs = work.join("inputs");
+        std::fs::create_dir_all(&inputs)?;
+        let query = inputs.join(format!("query_{nx}x{ny}x{nz}.ct.nii.gz"));
+        let query_label = inputs.join(format!("query_{nx}x{ny}x{nz}.label.nii.gz"));
+        if !query.is_file() || !query_label.is_file() {
+            let t = std::time::Instant::now();
+            let (ct, lab) = phantom(&PhantomOptions {
+                dims: [nx, ny, nz],
+                spacing_mm: [sx, sy, sz],
+                seed: 3,
+                ras: true,
+            })?;
+            write_ct_nifti_path(&ct, &query)?;
+            write_labels_nifti_path(&lab, &query_label)?;
+            println!(
+                "wrote the query phantom {nx}×{ny}×{nz} ({sx}×{sy}×{sz} mm, int16) in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let mut args: Vec<std::ffi::OsString> = vec!["segment".into()];
+        for seed in [1u64, 2] {
+            let (ct, lab) = phantom(&PhantomOptions {
+                seed,
+                ..Default::default()
+            })?;
+            let (c, l) = (
+                inputs.join(format!("support_{seed}.ct.nii.gz")),
+                inputs.join(format!("support_{seed}.label.nii.gz")),
+            );
+            write_ct_nifti_path(&ct, &c)?;
+            write_labels_nifti_path(&lab, &l)?;
+            args.extend(["--support-image".into(), c.into_os_string()]);
+            args.extend(["--support-label".into(), l.into_os_string()]);
+        }
+        args.extend(["--query".into(), query.into_os_string()]);
+        args.extend(["--query-label".into(), query_label.into_os_string()]);
+        args.extend(["--organs".into(), organs.into()]);
+        args.extend(["--backend".into(), backend.name().into()]);
+        args.extend(["--out".into(), work.join("out").into_os_string()]);
+        println!("running medlsam segment on it (organs {organs}, {}):", backend.name());
+        let t = std::time::Instant::now();
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(&args)
+            .status()?;
+        println!(
+            "whole run {:.1} s (the peak memory above is the segment process's)",
+            t.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            return Err(Error::InvalidArgument(format!("segment failed: {status}")));
+        }
+        Ok(())
     }
 
     fn demo(out: &Path, seed: u64, backend: medlsam::device::BackendChoice) -> Result<()> {
