@@ -941,7 +941,10 @@ mod cli {
         args.extend(["--organs".into(), organs.into()]);
         args.extend(["--backend".into(), backend.name().into()]);
         args.extend(["--out".into(), work.join("out").into_os_string()]);
-        println!("running medlsam segment on it (organs {organs}, {}):", backend.name());
+        println!(
+            "running medlsam segment on it (organs {organs}, {}):",
+            backend.name()
+        );
         let t = std::time::Instant::now();
         let status = std::process::Command::new(std::env::current_exe()?)
             .args(&args)
