@@ -885,6 +885,22 @@ mod cli {
         }
     }
 
+    /// Make a phantom and write `DIR/NAME.ct.nii.gz` and `DIR/NAME.label.nii.gz`.
+    fn write_phantom(
+        dir: &Path,
+        name: &str,
+        opt: &PhantomOptions,
+    ) -> Result<(PathBuf, PathBuf, medlsam::volume::LabelVolume)> {
+        let (ct, lab) = phantom(opt)?;
+        let (c, l) = (
+            dir.join(format!("{name}.ct.nii.gz")),
+            dir.join(format!("{name}.label.nii.gz")),
+        );
+        write_ct_nifti_path(&ct, &c)?;
+        write_labels_nifti_path(&lab, &l)?;
+        Ok((c, l, lab))
+    }
+
     /// Write two small support phantoms and one large query phantom, then run
     /// `medlsam segment` on them in a child process (so that its peak memory is the
     /// pipeline's alone) and relay what it prints.
@@ -895,8 +911,6 @@ mod cli {
         backend: medlsam::device::BackendChoice,
         work: &Path,
     ) -> Result<()> {
-        use medlsam::volume::nifti_io::{write_ct_nifti_path, write_labels_nifti_path};
-        use medlsam::volume::synthetic::{PhantomOptions, phantom};
         let (&[nx, ny, nz], &[sx, sy, sz]) = (dims, spacing) else {
             return Err(Error::InvalidArgument(
                 "--dims and --spacing take three values each".into(),
@@ -923,16 +937,11 @@ mod cli {
         }
         let mut args: Vec<std::ffi::OsString> = vec!["segment".into()];
         for seed in [1u64, 2] {
-            let (ct, lab) = phantom(&PhantomOptions {
+            let opt = PhantomOptions {
                 seed,
                 ..Default::default()
-            })?;
-            let (c, l) = (
-                inputs.join(format!("support_{seed}.ct.nii.gz")),
-                inputs.join(format!("support_{seed}.label.nii.gz")),
-            );
-            write_ct_nifti_path(&ct, &c)?;
-            write_labels_nifti_path(&lab, &l)?;
+            };
+            let (c, l, _) = write_phantom(&inputs, &format!("support_{seed}"), &opt)?;
             args.extend(["--support-image".into(), c.into_os_string()]);
             args.extend(["--support-label".into(), l.into_os_string()]);
         }
@@ -978,17 +987,12 @@ mod cli {
             .into_iter()
             .enumerate()
         {
-            let (ct, lab) = phantom(&PhantomOptions {
+            let opt = PhantomOptions {
                 seed: seed + n as u64,
                 ras,
                 ..Default::default()
-            })?;
-            let (ct_path, lab_path) = (
-                inputs.join(format!("phantom_{tag}.ct.nii.gz")),
-                inputs.join(format!("phantom_{tag}.label.nii.gz")),
-            );
-            write_ct_nifti_path(&ct, &ct_path)?;
-            write_labels_nifti_path(&lab, &lab_path)?;
+            };
+            let (ct_path, lab_path, lab) = write_phantom(&inputs, &format!("phantom_{tag}"), &opt)?;
             let (c, _) = lab.to_canonical();
             let organs: Vec<String> = classes(&c)
                 .into_iter()

@@ -154,17 +154,19 @@ fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
     } else {
         (b0.1 + 5, nz)
     };
-    let cropped = crop_k(&canon, k0, k1);
-    let q = pollster::block_on(query_state(&net, &cfg, &cropped, &dev)).unwrap();
-    let found = pollster::block_on(localize_organs(
-        &net,
-        &atlas,
-        &q,
-        &organs,
-        &LocalizeOptions::default(),
-        &dev,
-    ))
-    .unwrap();
+    let localize = |ct: &Volume<i16>| {
+        let q = pollster::block_on(query_state(&net, &cfg, ct, &dev)).unwrap();
+        pollster::block_on(localize_organs(
+            &net,
+            &atlas,
+            &q,
+            &organs,
+            &LocalizeOptions::default(),
+            &dev,
+        ))
+        .unwrap()
+    };
+    let found = localize(&crop_k(&canon, k0, k1));
     let organ = |l: u16| found.iter().find(|o| o.label == l).unwrap();
     let (brainstem, esophagus) = (organ(1), organ(5));
     eprintln!(
@@ -176,16 +178,7 @@ fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
     assert!(!esophagus.outside_view(), "esophagus {}", esophagus.in_view);
     assert!(!esophagus.slice_boxes.is_empty() && esophagus.confidence > 0.5);
     // The uncropped scan shows both.
-    let q = pollster::block_on(query_state(&net, &cfg, &canon, &dev)).unwrap();
-    let found = pollster::block_on(localize_organs(
-        &net,
-        &atlas,
-        &q,
-        &organs,
-        &LocalizeOptions::default(),
-        &dev,
-    ))
-    .unwrap();
+    let found = localize(&canon);
     assert!(found.iter().all(|o| !o.outside_view() && o.in_view > 0.9));
 }
 
