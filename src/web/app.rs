@@ -13,6 +13,7 @@ use web_sys::{
     HtmlCanvasElement, HtmlElement, HtmlInputElement, HtmlSelectElement, ImageData, WheelEvent,
 };
 
+use super::BackendChoice;
 use super::run::{self, Models, QueryOutcome, RunProgress, RunSettings, SliceEdit, SupportInput};
 use super::viewer::{
     EXTREME_POINT_PROMPTS, PRESETS, Pane, ViewStyle, draw_marker, draw_rect, pane_size, pane_voxel,
@@ -314,19 +315,22 @@ fn run_demo() -> Result<String> {
             result: None,
         });
     }
-    let (q, _) = phantom(&PhantomOptions {
+    let (q, q_labels) = phantom(&PhantomOptions {
         seed: 11,
         ras: true,
         ..Default::default()
     })?;
-    let query = to_case(
+    let mut query = to_case(
         "phantom_query.nii.gz",
         &crate::volume::nifti_io::write_nifti_bytes(&q, false)?,
     )?;
+    // The phantom's own organs: after a Run the page shows how well they were found.
+    query.truth = Some(labels_for(&query, "phantom_query labels", q_labels)?);
     APP.with_borrow_mut(|a| {
         a.supports = supports;
         a.support_labels.clear();
         a.queries = vec![query];
+        a.query_labels.clear();
         a.table = LabelTable(
             PHANTOM_LABELS
                 .iter()
@@ -336,7 +340,7 @@ fn run_demo() -> Result<String> {
         a.shown = Some((true, 0));
         a.recentre = true;
     });
-    Ok("demo: 3 synthetic support phantoms with organ labels and 1 query phantom (RAS file) loaded".into())
+    Ok("demo: 3 synthetic support phantoms with organ labels and 1 query phantom (RAS file) loaded: press Run to localize and segment the query's organs".into())
 }
 
 /// Organs the supports offer (label maps and clicked points), in label order.
@@ -464,12 +468,17 @@ fn run_inputs() -> Result<RunInputs> {
     })
 }
 
+/// The backend the page's address asks for (`?backend=cpu`).
+fn backend_choice() -> BackendChoice {
+    BackendChoice::from_url(&doc().url().unwrap_or_default())
+}
+
 /// The models, built on first use (weights downloaded with a progress bar).
 async fn take_models() -> Result<Models> {
     if let Some(m) = MODELS.with_borrow_mut(|m| m.take()) {
         return Ok(m);
     }
-    let m = run::load_models(&mut |what, f| {
+    let m = run::load_models(backend_choice(), &mut |what, f| {
         set_progress(f, &format!("{what}: {:.0} %", 100.0 * f));
     })
     .await?;
@@ -481,9 +490,12 @@ async fn take_models() -> Result<Models> {
 async fn on_run() -> Result<String> {
     let (supports, queries, settings) = run_inputs()?;
     CANCEL.store(false, Ordering::Relaxed);
+    // Return to the browser first: the click ends and "running…" shows before any work.
+    super::yield_to_browser().await;
     let mut models = take_models().await?;
     let names = APP.with_borrow(|a| a.table.clone());
     let n = queries.len();
+    let start = web_time::Instant::now();
     let result = run::run(
         &mut models,
         supports,
@@ -513,13 +525,17 @@ async fn on_run() -> Result<String> {
     )
     .await;
     MODELS.with_borrow_mut(|m| *m = Some(models));
-    result?;
+    let times = result?;
     set_progress(1.0, "done");
     let case_select: HtmlSelectElement = by_testid("case-select");
     case_select.set_value("query");
     offer_result_downloads()?;
     render_metrics(&names);
-    Ok(format!("done: {n} query CT(s) segmented"))
+    Ok(format!(
+        "done: {n} query CT(s) segmented in {:.0} s ({})",
+        start.elapsed().as_secs_f64(),
+        times.summary()
+    ))
 }
 
 /// Metrics of the shown query as an HTML table (when its label map was given).
@@ -1055,7 +1071,9 @@ pub fn start() {
         .and_then(|w| js_sys::Reflect::get(&w.navigator(), &JsValue::from_str("gpu")).ok())
         .is_some_and(|g| !g.is_undefined() && !g.is_null());
     let gpu_el: HtmlElement = by_testid("gpu-status");
-    gpu_el.set_text_content(Some(if gpu {
+    gpu_el.set_text_content(Some(if backend_choice() == BackendChoice::Cpu {
+        "models will run on the CPU in WebAssembly (chosen by ?backend=cpu in the address; slower)"
+    } else if gpu {
         "WebGPU available"
     } else {
         "WebGPU not available in this browser: models will run on the CPU in WebAssembly (slower)"
@@ -1191,6 +1209,16 @@ pub fn start() {
     });
     on_click("demo-button", || match run_demo() {
         Ok(m) => {
+            // The file inputs no longer describe what is loaded.
+            for id in [
+                "support-image-input",
+                "support-label-input",
+                "label-table-input",
+                "query-input",
+                "query-label-input",
+            ] {
+                by_testid::<HtmlInputElement>(id).set_value("");
+            }
             set_status(&m, false);
             redraw();
             render_organ_choice();

@@ -10,6 +10,33 @@ pub mod manifest;
 pub mod run;
 pub mod viewer;
 
+/// Where the models run, as the page's address asks: `?backend=cpu` forces Burn's
+/// CPU backend in WebAssembly; otherwise WebGPU when available (the CPU as fallback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Cpu,
+}
+
+impl BackendChoice {
+    /// From the page's full URL: its query string's `backend` parameter (`cpu`), case-insensitive.
+    pub fn from_url(url: &str) -> Self {
+        let query = url.split('#').next().unwrap_or("");
+        let Some((_, query)) = query.split_once('?') else {
+            return Self::Auto;
+        };
+        let cpu = query.split('&').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, v)| k == "backend" && v.eq_ignore_ascii_case("cpu"))
+        });
+        if cpu { Self::Cpu } else { Self::Auto }
+    }
+}
+
+/// What the page says about the backend when the address chose the CPU.
+pub const CPU_CHOSEN: &str =
+    "CPU in WebAssembly (chosen by ?backend=cpu in the address; WebGPU not used); slower";
+
 /// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.
 #[cfg(target_arch = "wasm32")]
 pub async fn yield_to_browser() {
@@ -19,4 +46,25 @@ pub async fn yield_to_browser() {
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendChoice;
+
+    #[test]
+    fn backend_from_url() {
+        let cpu = BackendChoice::Cpu;
+        let auto = BackendChoice::Auto;
+        assert_eq!(BackendChoice::from_url("http://h/"), auto);
+        assert_eq!(BackendChoice::from_url("http://h/?backend=cpu"), cpu);
+        assert_eq!(
+            BackendChoice::from_url("http://h/index.html?a=1&backend=CPU"),
+            cpu
+        );
+        assert_eq!(BackendChoice::from_url("http://h/?backend=webgpu"), auto);
+        assert_eq!(BackendChoice::from_url("http://h/?xbackend=cpu"), auto);
+        assert_eq!(BackendChoice::from_url("http://h/#?backend=cpu"), auto);
+        assert_eq!(BackendChoice::from_url("http://h/?backend=cpu#top"), cpu);
+    }
 }

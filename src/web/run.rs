@@ -26,6 +26,7 @@ use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
 
 use super::manifest::WEB_WEIGHTS;
+use super::{BackendChoice, CPU_CHOSEN};
 
 /// Weights files of the web build (in `weights/`).
 const SAM_WEIGHTS: &str = WEB_WEIGHTS[0];
@@ -41,8 +42,12 @@ pub struct Models {
     pub medlam_config: MedLamConfig,
 }
 
-/// WebGPU when the browser has it and an adapter comes up, else Burn's CPU backend in wasm.
-pub async fn init_device() -> (Device, String) {
+/// WebGPU when the browser has it and an adapter comes up, else Burn's CPU backend
+/// in wasm; the CPU backend straight away when the page asked for it (`?backend=cpu`).
+pub async fn init_device(choice: BackendChoice) -> (Device, String) {
+    if choice == BackendChoice::Cpu {
+        return (Device::flex(), CPU_CHOSEN.into());
+    }
     match Device::wgpu_options().init_async().await {
         Ok(d) => (d, "WebGPU".into()),
         Err(e) => (
@@ -53,9 +58,12 @@ pub async fn init_device() -> (Device, String) {
 }
 
 /// Fetch, verify and build both models; `progress(what, fraction)` while downloading.
-pub async fn load_models(progress: &mut dyn FnMut(&str, f64)) -> Result<Models> {
+pub async fn load_models(
+    choice: BackendChoice,
+    progress: &mut dyn FnMut(&str, f64),
+) -> Result<Models> {
     progress("starting the compute device", 0.0);
-    let (device, backend) = init_device().await;
+    let (device, backend) = init_device(choice).await;
     let manifest = fetch_manifest().await?;
     let total: u64 = [SAM_WEIGHTS, MEDLAM_WEIGHTS]
         .iter()
@@ -110,6 +118,29 @@ pub struct RunProgress {
     pub eta_s: Option<f64>,
 }
 
+/// Seconds spent per stage over a whole run (all queries).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTimes {
+    pub atlas_s: f64,
+    pub localize_s: f64,
+    pub encode_s: f64,
+    pub decode_s: f64,
+}
+
+impl RunTimes {
+    /// One line for the user, e.g. "atlas 3 s, localization 4 s, segmentation 98 s (encoder 94 s, decoder 4 s)".
+    pub fn summary(&self) -> String {
+        format!(
+            "atlas {:.0} s, localization {:.0} s, segmentation {:.0} s (encoder {:.0} s, decoder {:.0} s)",
+            self.atlas_s,
+            self.localize_s,
+            self.encode_s + self.decode_s,
+            self.encode_s,
+            self.decode_s
+        )
+    }
+}
+
 /// Settings of a run.
 #[derive(Clone, Debug)]
 pub struct RunSettings {
@@ -147,7 +178,7 @@ fn support_cases(supports: Vec<SupportInput>) -> Result<Vec<SupportCase>> {
 }
 
 /// Localize and segment every query; `on_query(index, outcome)` as each one ends.
-/// The models are lent to the run and handed back inside the result.
+/// Returns the time spent per stage.
 pub async fn run(
     models: &mut Models,
     supports: Vec<SupportInput>,
@@ -156,7 +187,7 @@ pub async fn run(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(RunProgress),
     on_query: &mut dyn FnMut(usize, QueryOutcome),
-) -> Result<()> {
+) -> Result<RunTimes> {
     if queries.is_empty() {
         return Err(Error::InvalidArgument("load at least one query CT".into()));
     }
@@ -169,11 +200,14 @@ pub async fn run(
         fraction: 0.0,
         eta_s: None,
     });
+    // Let the page paint the progress (the CPU backend's work never yields by itself).
+    super::yield_to_browser().await;
     let mode = match settings.mode {
         BoxMode::Wpl => AtlasMode::Wpl,
         BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
     };
     let cases = support_cases(supports)?;
+    let mut times = RunTimes::default();
     let atlas = Atlas::build(
         &models.medlam,
         &models.medlam_config,
@@ -183,6 +217,7 @@ pub async fn run(
         &models.device,
     )
     .await?;
+    times.atlas_s = start.elapsed().as_secs_f64();
     drop(cases);
     // The atlas takes a share of the run; each query an equal share of the rest.
     let atlas_share = 0.1;
@@ -216,6 +251,12 @@ pub async fn run(
                 eta_s,
             });
         };
+        report(Progress {
+            stage: "localize",
+            done: 0,
+            total: 1,
+        });
+        super::yield_to_browser().await;
         let result = segment_canonical(
             ct,
             &settings.organs,
@@ -226,13 +267,16 @@ pub async fn run(
             &mut report,
         )
         .await?;
+        times.localize_s += result.times.localize.as_secs_f64();
+        times.encode_s += result.times.encode.as_secs_f64();
+        times.decode_s += result.times.decode.as_secs_f64();
         let metrics = match truth {
             Some(t) => Some(evaluate_labels(&result.labels, t, &settings.organs)?),
             None => None,
         };
         on_query(qi, QueryOutcome { result, metrics });
     }
-    Ok(())
+    Ok(times)
 }
 
 /// A user's correction on one axial slice: a box, points, or both (slice pixels `[i, j]`).

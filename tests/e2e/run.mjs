@@ -7,6 +7,7 @@ import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
+import { readNifti, dice, labelExtent } from "./nifti.mjs";
 
 const [dist, data] = process.argv.slice(2);
 if (!dist || !fs.existsSync(path.join(dist, "index.html"))) {
@@ -39,19 +40,26 @@ const browser = await chromium.launch({
   args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
 });
-const page = await browser.newPage({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
 const foreign = [];
-page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("blob:") && !r.url().startsWith("data:")) foreign.push(r.url()); });
 const consoleErrors = [];
-page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
-page.on("pageerror", (e) => consoleErrors.push(String(e)));
+async function newPage() {
+  const p = await browser.newPage({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
+  p.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("blob:") && !r.url().startsWith("data:")) foreign.push(r.url()); });
+  p.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  p.on("pageerror", (e) => consoleErrors.push(String(e)));
+  return p;
+}
+// The page the tests drive (a test may switch to another one).
+let page = await newPage();
 
 let passed = 0, failed = 0;
+const suiteStart = Date.now();
 async function test(name, fn) {
+  const t0 = Date.now();
   try {
     await fn();
     passed++;
-    console.log(`test ${name} ... ok`);
+    console.log(`test ${name} ... ok (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   } catch (e) {
     failed++;
     console.log(`test ${name} ... FAILED\n  ${String(e.stack || e).split("\n").slice(0, 4).join("\n  ")}`);
@@ -157,6 +165,179 @@ await test("a corrupt file shows an error and the page stays usable", async () =
   await waitStatus(/demo/);
 });
 
+// A whole Run on real CTs, as a user does it: one support with its label map, one query with
+// its label map (metrics only), one organ, WPL boxes. It runs on Burn's CPU backend in
+// WebAssembly (`?backend=cpu`): on this CI's SwiftShader WebGPU (a software GPU) the same run
+// takes far longer than the suite can wait (see the README). The downloaded segmentation is
+// checked here, independently of the app's code, against the query's own label map.
+const RUN = { support: "okbp_001", query: "okbp_004", organ: 1, name: "Brainstem", minDsc: 50 };
+const RUN_TIMEOUT_MS = 15 * 60 * 1000;
+
+/// Tick only these organs in the organ choice.
+async function chooseOrgans(labels) {
+  const boxes = await page.locator("[data-testid='organ-select'] input").all();
+  assert(boxes.length > 0, "no organ to choose");
+  const offered = [];
+  for (const cb of boxes) {
+    const l = Number(await cb.getAttribute("data-organ"));
+    offered.push(l);
+    if (labels.includes(l)) await cb.check(); else await cb.uncheck();
+  }
+  for (const l of labels) assert(offered.includes(l), `organ ${l} not offered (offered: ${offered})`);
+}
+
+/// Press Run and wait until it ends; returns the final status line.
+async function runToEnd() {
+  await page.getByTestId("run-button").click();
+  const s = await waitStatus(/^(done|error|cancelled)/, RUN_TIMEOUT_MS);
+  assert(/^done/.test(s), `run did not finish: ${s}`);
+  assert((await page.getByTestId("progress").getAttribute("value")) === "1.0000", "progress bar not full");
+  return s;
+}
+
+/// Put the viewer's cursor on a canonical voxel by clicking the coronal pane (i, k) then the axial pane (i, j).
+async function showVoxel([i, j, k], dims) {
+  for (const [id, x, y] of [["viewer-coronal", i, dims[2] - 1 - k], ["viewer-axial", i, j]]) {
+    const c = page.getByTestId(id);
+    const box = await c.boundingBox();
+    const [w, h] = await c.evaluate((el) => [el.width, el.height]);
+    await c.click({ position: { x: ((x + 0.5) * box.width) / w, y: ((y + 0.5) * box.height) / h } });
+  }
+  const info = await page.getByTestId("viewer-info").textContent();
+  assert(info.includes(`slice i=${i} j=${j} k=${k}`), `viewer not at voxel ${[i, j, k]}: ${info}`);
+}
+
+/// Show the organ's largest axial slice of a downloaded mask (file grid) in the viewer, with the
+/// cursor on the organ, and check that the axial overlay is exactly the mask on that slice.
+/// The viewer shows the canonical LPS grid: for the axis-aligned files used here, the file's
+/// i (j) axis is flipped when it runs toward the patient's right (anterior), i.e. +x (+y) in RAS.
+async function overlayMatchesMask(seg, organ) {
+  const a = seg.srow;
+  assert(a[0][1] === 0 && a[0][2] === 0 && a[1][0] === 0 && a[1][2] === 0 && a[2][0] === 0 && a[2][1] === 0 && a[2][2] > 0,
+    `not an axis-aligned file with k toward the head: ${JSON.stringify(a)}`);
+  const [nx, ny, nz] = seg.dim;
+  const canon = (i, j) => [a[0][0] > 0 ? nx - 1 - i : i, a[1][1] > 0 ? ny - 1 - j : j];
+  let best = -1, most = 0;
+  for (let k = 0; k < nz; k++) {
+    let n = 0;
+    for (let o = k * nx * ny; o < (k + 1) * nx * ny; o++) if (seg.data[o] === organ) n++;
+    if (n > most) { most = n; best = k; }
+  }
+  assert(most > 0, `organ ${organ} absent from the mask`);
+  const want = [];
+  let si = 0, sj = 0;
+  for (let o = 0; o < nx * ny; o++) {
+    if (seg.data[best * nx * ny + o] !== organ) continue;
+    const [ci, cj] = canon(o % nx, Math.floor(o / nx));
+    want.push(cj * nx + ci);
+    si += ci; sj += cj;
+  }
+  want.sort((x, y) => x - y);
+  await showVoxel([Math.round(si / most), Math.round(sj / most), best], seg.dim);
+  await page.getByTestId("boxes-toggle").uncheck();
+  const coloured = await colouredAxialPixels();
+  await page.getByTestId("boxes-toggle").check();
+  assert(JSON.stringify(coloured) === JSON.stringify(want),
+    `axial overlay (${coloured.length} px) is not the downloaded mask on slice ${best} (${want.length} px)`);
+}
+
+/// Pixels of the axial pane drawn in colour (the label overlay; CT pixels are grey), as indices y*w+x.
+async function colouredAxialPixels() {
+  return page.evaluate(() => {
+    const c = document.querySelector("[data-testid='viewer-axial']");
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    const out = [];
+    for (let p = 0; p < c.width * c.height; p++) {
+      if (d[4 * p] !== d[4 * p + 1] || d[4 * p + 1] !== d[4 * p + 2]) out.push(p);
+    }
+    return out;
+  });
+}
+
+await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the query", async () => {
+  page = await newPage();
+  await page.goto(origin + "/?backend=cpu");
+  await waitStatus(/ready/);
+  const gpu = await page.getByTestId("gpu-status").textContent();
+  assert(/CPU in WebAssembly/.test(gpu) && /backend=cpu/.test(gpu), `gpu status: ${gpu}`);
+  const kbp = (f) => path.join(data, "openkbp", f);
+  await page.getByTestId("support-image-input").setInputFiles([kbp(`${RUN.support}.ct.nii.gz`)]);
+  await waitStatus(/1 support CT/);
+  await page.getByTestId("support-label-input").setInputFiles([kbp(`${RUN.support}.label.nii.gz`)]);
+  await waitStatus(/1 support label map/);
+  await page.getByTestId("label-table-input").setInputFiles([kbp("labels.json")]);
+  await waitStatus(/label names/);
+  await page.getByTestId("query-input").setInputFiles([kbp(`${RUN.query}.ct.nii.gz`)]);
+  await waitStatus(/1 query CT/);
+  await page.getByTestId("query-label-input").setInputFiles([kbp(`${RUN.query}.label.nii.gz`)]);
+  await waitStatus(/1 query label map/);
+  await chooseOrgans([RUN.organ]);
+  await page.getByTestId("mode-select").selectOption("wpl");
+  const t0 = Date.now();
+  const s = await runToEnd();
+  console.log(`  ${RUN.support} → ${RUN.query}, ${RUN.name}, WPL: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
+  assert(/models run on: CPU in WebAssembly/.test(await page.getByTestId("gpu-status").textContent()), "backend not reported");
+
+  // The downloaded label map: the query's grid and affine, only the chosen organ.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
+  assert(download.suggestedFilename() === `${RUN.query}.seg.nii.gz`, `file name ${download.suggestedFilename()}`);
+  const seg = readNifti(fs.readFileSync(await download.path()));
+  const ct = readNifti(fs.readFileSync(kbp(`${RUN.query}.ct.nii.gz`)));
+  const truth = readNifti(fs.readFileSync(kbp(`${RUN.query}.label.nii.gz`)));
+  assert(JSON.stringify(seg.dim) === JSON.stringify(ct.dim), `dims ${seg.dim} vs query ${ct.dim}`);
+  assert(seg.sformCode > 0 && seg.qformCode > 0, `sform/qform codes ${seg.sformCode}/${seg.qformCode}`);
+  const close = (a, b, tol) => a.every((x, n) => Math.abs(x - b[n]) <= tol);
+  assert(close(seg.srow.flat(), ct.srow.flat(), 1e-3), `srow ${JSON.stringify(seg.srow)} vs query ${JSON.stringify(ct.srow)}`);
+  assert(close(seg.quatern, ct.quatern, 1e-4) && close(seg.qoffset, ct.qoffset, 1e-3) && close(seg.pixdim.slice(0, 4), ct.pixdim.slice(0, 4), 1e-4),
+    `qform ${seg.quatern} ${seg.qoffset} ${seg.pixdim.slice(0, 4)} vs query ${ct.quatern} ${ct.qoffset} ${ct.pixdim.slice(0, 4)}`);
+  const values = new Set(seg.data);
+  assert([...values].every((v) => v === 0 || v === RUN.organ), `labels in the download: ${[...values]}`);
+
+  // Overlap with the query's own label map, and the same figure as the page's metrics table.
+  const dsc = dice(seg.data, truth.data, RUN.organ);
+  const ext = labelExtent(seg, RUN.organ), truthExt = labelExtent(truth, RUN.organ);
+  console.log(`  DSC ${RUN.name} (downloaded NIfTI vs ${RUN.query}.label): ${dsc.toFixed(1)} %; ` +
+    `${ext.count} voxels on slices ${ext.slices[0]}-${ext.slices.at(-1)} (truth ${truthExt.count} on ${truthExt.slices[0]}-${truthExt.slices.at(-1)})`);
+  const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: RUN.name }).first().locator("td").allTextContents();
+  assert(row.length >= 3 && Math.abs(Number(row[2]) - dsc) < 0.1, `page metrics ${row} vs ${dsc.toFixed(2)}`);
+  assert(dsc >= RUN.minDsc, `DSC ${dsc.toFixed(1)} % below ${RUN.minDsc} %`);
+
+  // The viewer shows the result: the overlay on the axial pane is exactly the downloaded mask.
+  await overlayMatchesMask(seg, RUN.organ);
+  await page.screenshot({ path: path.join(shots, "run-openkbp.png"), fullPage: true });
+  await page.getByTestId("viewer-axial").screenshot({ path: path.join(shots, "run-openkbp-axial.png") });
+});
+
+// The newcomer's flow without files: Demo, then Run. One small organ of the phantoms (the left
+// kidney) to keep CI short; the page's metrics compare with the phantom query's own organ labels.
+const DEMO = { organ: 3, name: "left_kidney", minDsc: 30 };
+await test("Demo then Run localizes and segments the phantom query (CPU in WebAssembly)", async () => {
+  await page.getByTestId("demo-button").click();
+  await waitStatus(/demo:.*press Run/);
+  for (const id of ["support-image-input", "query-input"]) {
+    assert((await page.getByTestId(id).inputValue()) === "", `${id} still names files the demo replaced`);
+  }
+  await chooseOrgans([DEMO.organ]);
+  await page.getByTestId("mode-select").selectOption("spl");
+  const t0 = Date.now();
+  const s = await runToEnd();
+  console.log(`  demo, ${DEMO.name}, SPL: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
+  assert(download.suggestedFilename() === "phantom_query.seg.nii.gz", `file name ${download.suggestedFilename()}`);
+  const seg = readNifti(fs.readFileSync(await download.path()));
+  assert(JSON.stringify(seg.dim) === JSON.stringify([96, 96, 64]), `dims ${seg.dim}`);
+  // The phantom query is stored in RAS: the segmentation keeps that orientation.
+  assert(seg.srow[0][0] > 0 && seg.srow[1][1] > 0 && seg.srow[2][2] > 0, `srow ${JSON.stringify(seg.srow)}`);
+  const ext = labelExtent(seg, DEMO.organ);
+  assert(ext.count > 0 && [...new Set(seg.data)].every((v) => v === 0 || v === DEMO.organ), "downloaded mask lacks the organ or has others");
+  const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: DEMO.name }).first().locator("td").allTextContents();
+  const dsc = Number(row[2]);
+  console.log(`  DSC ${DEMO.name} on the phantom query (page metrics): ${dsc} %; ${ext.count} voxels on ${ext.slices.length} slices`);
+  assert(dsc >= DEMO.minDsc, `DSC ${row[2]} % below ${DEMO.minDsc} %`);
+  await overlayMatchesMask(seg, DEMO.organ);
+  await page.screenshot({ path: path.join(shots, "demo-run.png"), fullPage: true });
+});
+
 await test("no request left the page's origin", async () => {
   assert(foreign.length === 0, `requests to other origins: ${foreign.join(", ")}`);
   const unexpected = consoleErrors.filter((e) => !/favicon/.test(e));
@@ -165,5 +346,5 @@ await test("no request left the page's origin", async () => {
 
 await browser.close();
 server.close();
-console.log(`e2e: ${passed} passed, ${failed} failed`);
+console.log(`e2e: ${passed} passed, ${failed} failed (${((Date.now() - suiteStart) / 1000).toFixed(0)} s)`);
 process.exit(failed ? 1 : 0);

@@ -1,8 +1,11 @@
-// Ad-hoc: drive a real run in headless Chromium and print timings (not part of the suite).
+// Ad-hoc: drive a real run in headless Chromium and print timings and DSC (not part of the suite).
+// Usage: [DEMO=1] [BACKEND=cpu] [MODE=wpl|spl] [SUPPORTS=okbp_001,okbp_002] [QUERY=okbp_010] \
+//        node tests/e2e/try_run.mjs DIST DATA [ORGANS, e.g. 1 or 1,3]
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import { readNifti, dice } from "./nifti.mjs";
 const [dist, data, organs] = process.argv.slice(2);
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
 const server = http.createServer((req, res) => {
@@ -18,17 +21,24 @@ const origin = `http://127.0.0.1:${server.address().port}`;
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"] });
-const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+const page = await browser.newPage({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
 page.on("console", (m) => console.log("console:", m.type(), m.text().slice(0, 300)));
 page.on("pageerror", (e) => console.log("pageerror:", String(e).slice(0, 500)));
-await page.goto(origin + "/");
+await page.goto(origin + "/" + (process.env.BACKEND === "cpu" ? "?backend=cpu" : ""));
 await page.waitForFunction(() => /ready/.test(document.querySelector("[data-testid='status']").textContent));
-const sup = ["okbp_001", "okbp_002"];
-await page.getByTestId("support-image-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.ct.nii.gz`)));
-await page.getByTestId("support-label-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.label.nii.gz`)));
-await page.getByTestId("label-table-input").setInputFiles([path.join(data, "openkbp/labels.json")]);
-await page.getByTestId("query-input").setInputFiles([path.join(data, "openkbp/okbp_010.ct.nii.gz")]);
-await page.getByTestId("query-label-input").setInputFiles([path.join(data, "openkbp/okbp_010.label.nii.gz")]);
+if (process.env.DEMO) {
+  await page.getByTestId("demo-button").click();
+  await page.waitForFunction(() => /demo/.test(document.querySelector("[data-testid='status']").textContent));
+}
+const sup = (process.env.SUPPORTS || "okbp_001,okbp_002").split(",");
+const query = process.env.QUERY || "okbp_010";
+if (!process.env.DEMO) {
+  await page.getByTestId("support-image-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.ct.nii.gz`)));
+  await page.getByTestId("support-label-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.label.nii.gz`)));
+  await page.getByTestId("label-table-input").setInputFiles([path.join(data, "openkbp/labels.json")]);
+  await page.getByTestId("query-input").setInputFiles([path.join(data, `openkbp/${query}.ct.nii.gz`)]);
+  await page.getByTestId("query-label-input").setInputFiles([path.join(data, `openkbp/${query}.label.nii.gz`)]);
+}
 await page.waitForTimeout(500);
 const want = (organs || "1").split(",");
 for (const cb of await page.locator("[data-testid='organ-select'] input").all()) {
@@ -51,5 +61,11 @@ for (;;) {
   await page.waitForTimeout(1000);
 }
 console.log(await page.getByTestId("metrics-table").textContent());
+fs.mkdirSync("/tmp/webtry", { recursive: true });
 await page.screenshot({ path: "/tmp/webtry/run.png", fullPage: true });
+if (process.env.DEMO) { await browser.close(); server.close(); process.exit(0); }
+const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
+const seg = readNifti(fs.readFileSync(await download.path()));
+const truth = readNifti(fs.readFileSync(path.join(data, `openkbp/${query}.label.nii.gz`)));
+for (const l of want) console.log(`DSC organ ${l} (downloaded NIfTI vs ${query} label map): ${dice(seg.data, truth.data, Number(l))?.toFixed(1)} %`);
 await browser.close(); server.close();
