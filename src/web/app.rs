@@ -800,7 +800,10 @@ pub fn redraw() {
             .result
             .iter()
             .flat_map(|r| run::confidences(&r.organs))
-            .map(|(v, c)| format!("<div data-confidence='{v}'>{v} {}: localization confidence {c:.2}</div>", html_escape(&a.table.name(v))))
+            .map(|(v, c, outside)| {
+                let note = if outside { " — outside the scan's field of view: not segmented" } else { "" };
+                format!("<div data-confidence='{v}'>{v} {}: localization confidence {c:.2}{note}</div>", html_escape(&a.table.name(v)))
+            })
             .collect();
         organs.set_inner_html(&(html + &marked + &confidence));
         a.cursor = cursor;

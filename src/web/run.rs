@@ -330,9 +330,13 @@ pub async fn resegment_slice(
     Ok(count)
 }
 
-/// The organs of a result shown with their confidence, in label order.
-pub fn confidences(organs: &[OrganLocalization]) -> Vec<(u16, f32)> {
-    let mut v: Vec<(u16, f32)> = organs.iter().map(|o| (o.label, o.confidence)).collect();
+/// The organs of a result shown with their confidence, in label order,
+/// with whether it was predicted outside the scan's field of view (then not segmented).
+pub fn confidences(organs: &[OrganLocalization]) -> Vec<(u16, f32, bool)> {
+    let mut v: Vec<(u16, f32, bool)> = organs
+        .iter()
+        .map(|o| (o.label, o.confidence, o.outside_view()))
+        .collect();
     v.sort_by_key(|x| x.0);
     v
 }
