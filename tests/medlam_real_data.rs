@@ -14,7 +14,7 @@ use medlsam::medlam::eval::{baseline_localization, load_weights, read_support, s
 use medlsam::medlam::localize::{localize_organs, query_state};
 use medlsam::medlam::sample::SamplingOptions;
 use medlsam::medlam::train::{TrainOptions, batch_loss, draw_batch, load_volumes, train};
-use medlsam::medlam::{Atlas, AtlasMode, LocalizeOptions, MedLamConfig};
+use medlsam::medlam::{Atlas, AtlasMode, LocalizeOptions, MedLam, MedLamConfig, SupportCase};
 use medlsam::volume::{Volume, read_nifti_path};
 
 fn weights() -> PathBuf {
@@ -27,6 +27,64 @@ fn weights() -> PathBuf {
     p
 }
 
+/// OpenKBP supports and their WPL atlas of `organs`.
+fn wpl_atlas(
+    net: &MedLam,
+    cfg: &MedLamConfig,
+    cases: &[&str],
+    organs: &[u16],
+    dev: &Device,
+) -> (Vec<SupportCase>, Atlas) {
+    let supports: Vec<_> = cases
+        .iter()
+        .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
+        .collect();
+    let atlas = pollster::block_on(Atlas::build(
+        net,
+        cfg,
+        &supports,
+        organs,
+        AtlasMode::Wpl,
+        dev,
+    ))
+    .unwrap();
+    (supports, atlas)
+}
+
+/// MedLAM with the default options on a canonical query.
+fn localize(
+    net: &MedLam,
+    cfg: &MedLamConfig,
+    atlas: &Atlas,
+    canon: &Volume<i16>,
+    organs: &[u16],
+    dev: &Device,
+) -> Vec<medlsam::pipeline::OrganLocalization> {
+    let q = pollster::block_on(query_state(net, cfg, canon, dev)).unwrap();
+    pollster::block_on(localize_organs(
+        net,
+        atlas,
+        &q,
+        organs,
+        &LocalizeOptions::default(),
+        dev,
+    ))
+    .unwrap()
+}
+
+/// An OpenKBP case's CT and label map on the canonical grid.
+fn canonical_case(case: &str) -> (Volume<i16>, Volume<u16>) {
+    let ct = read_nifti_path(openkbp(case, "ct"))
+        .unwrap()
+        .into_ct()
+        .unwrap();
+    let lab = read_nifti_path(openkbp(case, "label"))
+        .unwrap()
+        .into_labels()
+        .unwrap();
+    (ct.to_canonical().0, lab.to_canonical().0)
+}
+
 /// Supports and queries: fixed, disjoint OpenKBP cases.
 const SUPPORTS: [&str; 5] = ["okbp_004", "okbp_006", "okbp_011", "okbp_013", "okbp_016"];
 const QUERIES: [&str; 3] = ["okbp_020", "okbp_031", "okbp_047"];
@@ -36,42 +94,13 @@ fn localization_beats_the_body_box_baseline_on_head_and_neck_organs() {
     data_dir();
     let dev = Device::flex();
     let (net, cfg) = load_weights(&weights(), &dev).unwrap();
-    let supports: Vec<_> = SUPPORTS
-        .iter()
-        .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
-        .collect();
     // Brainstem, both parotids, mandible.
     let organs = [1u16, 3, 4, 7];
-    let atlas = pollster::block_on(Atlas::build(
-        &net,
-        &cfg,
-        &supports,
-        &organs,
-        AtlasMode::Wpl,
-        &dev,
-    ))
-    .unwrap();
+    let (supports, atlas) = wpl_atlas(&net, &cfg, &SUPPORTS, &organs, &dev);
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for case in QUERIES {
-        let ct = read_nifti_path(openkbp(case, "ct"))
-            .unwrap()
-            .into_ct()
-            .unwrap();
-        let lab = read_nifti_path(openkbp(case, "label"))
-            .unwrap()
-            .into_labels()
-            .unwrap();
-        let (canon, lab) = (ct.to_canonical().0, lab.to_canonical().0);
-        let q = pollster::block_on(query_state(&net, &cfg, &canon, &dev)).unwrap();
-        let found = pollster::block_on(localize_organs(
-            &net,
-            &atlas,
-            &q,
-            &organs,
-            &LocalizeOptions::default(),
-            &dev,
-        ))
-        .unwrap();
+        let (canon, lab) = canonical_case(case);
+        let found = localize(&net, &cfg, &atlas, &canon, &organs, &dev);
         for o in &found {
             let Some(s) = score(o, &lab) else { continue };
             ours.push(s.iou);
@@ -114,32 +143,10 @@ fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
     data_dir();
     let dev = Device::flex();
     let (net, cfg) = load_weights(&weights(), &dev).unwrap();
-    // Two supports with an esophagus, and a query with one.
-    let supports: Vec<_> = ["okbp_013", "okbp_011"]
-        .iter()
-        .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
-        .collect();
-    // Brainstem (head) and esophagus (neck).
+    // Brainstem (head) and esophagus (neck): two supports and a query that have both.
     let organs = [1u16, 5];
-    let atlas = pollster::block_on(Atlas::build(
-        &net,
-        &cfg,
-        &supports,
-        &organs,
-        AtlasMode::Wpl,
-        &dev,
-    ))
-    .unwrap();
-    let case = "okbp_004";
-    let ct = read_nifti_path(openkbp(case, "ct"))
-        .unwrap()
-        .into_ct()
-        .unwrap();
-    let lab = read_nifti_path(openkbp(case, "label"))
-        .unwrap()
-        .into_labels()
-        .unwrap();
-    let (canon, lab) = (ct.to_canonical().0, lab.to_canonical().0);
+    let (_, atlas) = wpl_atlas(&net, &cfg, &["okbp_013", "okbp_011"], &organs, &dev);
+    let (canon, lab) = canonical_case("okbp_004");
     let [nx, ny, nz] = lab.dims;
     let span = |l: u16| {
         let ks: Vec<usize> = (0..nz)
@@ -154,19 +161,8 @@ fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
     } else {
         (b0.1 + 5, nz)
     };
-    let localize = |ct: &Volume<i16>| {
-        let q = pollster::block_on(query_state(&net, &cfg, ct, &dev)).unwrap();
-        pollster::block_on(localize_organs(
-            &net,
-            &atlas,
-            &q,
-            &organs,
-            &LocalizeOptions::default(),
-            &dev,
-        ))
-        .unwrap()
-    };
-    let found = localize(&crop_k(&canon, k0, k1));
+    let find = |ct: &Volume<i16>| localize(&net, &cfg, &atlas, ct, &organs, &dev);
+    let found = find(&crop_k(&canon, k0, k1));
     let organ = |l: u16| found.iter().find(|o| o.label == l).unwrap();
     let (brainstem, esophagus) = (organ(1), organ(5));
     eprintln!(
@@ -178,7 +174,7 @@ fn organs_outside_a_cropped_scan_are_reported_and_get_no_boxes() {
     assert!(!esophagus.outside_view(), "esophagus {}", esophagus.in_view);
     assert!(!esophagus.slice_boxes.is_empty() && esophagus.confidence > 0.5);
     // The uncropped scan shows both.
-    let found = localize(&canon);
+    let found = find(&canon);
     assert!(found.iter().all(|o| !o.outside_view() && o.in_view > 0.9));
 }
 
