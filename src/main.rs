@@ -918,23 +918,19 @@ mod cli {
         };
         let inputs = work.join("inputs");
         std::fs::create_dir_all(&inputs)?;
-        let query = inputs.join(format!("query_{nx}x{ny}x{nz}.ct.nii.gz"));
-        let query_label = inputs.join(format!("query_{nx}x{ny}x{nz}.label.nii.gz"));
-        if !query.is_file() || !query_label.is_file() {
-            let t = std::time::Instant::now();
-            let (ct, lab) = phantom(&PhantomOptions {
-                dims: [nx, ny, nz],
-                spacing_mm: [sx, sy, sz],
-                seed: 3,
-                ras: true,
-            })?;
-            write_ct_nifti_path(&ct, &query)?;
-            write_labels_nifti_path(&lab, &query_label)?;
-            println!(
-                "wrote the query phantom {nx}×{ny}×{nz} ({sx}×{sy}×{sz} mm, int16) in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
-        }
+        let t = std::time::Instant::now();
+        let opt = PhantomOptions {
+            dims: [nx, ny, nz],
+            spacing_mm: [sx, sy, sz],
+            seed: 3,
+            ras: true,
+        };
+        let (query, query_label, _) =
+            write_phantom(&inputs, &format!("query_{nx}x{ny}x{nz}"), &opt)?;
+        println!(
+            "wrote the query phantom {nx}×{ny}×{nz} ({sx}×{sy}×{sz} mm, int16) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let mut args: Vec<std::ffi::OsString> = vec!["segment".into()];
         for seed in [1u64, 2] {
             let opt = PhantomOptions {

@@ -259,13 +259,20 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
             .slice([0..1, 0..1, 0..1, 0..1])
             .into_data();
     };
+    let slices: Vec<Vec<f32>> = ks
+        .iter()
+        .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
+        .collect();
+    let print_peak = |note: &str| match peak_memory_mib() {
+        Some(m) => println!("peak memory          {m:8.0} MiB ({note})"),
+        None => println!("peak memory          unknown"),
+    };
     let mut enc = Vec::new();
     let mut dec_single = Vec::new();
     let mut dec_batch = Vec::new();
-    for (i, &k) in ks.iter().enumerate() {
-        let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
+    for (i, (&k, slice)) in ks.iter().zip(&slices).enumerate() {
         let t = web_time::Instant::now();
-        let emb = seg.embed(&slice, nx, ny)?;
+        let emb = seg.embed(slice, nx, ny)?;
         sync(&emb);
         let e = t.elapsed().as_secs_f64() * 1e3;
         let t = web_time::Instant::now();
@@ -309,43 +316,28 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
         "decoder, batched     {dbm:8.1} ms/box   (median {dbmed:.1}, {} per batch)",
         boxes.len()
     );
-    match peak_memory_mib() {
-        Some(m) => println!("peak memory          {m:8.0} MiB (process, VmHWM)"),
-        None => println!("peak memory          unknown"),
-    }
+    print_peak("process, VmHWM");
     println!("load average         {}", loadavg.trim());
     let in_flight = seg.slices_in_flight();
     if in_flight > 1 {
         // Throughput of the volume pipeline, which encodes this many slices at once.
-        let slices: Vec<Vec<f32>> = ks[1..]
-            .iter()
-            .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
-            .collect();
+        let timed = &slices[1..];
         let t = web_time::Instant::now();
-        for group in slices.chunks(in_flight) {
+        for group in timed.chunks(in_flight) {
             for emb in pollster::block_on(seg.encode_many(group, nx, ny))? {
                 sync(&emb);
             }
         }
         println!(
             "encoder, {in_flight} in flight {:8.1} ms/slice (throughput of `segment`)",
-            t.elapsed().as_secs_f64() * 1e3 / slices.len() as f64
+            t.elapsed().as_secs_f64() * 1e3 / timed.len() as f64
         );
-        match peak_memory_mib() {
-            Some(m) => println!("peak memory          {m:8.0} MiB (after that)"),
-            None => println!("peak memory          unknown"),
-        }
+        print_peak("after that");
     }
     if let super::model::ImageEncoder::TinyVit(enc) = &seg.model.image_encoder {
-        let k = ks[ks.len() / 2];
-        let slice: Vec<f32> = canon.axial_slice(k).iter().map(|&v| v as f32).collect();
-        let prep = super::preprocess::prepare_slice(&slice, nx, ny, &seg.preprocess)?;
-        let s = prep.input_size;
-        let image = burn::tensor::Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(prep.input, [1, 1, s, s]),
-            &seg.device,
-        )
-        .expand([1, 3, s, s]);
+        let mid = ks.len() / 2;
+        let k = ks[mid];
+        let (image, _) = seg.input_image(&slices[mid], nx, ny)?;
         println!("encoder stages (median of 3 runs on slice {k}):");
         for (name, ms) in tiny_vit_stage_times(enc, image, 3) {
             println!("  {name:<19}{ms:8.1} ms");

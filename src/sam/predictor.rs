@@ -97,15 +97,26 @@ impl SamSegmenter {
         self
     }
 
-    /// Preprocess and encode one slice (HU, row-major `[height][width]`).
-    pub fn embed(&self, slice_hu: &[f32], width: usize, height: usize) -> Result<SliceEmbedding> {
+    /// Preprocess one slice (HU, row-major `[height][width]`) into the encoder's
+    /// input `[1, 3, S, S]` on the device; the geometry is kept (its input buffer moved out).
+    pub fn input_image(
+        &self,
+        slice_hu: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<(Tensor<4>, PreparedSlice)> {
         let mut prep = prepare_slice(slice_hu, width, height, &self.preprocess)?;
         let s = prep.input_size;
         let one = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut prep.input), [1, 1, s, s]),
             &self.device,
         );
-        let image = one.expand([1, 3, s, s]);
+        Ok((one.expand([1, 3, s, s]), prep))
+    }
+
+    /// Preprocess and encode one slice (HU, row-major `[height][width]`).
+    pub fn embed(&self, slice_hu: &[f32], width: usize, height: usize) -> Result<SliceEmbedding> {
+        let (image, prep) = self.input_image(slice_hu, width, height)?;
         Ok(SliceEmbedding {
             embedding: self.model.encode(image),
             prep,

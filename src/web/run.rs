@@ -7,6 +7,7 @@
 //! Nothing here touches the DOM: the app shell passes callbacks for progress.
 
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use burn::tensor::Device;
 
@@ -16,7 +17,8 @@ use crate::medlam::localize::{LocalizeOptions, MedLamLocalizer};
 use crate::medlam::net::{MedLam, MedLamConfig};
 use crate::metrics::{LabelMetrics, evaluate_labels};
 use crate::pipeline::{
-    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, segment_canonical,
+    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, StageTimes,
+    segment_canonical,
 };
 use crate::sam::model::SamConfig;
 use crate::sam::predictor::{SamSegmenter, SlicePrompt};
@@ -118,25 +120,25 @@ pub struct RunProgress {
     pub eta_s: Option<f64>,
 }
 
-/// Seconds spent per stage over a whole run (all queries).
+/// Time spent per stage over a whole run (all queries).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunTimes {
-    pub atlas_s: f64,
-    pub localize_s: f64,
-    pub encode_s: f64,
-    pub decode_s: f64,
+    pub atlas: Duration,
+    /// Summed over the queries.
+    pub queries: StageTimes,
 }
 
 impl RunTimes {
     /// One line for the user, e.g. "atlas 3 s, localization 4 s, segmentation 98 s (encoder 94 s, decoder 4 s)".
     pub fn summary(&self) -> String {
+        let q = &self.queries;
         format!(
             "atlas {:.0} s, localization {:.0} s, segmentation {:.0} s (encoder {:.0} s, decoder {:.0} s)",
-            self.atlas_s,
-            self.localize_s,
-            self.encode_s + self.decode_s,
-            self.encode_s,
-            self.decode_s
+            self.atlas.as_secs_f64(),
+            q.localize.as_secs_f64(),
+            (q.encode + q.decode).as_secs_f64(),
+            q.encode.as_secs_f64(),
+            q.decode.as_secs_f64()
         )
     }
 }
@@ -217,7 +219,7 @@ pub async fn run(
         &models.device,
     )
     .await?;
-    times.atlas_s = start.elapsed().as_secs_f64();
+    times.atlas = start.elapsed();
     drop(cases);
     // The atlas takes a share of the run; each query an equal share of the rest.
     let atlas_share = 0.1;
@@ -267,9 +269,7 @@ pub async fn run(
             &mut report,
         )
         .await?;
-        times.localize_s += result.times.localize.as_secs_f64();
-        times.encode_s += result.times.encode.as_secs_f64();
-        times.decode_s += result.times.decode.as_secs_f64();
+        times.queries += result.times;
         let metrics = match truth {
             Some(t) => Some(evaluate_labels(&result.labels, t, &settings.organs)?),
             None => None,
