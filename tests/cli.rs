@@ -99,6 +99,44 @@ fn errors_are_one_line_with_non_zero_exit() {
     assert!(!ok && err.contains("--truth"), "{err}");
 }
 
+#[test]
+fn phantom_writes_a_ct_and_its_labels_and_refuses_bad_grids() {
+    let scratch = Scratch::new("cli-phantom");
+    let dir = scratch.0.to_str().unwrap();
+    let (ok, out, err) = medlsam(&[
+        "phantom",
+        "--out",
+        dir,
+        "--name",
+        "p",
+        "--dims",
+        "64,48,40",
+        "--spacing",
+        "5,5,6",
+        "--ras",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, info, err) = medlsam(&["info", &format!("{dir}/p.label.nii.gz")]);
+    assert!(ok, "{err}");
+    assert!(
+        info.contains("64 x 48 x 40") && info.contains("RAS"),
+        "{info}"
+    );
+    assert!(info.contains("4 classes"), "{info}");
+    for args in [
+        vec!["phantom", "--out", dir, "--spacing", "0,1,1"],
+        vec!["phantom", "--out", dir, "--dims", "64,0,40"],
+        vec!["phantom", "--out", dir, "--dims", "64,48"],
+    ] {
+        let (ok, _, err) = medlsam(&args);
+        assert!(
+            !ok && err.starts_with("error: ") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// The DSC column of an organ row of the summary table printed by `segment`/`demo`.
 fn summary_dsc(out: &str, organ: &str) -> f64 {
     let row = out
