@@ -87,6 +87,8 @@ struct App {
     hide_boxes: bool,
     edit: EditState,
     running: bool,
+    /// The options last put in the viewer's case choice (rebuilt only when they change).
+    case_options: String,
 }
 
 thread_local! {
@@ -281,7 +283,10 @@ async fn on_queries(input: HtmlInputElement) -> Result<String> {
         a.recentre = true;
         pair_query_labels(a)
     })?;
-    Ok(format!("{n} query CT(s) loaded"))
+    Ok(format!(
+        "{n} query CT(s) loaded; memory {:.0} MiB",
+        super::wasm_memory_mib()
+    ))
 }
 
 async fn on_label_table(input: HtmlInputElement) -> Result<String> {
@@ -527,14 +532,13 @@ async fn on_run() -> Result<String> {
     MODELS.with_borrow_mut(|m| *m = Some(models));
     let times = result?;
     set_progress(1.0, "done");
-    let case_select: HtmlSelectElement = by_testid("case-select");
-    case_select.set_value("query");
     offer_result_downloads()?;
     render_metrics(&names);
     Ok(format!(
-        "done: {n} query CT(s) segmented in {:.0} s ({})",
+        "done: {n} query CT(s) segmented in {:.0} s ({}); memory {:.0} MiB",
         start.elapsed().as_secs_f64(),
-        times.summary()
+        times.summary(),
+        super::wasm_memory_mib()
     ))
 }
 
@@ -720,8 +724,50 @@ fn shown_case(a: &App) -> Option<&Case> {
 }
 
 /// Redraw the three panes and the organ list.
+/// The value of a case in the viewer's choice: `s0`, `s1`, … for supports, `q0`, … for queries.
+fn case_key((support, n): (bool, usize)) -> String {
+    format!("{}{n}", if support { 's' } else { 'q' })
+}
+
+/// The case a choice value names, if it is loaded.
+fn case_of_key(a: &App, key: &str) -> Option<(bool, usize)> {
+    let support = key.starts_with('s');
+    let n: usize = key.get(1..)?.parse().ok()?;
+    let len = if support {
+        a.supports.len()
+    } else {
+        a.queries.len()
+    };
+    (n < len && (support || key.starts_with('q'))).then_some((support, n))
+}
+
+/// The viewer's "Show" choice: one option per loaded case (supports, then queries), with the
+/// shown case selected.
+fn sync_case_select(a: &mut App) {
+    let sel: HtmlSelectElement = by_testid("case-select");
+    let mut options = String::new();
+    for (support, cases) in [(true, &a.supports), (false, &a.queries)] {
+        for (n, c) in cases.iter().enumerate() {
+            options += &format!(
+                "<option value=\"{}\">{}: {}</option>",
+                case_key((support, n)),
+                if support { "support" } else { "query" },
+                html_escape(&c.name)
+            );
+        }
+    }
+    if options != a.case_options {
+        sel.set_inner_html(&options);
+        a.case_options = options;
+    }
+    if let Some(shown) = a.shown {
+        sel.set_value(&case_key(shown));
+    }
+}
+
 pub fn redraw() {
     APP.with_borrow_mut(|a| {
+        sync_case_select(a);
         let Some(case) = shown_case(a) else { return };
         let dims = case.canon.dims;
         let cursor = if a.recentre { dims.map(|d| d / 2) } else { [0, 1, 2].map(|t| a.cursor[t].min(dims[t] - 1)) };
@@ -912,6 +958,11 @@ fn offer_download(id: &str, bytes: &[u8], file_name: &str, mime: &str) -> Result
     let url = web_sys::Url::create_object_url_with_blob(&blob)
         .map_err(|_| Error::InvalidArgument("cannot create a download".into()))?;
     let a: HtmlAnchorElement = by_testid(id);
+    // Free the previous file's bytes.
+    let old = a.href();
+    if old.starts_with("blob:") {
+        let _ = web_sys::Url::revoke_object_url(&old);
+    }
     a.set_href(&url);
     a.set_download(file_name);
     let _ = a.remove_attribute("hidden");
@@ -1235,14 +1286,31 @@ pub fn start() {
     on_event("case-select", "change", |e| {
         let sel: HtmlSelectElement = e.target().unwrap().dyn_into().unwrap();
         let v = sel.value();
-        APP.with_borrow_mut(|a| {
-            a.shown = match v.as_str() {
-                "support" => (!a.supports.is_empty()).then_some((true, 0)),
-                _ => (!a.queries.is_empty()).then_some((false, 0)),
-            };
+        let (has_result, has_labels, names) = APP.with_borrow_mut(|a| {
+            if let Some(shown) = case_of_key(a, &v) {
+                a.shown = Some(shown);
+            }
             a.recentre = true;
+            let case = shown_case(a);
+            (
+                case.is_some_and(|c| c.result.is_some()),
+                case.is_some_and(|c| c.labels.is_some()),
+                a.table.clone(),
+            )
         });
         redraw();
+        // Downloads, metrics and corrections belong to the case shown.
+        hide_downloads();
+        let offered = match (has_result, has_labels) {
+            (true, _) => offer_result_downloads(),
+            (false, true) => offer_label_download(),
+            _ => Ok(()),
+        };
+        if let Err(e) = offered {
+            set_status(&format!("error: {e}"), true);
+        }
+        render_metrics(&names);
+        render_edit_organs();
     });
     on_event("window-preset", "change", |e| {
         let sel: HtmlSelectElement = e.target().unwrap().dyn_into().unwrap();

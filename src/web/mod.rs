@@ -48,6 +48,12 @@ pub async fn yield_to_browser() {
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
+/// The page's WebAssembly memory in MiB. It only grows, so this is the peak so far.
+#[cfg(target_arch = "wasm32")]
+pub fn wasm_memory_mib() -> f64 {
+    core::arch::wasm32::memory_size(0) as f64 * 65536.0 / (1u64 << 20) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::BackendChoice;

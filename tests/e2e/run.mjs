@@ -7,6 +7,8 @@ import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
+import os from "node:os";
+import { execFileSync } from "node:child_process";
 import { readNifti, dice, labelExtent } from "./nifti.mjs";
 
 const [dist, data] = process.argv.slice(2);
@@ -54,7 +56,10 @@ let page = await newPage();
 
 let passed = 0, failed = 0;
 const suiteStart = Date.now();
+// E2E_ONLY=regex runs only the tests whose names match (while developing; CI runs all).
+const only = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
 async function test(name, fn) {
+  if (only && !only.test(name)) return;
   const t0 = Date.now();
   try {
     await fn();
@@ -336,6 +341,64 @@ await test("Demo then Run localizes and segments the phantom query (CPU in WebAs
   assert(dsc >= DEMO.minDsc, `DSC ${row[2]} % below ${DEMO.minDsc} %`);
   await overlayMatchesMask(seg, DEMO.organ);
   await page.screenshot({ path: path.join(shots, "demo-run.png"), fullPage: true });
+});
+
+// A full-size CT in the browser's WebAssembly memory (at most 4 GiB): a 512×512×300 int16
+// phantom query written by `medlsam phantom` (5 mm slices: a whole-body length, so that the organ
+// spans few slices and CI stays short) with one small phantom support, through the page's inputs.
+// The page reports its memory (WebAssembly memory only grows: the figure after the run is the peak).
+const BIG = { dims: [512, 512, 300], spacing: [0.8, 0.8, 5.0], organ: 3, name: "left_kidney", minDsc: 30, maxMiB: 2048 };
+await test("a 512×512×300 CT is segmented within the browser's memory (CPU in WebAssembly)", async () => {
+  const bin = process.env.MEDLSAM_BIN || "target/release/medlsam";
+  assert(fs.existsSync(bin), `no medlsam binary at ${bin} to write the phantoms (cargo build --release, or set MEDLSAM_BIN)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-big-"));
+  const phantom = (name, ...args) => {
+    execFileSync(bin, ["phantom", "--out", dir, "--name", name, ...args], { stdio: "ignore" });
+    return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
+  };
+  const [supportCt, supportLabel] = phantom("support", "--seed", "1");
+  const [queryCt, queryLabel] = phantom("big_query", "--dims", BIG.dims.join(","), "--spacing", BIG.spacing.join(","), "--seed", "12");
+  page = await newPage();
+  await page.goto(origin + "/?backend=cpu");
+  await waitStatus(/ready/);
+  await page.getByTestId("support-image-input").setInputFiles([supportCt]);
+  await waitStatus(/1 support CT/);
+  await page.getByTestId("support-label-input").setInputFiles([supportLabel]);
+  await waitStatus(/1 support label map/);
+  await page.getByTestId("query-input").setInputFiles([queryCt]);
+  const loaded = await waitStatus(/1 query CT|error/, 120000);
+  assert(/1 query CT/.test(loaded), loaded);
+  await page.getByTestId("query-label-input").setInputFiles([queryLabel]);
+  await waitStatus(/1 query label map|error/, 120000);
+  await chooseOrgans([BIG.organ]);
+  await page.getByTestId("mode-select").selectOption("spl");
+  const t0 = Date.now();
+  const s = await runToEnd();
+  console.log(`  ${BIG.dims.join("×")} query, ${BIG.name}, SPL: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; after loading: ${loaded}; ${s}`);
+  const mib = Number(/memory (\d+) MiB/.exec(s)?.[1]);
+  assert(mib > 0 && mib <= BIG.maxMiB, `WebAssembly memory ${mib} MiB (limit ${BIG.maxMiB})`);
+  // The viewer's case choice lists every case and shows the query; switching to the support and
+  // back offers the query's result again.
+  const choice = () => page.getByTestId("case-select").evaluate((el) => [el.value, [...el.options].map((o) => o.text)]);
+  const [shown, options] = await choice();
+  assert(shown === "q0" && JSON.stringify(options) === JSON.stringify(["support: support", "query: big_query"]),
+    `case choice ${shown} of ${options}`);
+  await page.getByTestId("case-select").selectOption("s0");
+  assert(/^support —/.test(await page.getByTestId("viewer-info").textContent()), "support not shown");
+  await page.getByTestId("case-select").selectOption("q0");
+  assert(/^big_query —/.test(await page.getByTestId("viewer-info").textContent()), "query not shown again");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
+  assert(download.suggestedFilename() === "big_query.seg.nii.gz", `file name ${download.suggestedFilename()}`);
+  const seg = readNifti(fs.readFileSync(await download.path()));
+  const truth = readNifti(fs.readFileSync(queryLabel));
+  assert(JSON.stringify(seg.dim) === JSON.stringify(BIG.dims), `dims ${seg.dim}`);
+  assert(seg.srow.flat().every((x, n) => Math.abs(x - truth.srow.flat()[n]) <= 1e-3), `srow ${JSON.stringify(seg.srow)} vs ${JSON.stringify(truth.srow)}`);
+  const dsc = dice(seg.data, truth.data, BIG.organ);
+  console.log(`  DSC ${BIG.name} (downloaded NIfTI vs the phantom's labels): ${dsc.toFixed(1)} %`);
+  assert(dsc >= BIG.minDsc, `DSC ${dsc.toFixed(1)} % below ${BIG.minDsc} %`);
+  await overlayMatchesMask(seg, BIG.organ);
+  await page.screenshot({ path: path.join(shots, "run-512x512x300.png"), fullPage: true });
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 await test("no request left the page's origin", async () => {
