@@ -5,6 +5,7 @@
 #   Abdomen: spleen of MSD case 8 and liver of 3D-IRCADb 17 with TotalSegmentator's ts_example
 #   as the support (MedLAM SPL and oracle boxes).
 # Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
+#   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen.
 # Prints the per-organ summary tables (DSC, HD95, box IoU, WD, ALE as mean ± sd) and timings;
 # every run's metrics.csv stays under OUT.
 set -euo pipefail
@@ -16,7 +17,7 @@ cargo build --release --quiet --bin medlsam
 BIN=target/release/medlsam
 mapfile -t CASES < <(tail -n +2 "$D/openkbp/index.tsv" | cut -f1)
 SUP=("${CASES[@]:0:5}")
-QRY=("${CASES[@]:5:$N}")
+QRY=("${CASES[@]:$((5 + ${FIRST:-0})):$N}")
 args=()
 for c in "${SUP[@]}"; do
   args+=(--support-image "$D/openkbp/$c.ct.nii.gz" --support-label "$D/openkbp/$c.label.nii.gz")
@@ -35,6 +36,7 @@ for c in "${QRY[@]}"; do
   "$BIN" segment --query "$D/openkbp/$c.ct.nii.gz" --boxes-from-label "$D/openkbp/$c.label.nii.gz" \
     --backend "$BACKEND" --out "$OUT/openkbp_oracle/$c" 2>/dev/null | tail -n +2
 done
+[ "${ABDOMEN:-1}" = 0 ] && exit 0
 A="$D/abdomen"
 echo "== Abdomen: spleen (support ts_example → query msd_spleen_008), MedLAM SPL"
 "$BIN" segment --support-image "$A/ts_example.ct.nii.gz" --support-label "$A/ts_example.label.nii.gz" \
