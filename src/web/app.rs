@@ -723,7 +723,6 @@ fn shown_case(a: &App) -> Option<&Case> {
     }
 }
 
-/// Redraw the three panes and the organ list.
 /// The value of a case in the viewer's choice: `s0`, `s1`, … for supports, `q0`, … for queries.
 fn case_key((support, n): (bool, usize)) -> String {
     format!("{}{n}", if support { 's' } else { 'q' })
@@ -731,14 +730,18 @@ fn case_key((support, n): (bool, usize)) -> String {
 
 /// The case a choice value names, if it is loaded.
 fn case_of_key(a: &App, key: &str) -> Option<(bool, usize)> {
-    let support = key.starts_with('s');
-    let n: usize = key.get(1..)?.parse().ok()?;
+    let (support, n) = match key.split_at_checked(1)? {
+        ("s", n) => (true, n),
+        ("q", n) => (false, n),
+        _ => return None,
+    };
+    let n: usize = n.parse().ok()?;
     let len = if support {
         a.supports.len()
     } else {
         a.queries.len()
     };
-    (n < len && (support || key.starts_with('q'))).then_some((support, n))
+    (n < len).then_some((support, n))
 }
 
 /// The viewer's "Show" choice: one option per loaded case (supports, then queries), with the
@@ -765,6 +768,7 @@ fn sync_case_select(a: &mut App) {
     }
 }
 
+/// Redraw the three panes and the organ list.
 pub fn redraw() {
     APP.with_borrow_mut(|a| {
         sync_case_select(a);
