@@ -11,9 +11,10 @@ pub use burn::tensor::Device;
 use crate::{Error, Result};
 
 /// A compute backend a user can ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
     /// Burn Flex: pure-Rust CPU (multi-threaded natively).
+    #[default]
     Cpu,
     /// wgpu: the default GPU adapter (natively Vulkan/Metal/DX12; in the browser WebGPU).
     Wgpu,

@@ -218,6 +218,19 @@ mod cli {
         /// Network sizes as JSON (a MedLamConfig); default: the CPU configuration.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the training steps run: cpu (Burn Flex) or wgpu (the GPU through Vulkan).
+        #[arg(long, default_value = "cpu")]
+        backend: medlsam::device::BackendChoice,
+        /// Only prepare: write each CT's training volume (3 mm, HU mapped, body-cropped,
+        /// 8-bit) as DIR/<case>.medlam and stop. --images accepts these files, so a
+        /// GPU machine can train from them without the original scans.
+        #[arg(long, value_name = "DIR")]
+        export_prepared: Option<PathBuf>,
+        /// Start from these MedLAM weights (same network config) instead of a random
+        /// init, e.g. to continue a finished run on another machine; ignored with --resume
+        /// when a checkpoint exists.
+        #[arg(long, value_name = "WEIGHTS")]
+        init: Option<PathBuf>,
     }
 
     #[derive(clap::Args)]
@@ -446,6 +459,25 @@ mod cli {
                 .build_global()
                 .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
         }
+        if let Some(dir) = &a.export_prepared {
+            let (written, skipped) =
+                medlsam::medlam::train::export_prepared(&expand_images(&a.images)?, dir)?;
+            for s in &skipped {
+                eprintln!("skipped {s}");
+            }
+            println!(
+                "wrote {} prepared training volumes to {}",
+                written.len(),
+                dir.display()
+            );
+            return if written.is_empty() {
+                Err(Error::InvalidArgument(
+                    "no training volume could be prepared".into(),
+                ))
+            } else {
+                Ok(())
+            };
+        }
         let config = match &a.config {
             Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?,
@@ -471,10 +503,13 @@ mod cli {
             log_every: a.log_every,
             max_steps: a.max_steps,
             sampling: Default::default(),
+            backend: a.backend,
+            init: a.init,
         };
         eprintln!(
-            "training MedLAM on {} CTs: {:?}, {} epochs, batch {}, lr {}, seed {}",
+            "training MedLAM on {} CTs ({} backend): {:?}, {} epochs, batch {}, lr {}, seed {}",
             opts.images.len(),
+            opts.backend.name(),
             opts.config,
             opts.epochs,
             opts.batch,

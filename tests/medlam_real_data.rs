@@ -328,6 +328,8 @@ fn training_run_checkpoints_and_resumes_exactly() {
             points: 4,
             ..Default::default()
         },
+        backend: Default::default(),
+        init: None,
     };
     let whole = train(&opts("a", None), &mut |_| {}).unwrap();
     assert_eq!(whole.steps, 6);
@@ -349,4 +351,82 @@ fn training_run_checkpoints_and_resumes_exactly() {
     // The weights file loads with its config.
     let (_, cfg) = load_weights(&opts("b", None).out, &Device::flex()).unwrap();
     assert_eq!(cfg, tiny_config());
+}
+
+#[test]
+fn prepared_training_volumes_load_like_their_ct_and_bad_ones_are_named() {
+    use medlsam::medlam::train::{expand_images, export_prepared};
+    let scratch = Scratch::new("train-prepared");
+    let ct = openkbp("okbp_003", "ct");
+    let dir = scratch.0.join("prepared");
+    let (written, skipped) = export_prepared(std::slice::from_ref(&ct), &dir).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(written, vec![dir.join("okbp_003.medlam")]);
+    // A file that is not a prepared volume is skipped with its name, not loaded.
+    std::fs::write(dir.join("broken.medlam"), b"MLC1 truncated").unwrap();
+    let listed = expand_images(&[dir.display().to_string()]).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let (from_file, skipped) = load_volumes(&listed, None).unwrap();
+    assert_eq!(from_file.len(), 1);
+    assert!(
+        skipped.len() == 1 && skipped[0].contains("broken.medlam"),
+        "{skipped:?}"
+    );
+    let (from_ct, _) = load_volumes(&[ct], None).unwrap();
+    assert_eq!(from_file[0].name, "okbp_003");
+    assert_eq!(from_file[0].vol.dims, from_ct[0].vol.dims);
+    assert_eq!(from_file[0].vol.data, from_ct[0].vol.data);
+}
+
+#[test]
+fn training_can_start_from_given_weights_of_the_same_config() {
+    let scratch = Scratch::new("train-init");
+    let images = vec![openkbp("okbp_003", "ct")];
+    let opts = |dir: &str, lr: f64, init: Option<PathBuf>, config: MedLamConfig| TrainOptions {
+        images: images.clone(),
+        out: scratch.0.join(dir).join("w.bpk"),
+        config,
+        epochs: 2,
+        batch: 1,
+        lr,
+        seed: 3,
+        resume: false,
+        checkpoint_dir: scratch.0.join(dir).join("ckpt"),
+        cache_dir: Some(scratch.0.join("cache")),
+        checkpoint_every: 10,
+        log_every: 1,
+        max_steps: None,
+        sampling: SamplingOptions {
+            points: 4,
+            ..Default::default()
+        },
+        backend: Default::default(),
+        init,
+    };
+    let first = opts("a", 1e-3, None, tiny_config());
+    train(&first, &mut |_| {}).unwrap();
+    // With a zero learning rate the run keeps the initial weights: the written network
+    // computes exactly what the given one does.
+    let again = opts("b", 0.0, Some(first.out.clone()), tiny_config());
+    train(&again, &mut |_| {}).unwrap();
+    let dev = Device::flex();
+    let (a, _) = load_weights(&first.out, &dev).unwrap();
+    let (b, _) = load_weights(&again.out, &dev).unwrap();
+    let x = burn::tensor::Tensor::<5>::random(
+        [1, 1, 32, 32, 32],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        &dev,
+    );
+    let (pa, pb) = (a.position(x.clone()), b.position(x));
+    pa.into_data().assert_eq(&pb.into_data(), true);
+    // Weights of another network are refused with a clear message.
+    let other =
+        MedLamConfig::new(32, [4, 8, 8, 16, 32], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3);
+    let e = train(
+        &opts("c", 1e-3, Some(first.out.clone()), other),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("another config"), "{e}");
 }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::Prepared;
 use super::sample::{Rng, Sample, SamplingOptions, draw_sample};
+use crate::device::BackendChoice;
 use crate::volume::labels::bounding_box_where;
 use crate::volume::read_nifti_path;
 use crate::volume::resample::ResampleGrid;
@@ -74,6 +75,13 @@ pub struct TrainOptions {
     /// follows `epochs`.
     pub max_steps: Option<usize>,
     pub sampling: SamplingOptions,
+    /// Where the steps run (`cpu`: Burn Flex; `wgpu`: the GPU through Vulkan).
+    #[serde(skip)]
+    pub backend: BackendChoice,
+    /// Start from these inference weights (same config) instead of a random init; the
+    /// optimiser starts fresh. Ignored when resuming from a checkpoint.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 /// A CT ready for sampling.
@@ -210,8 +218,9 @@ struct CheckpointState {
     history: Vec<(usize, LossParts)>,
 }
 
-/// Expand image specifications: a `.nii`/`.nii.gz` path, a glob (`*`, `?` in the
-/// file name), a directory (its `*.nii.gz`/`*.nii`), or a text file listing paths.
+/// Expand image specifications: a `.nii`/`.nii.gz` (or prepared `.medlam`) path, a glob
+/// (`*`, `?` in the file name), a directory (its `*.nii.gz`/`*.nii`/`*.medlam`), or a
+/// text file listing paths.
 pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for spec in specs {
@@ -243,12 +252,12 @@ pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let n = p.to_string_lossy();
-                    n.ends_with(".nii.gz") || n.ends_with(".nii")
+                    n.ends_with(".nii.gz") || n.ends_with(".nii") || n.ends_with(".medlam")
                 })
                 .collect();
             hits.sort();
             out.extend(hits);
-        } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        } else if name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".medlam") {
             out.push(path.to_path_buf());
         } else if path.is_file() {
             let text = std::fs::read_to_string(path)?;
@@ -385,6 +394,42 @@ fn write_cache(path: &Path, vol: &Prepared) -> Result<()> {
     Ok(())
 }
 
+/// A prepared training volume (`.medlam`, written by [`export_prepared`] or the cache).
+fn is_prepared(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "medlam")
+}
+
+/// Prepare each CT for training (3 mm, HU mapped, body-cropped, 8-bit) and write it as
+/// `dir/<case>.medlam`, so that preparation runs once and training elsewhere (another
+/// machine, a GPU) reads only these small files. Returns the written paths; CTs that
+/// cannot be prepared are named in the second result.
+pub fn export_prepared(images: &[PathBuf], dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut skipped = Vec::new();
+    for path in images {
+        let vol = if is_prepared(path) {
+            read_cache(path).ok_or_else(|| {
+                Error::InvalidVolume(format!(
+                    "{}: not a prepared training volume",
+                    path.display()
+                ))
+            })
+        } else {
+            prepare_for_training(path)
+        };
+        match vol {
+            Ok(v) => {
+                let out = dir.join(format!("{}.medlam", crate::batch::case_name(path)));
+                write_cache(&out, &v)?;
+                written.push(out);
+            }
+            Err(e) => skipped.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok((written, skipped))
+}
+
 /// Load and prepare the training CTs (from the cache when possible). Files that cannot
 /// be read are skipped and named in the second result; none readable is an error.
 pub fn load_volumes(
@@ -394,23 +439,43 @@ pub fn load_volumes(
     if let Some(d) = cache_dir {
         std::fs::create_dir_all(d)?;
     }
+    use rayon::prelude::*;
+    // One CT per thread; the order of the result is the order of `images`.
+    let loaded: Vec<Result<std::result::Result<TrainVolume, String>>> = images
+        .par_iter()
+        .map(|path| {
+            let name = crate::batch::case_name(path);
+            if is_prepared(path) {
+                return Ok(read_cache(path)
+                    .map(|vol| TrainVolume { name, vol })
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: not a prepared training volume (MLC1 header and 8-bit voxels)",
+                            path.display()
+                        )
+                    }));
+            }
+            let cached = cache_dir.and_then(|d| cache_path(d, path).ok());
+            if let Some(vol) = cached.as_deref().and_then(read_cache) {
+                return Ok(Ok(TrainVolume { name, vol }));
+            }
+            match prepare_for_training(path) {
+                Ok(vol) => {
+                    if let Some(c) = &cached {
+                        write_cache(c, &vol)?;
+                    }
+                    Ok(Ok(TrainVolume { name, vol }))
+                }
+                Err(e) => Ok(Err(format!("{}: {e}", path.display()))),
+            }
+        })
+        .collect();
     let mut vols = Vec::new();
     let mut skipped = Vec::new();
-    for path in images {
-        let name = crate::batch::case_name(path);
-        let cached = cache_dir.and_then(|d| cache_path(d, path).ok());
-        if let Some(v) = cached.as_deref().and_then(read_cache) {
-            vols.push(TrainVolume { name, vol: v });
-            continue;
-        }
-        match prepare_for_training(path) {
-            Ok(v) => {
-                if let Some(c) = &cached {
-                    write_cache(c, &v)?;
-                }
-                vols.push(TrainVolume { name, vol: v });
-            }
-            Err(e) => skipped.push(format!("{}: {e}", path.display())),
+    for r in loaded {
+        match r? {
+            Ok(v) => vols.push(v),
+            Err(s) => skipped.push(s),
         }
     }
     if vols.is_empty() {
@@ -443,9 +508,15 @@ pub fn draw_batch(
     config: &MedLamConfig,
     o: &SamplingOptions,
 ) -> Vec<Sample> {
+    use rayon::prelude::*;
+    // One generator per sample, seeded from the step's stream: the batch is the same
+    // whatever the number of threads that draw it.
     let mut rng = Rng::stream(seed, step);
-    (0..batch)
-        .map(|_| {
+    let seeds: Vec<u64> = (0..batch).map(|_| rng.next_u64()).collect();
+    seeds
+        .into_par_iter()
+        .map(|s| {
+            let mut rng = Rng::new(s);
             let v = &vols[rng.below(vols.len())].vol;
             draw_sample(v, &mut rng, config.patch, config.feature_strides(), o)
         })
@@ -683,7 +754,8 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
     let steps_per_epoch = vols.len().div_ceil(opts.batch);
     let total = opts.epochs * steps_per_epoch;
 
-    let device = Device::flex().autodiff();
+    let base = opts.backend.device();
+    let device = base.clone().autodiff();
     device.seed(opts.seed);
     let mut net = opts.config.init(&device)?;
     let mut optim: ModuleOptimizer = AdamConfig::new()
@@ -723,6 +795,18 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
             step: start,
             schedule: (st.total_steps != total).then_some((st.total_steps, total)),
         });
+    } else if let Some(init) = &opts.init {
+        let bytes = std::fs::read(init)
+            .map_err(|e| Error::InvalidArgument(format!("--init {}: {e}", init.display())))?;
+        let (loaded, config) = MedLam::from_bytes(&bytes, &device)?;
+        if config != opts.config {
+            return Err(Error::InvalidArgument(format!(
+                "--init {} holds a network of another config ({config:?}); train with that \
+                 config (--config) or start from scratch",
+                init.display()
+            )));
+        }
+        net = loaded;
     }
 
     // A fixed validation batch (drawn from the training CTs with a separate stream).
@@ -736,7 +820,7 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
     );
     let validate = |net: &MedLam| -> LossParts {
         let inner = net.valid();
-        let dev = Device::flex();
+        let dev = base.clone();
         let mut acc = LossParts::default();
         for pair in val_samples.chunks(2) {
             let l = batch_loss(&inner, pair, &opts.config, &dev, true);
