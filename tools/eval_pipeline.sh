@@ -5,7 +5,8 @@
 #   Abdomen: spleen of MSD case 8 and liver of 3D-IRCADb 17 with TotalSegmentator's ts_example
 #   as the support (MedLAM SPL and oracle boxes).
 # Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
-#   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen.
+#   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen;
+#   ORACLE=0 skips the oracle-box runs (they do not depend on MedLAM).
 # Prints the per-organ summary tables (DSC, HD95, box IoU, WD, ALE as mean ± sd) and timings;
 # every run's metrics.csv stays under OUT.
 set -euo pipefail
@@ -31,11 +32,13 @@ for mode in spl wpl; do
   echo "== OpenKBP, MedLAM boxes, $mode"
   "$BIN" segment "${args[@]}" --organs all --mode "$mode" --backend "$BACKEND" --out "$OUT/openkbp_$mode" 2>/dev/null
 done
-echo "== OpenKBP, oracle boxes (true per-slice boxes + 10 px margin)"
-for c in "${QRY[@]}"; do
-  "$BIN" segment --query "$D/openkbp/$c.ct.nii.gz" --boxes-from-label "$D/openkbp/$c.label.nii.gz" \
-    --backend "$BACKEND" --out "$OUT/openkbp_oracle/$c" 2>/dev/null | tail -n +2
-done
+if [ "${ORACLE:-1}" != 0 ]; then
+  echo "== OpenKBP, oracle boxes (true per-slice boxes + 10 px margin)"
+  for c in "${QRY[@]}"; do
+    "$BIN" segment --query "$D/openkbp/$c.ct.nii.gz" --boxes-from-label "$D/openkbp/$c.label.nii.gz" \
+      --backend "$BACKEND" --out "$OUT/openkbp_oracle/$c" 2>/dev/null | tail -n +2
+  done
+fi
 [ "${ABDOMEN:-1}" = 0 ] && exit 0
 A="$D/abdomen"
 echo "== Abdomen: spleen (support ts_example → query msd_spleen_008), MedLAM SPL"
