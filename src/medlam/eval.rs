@@ -529,8 +529,11 @@ async fn evaluate_query(
         }
         Ok(())
     };
+    // Rows without `/med` match the supports' mean windows; the default (`/med~0`) matches
+    // each support separately.
     let base = LocalizeOptions {
         mss_iterations: o.mss_iterations,
+        per_support: false,
         ..LocalizeOptions::default()
     };
     let uam = LocalizeOptions { mss: false, ..base };

@@ -59,7 +59,7 @@ impl Default for LocalizeOptions {
             mss: true,
             search_radius_vox: 16,
             uam_iterations: 1,
-            per_support: false,
+            per_support: true,
             shape_blend: 0.0,
             centred: true,
             mss_iterations: 2,
