@@ -261,6 +261,31 @@ fn tiny_config() -> MedLamConfig {
     MedLamConfig::new(32, [4, 8, 8, 16, 16], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3)
 }
 
+/// A small training run on `images` under `root/dir` (tiny network, 4 MSS points per patch).
+fn tiny_run(root: &std::path::Path, dir: &str, images: &[PathBuf]) -> TrainOptions {
+    TrainOptions {
+        images: images.to_vec(),
+        out: root.join(dir).join("w.bpk"),
+        config: tiny_config(),
+        epochs: 3,
+        batch: 1,
+        lr: 1e-3,
+        seed: 7,
+        resume: false,
+        checkpoint_dir: root.join(dir).join("ckpt"),
+        cache_dir: Some(root.join("cache")),
+        checkpoint_every: 2,
+        log_every: 1,
+        max_steps: None,
+        sampling: SamplingOptions {
+            points: 4,
+            ..Default::default()
+        },
+        backend: Default::default(),
+        init: None,
+    }
+}
+
 #[test]
 fn training_steps_reduce_the_loss_on_real_ct_patches() {
     let scratch = Scratch::new("train-steps");
@@ -311,25 +336,9 @@ fn training_run_checkpoints_and_resumes_exactly() {
         .map(|c| openkbp(c, "ct"))
         .collect();
     let opts = |dir: &str, max_steps| TrainOptions {
-        images: images.clone(),
-        out: scratch.0.join(dir).join("w.bpk"),
-        config: tiny_config(),
-        epochs: 3,
-        batch: 1,
-        lr: 1e-3,
-        seed: 7,
         resume: true,
-        checkpoint_dir: scratch.0.join(dir).join("ckpt"),
-        cache_dir: Some(scratch.0.join("cache")),
-        checkpoint_every: 2,
-        log_every: 1,
         max_steps,
-        sampling: SamplingOptions {
-            points: 4,
-            ..Default::default()
-        },
-        backend: Default::default(),
-        init: None,
+        ..tiny_run(&scratch.0, dir, &images)
     };
     let whole = train(&opts("a", None), &mut |_| {}).unwrap();
     assert_eq!(whole.steps, 6);
@@ -383,25 +392,13 @@ fn training_can_start_from_given_weights_of_the_same_config() {
     let scratch = Scratch::new("train-init");
     let images = vec![openkbp("okbp_003", "ct")];
     let opts = |dir: &str, lr: f64, init: Option<PathBuf>, config: MedLamConfig| TrainOptions {
-        images: images.clone(),
-        out: scratch.0.join(dir).join("w.bpk"),
         config,
         epochs: 2,
-        batch: 1,
         lr,
         seed: 3,
-        resume: false,
-        checkpoint_dir: scratch.0.join(dir).join("ckpt"),
-        cache_dir: Some(scratch.0.join("cache")),
         checkpoint_every: 10,
-        log_every: 1,
-        max_steps: None,
-        sampling: SamplingOptions {
-            points: 4,
-            ..Default::default()
-        },
-        backend: Default::default(),
         init,
+        ..tiny_run(&scratch.0, dir, &images)
     };
     let first = opts("a", 1e-3, None, tiny_config());
     train(&first, &mut |_| {}).unwrap();
