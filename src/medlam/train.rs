@@ -250,10 +250,7 @@ pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
         } else if path.is_dir() {
             let mut hits: Vec<PathBuf> = std::fs::read_dir(path)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let n = p.to_string_lossy();
-                    n.ends_with(".nii.gz") || n.ends_with(".nii") || n.ends_with(".medlam")
-                })
+                .filter(|p| is_training_image(&p.to_string_lossy()))
                 .collect();
             hits.sort();
             out.extend(hits);
@@ -284,6 +281,11 @@ pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
         return Err(Error::InvalidArgument("no training images given".into()));
     }
     Ok(out)
+}
+
+/// A file name `--images` takes as an image: NIfTI or a prepared `.medlam` volume.
+fn is_training_image(name: &str) -> bool {
+    name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".medlam")
 }
 
 /// Shell-style match of `*` and `?` against a whole file name.
@@ -399,6 +401,19 @@ fn is_prepared(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "medlam")
 }
 
+/// A `.medlam` file read back, or a CT prepared now.
+fn prepared_volume(path: &Path) -> Result<Prepared> {
+    if is_prepared(path) {
+        read_cache(path).ok_or_else(|| {
+            Error::InvalidVolume(
+                "not a prepared training volume (MLC1 header and 8-bit voxels)".into(),
+            )
+        })
+    } else {
+        prepare_for_training(path)
+    }
+}
+
 /// Prepare each CT for training (3 mm, HU mapped, body-cropped, 8-bit) and write it as
 /// `dir/<case>.medlam`, so that preparation runs once and training elsewhere (another
 /// machine, a GPU) reads only these small files. Returns the written paths; CTs that
@@ -408,17 +423,7 @@ pub fn export_prepared(images: &[PathBuf], dir: &Path) -> Result<(Vec<PathBuf>, 
     let mut written = Vec::new();
     let mut skipped = Vec::new();
     for path in images {
-        let vol = if is_prepared(path) {
-            read_cache(path).ok_or_else(|| {
-                Error::InvalidVolume(format!(
-                    "{}: not a prepared training volume",
-                    path.display()
-                ))
-            })
-        } else {
-            prepare_for_training(path)
-        };
-        match vol {
+        match prepared_volume(path) {
             Ok(v) => {
                 let out = dir.join(format!("{}.medlam", crate::batch::case_name(path)));
                 write_cache(&out, &v)?;
@@ -445,21 +450,14 @@ pub fn load_volumes(
         .par_iter()
         .map(|path| {
             let name = crate::batch::case_name(path);
-            if is_prepared(path) {
-                return Ok(read_cache(path)
-                    .map(|vol| TrainVolume { name, vol })
-                    .ok_or_else(|| {
-                        format!(
-                            "{}: not a prepared training volume (MLC1 header and 8-bit voxels)",
-                            path.display()
-                        )
-                    }));
-            }
-            let cached = cache_dir.and_then(|d| cache_path(d, path).ok());
+            // Prepared files are read as they are; CTs go through the cache.
+            let cached = cache_dir
+                .filter(|_| !is_prepared(path))
+                .and_then(|d| cache_path(d, path).ok());
             if let Some(vol) = cached.as_deref().and_then(read_cache) {
                 return Ok(Ok(TrainVolume { name, vol }));
             }
-            match prepare_for_training(path) {
+            match prepared_volume(path) {
                 Ok(vol) => {
                     if let Some(c) = &cached {
                         write_cache(c, &vol)?;
@@ -820,10 +818,9 @@ pub fn train(opts: &TrainOptions, event: &mut dyn FnMut(TrainEvent)) -> Result<T
     );
     let validate = |net: &MedLam| -> LossParts {
         let inner = net.valid();
-        let dev = base.clone();
         let mut acc = LossParts::default();
         for pair in val_samples.chunks(2) {
-            let l = batch_loss(&inner, pair, &opts.config, &dev, true);
+            let l = batch_loss(&inner, pair, &opts.config, &base, true);
             acc.total += scalar(&l.total) / 2.0;
             acc.uam += scalar(&l.uam) / 2.0;
             acc.mss += scalar(&l.mss) / 2.0;

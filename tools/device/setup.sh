@@ -1,5 +1,5 @@
-# Device-side setup for tools/device/README.md (run from the repository root there).
-# Device setup: Vulkan loader, the CLI, the training data under /tmp/t (kept while the machine is warm).
+# Device-side setup for tools/device/README.md, sourced from the repository root there: the Vulkan
+# loader, the CLI and the training data under /tmp/t (kept while the machine stays warm).
 for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
 if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; fi
 mkdir -p /tmp/t/data
