@@ -120,6 +120,35 @@ pub fn check_has_body(ct: &CtVolume) -> Result<()> {
     Ok(())
 }
 
+/// Read a query CT (refused without a body) and, when given, its label map on the same
+/// grid with its values mapped to the supports' (`(support, query)` pairs).
+pub fn load_query(
+    q: &CasePaths,
+    query_label_map: &[(u16, u16)],
+) -> Result<(CtVolume, Option<LabelVolume>)> {
+    let ct = read_nifti_path(&q.image)?.into_ct()?;
+    check_has_body(&ct)?;
+    let truth = match &q.label {
+        Some(l) => {
+            let lab = read_nifti_path(l)?.into_labels()?;
+            ct.check_same_grid(
+                &lab,
+                &format!(
+                    "query image {} and label {}",
+                    q.image.display(),
+                    l.display()
+                ),
+            )?;
+            Some(crate::volume::labels::to_support_values(
+                lab,
+                query_label_map,
+            ))
+        }
+        None => None,
+    };
+    Ok((ct, truth))
+}
+
 /// Outcome of one query.
 pub struct QueryReport {
     pub case: String,
@@ -165,26 +194,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
         let case = case_name(&q.image);
         let t0 = web_time::Instant::now();
         let result = (|| -> Result<QueryOk> {
-            let ct = read_nifti_path(&q.image)?.into_ct()?;
-            check_has_body(&ct)?;
-            let truth = match &q.label {
-                Some(l) => {
-                    let lab = read_nifti_path(l)?.into_labels()?;
-                    ct.check_same_grid(
-                        &lab,
-                        &format!(
-                            "query image {} and label {}",
-                            q.image.display(),
-                            l.display()
-                        ),
-                    )?;
-                    Some(crate::volume::labels::to_support_values(
-                        lab,
-                        query_label_map,
-                    ))
-                }
-                None => None,
-            };
+            let (ct, truth) = load_query(q, query_label_map)?;
             let load_s = t0.elapsed().as_secs_f64();
             let mut loc = make_localizer(&ct, truth.as_ref())?;
             let res = pollster::block_on(segment_query(
@@ -275,6 +285,48 @@ pub fn medlam_weights_path(config: &RunConfig) -> PathBuf {
         .unwrap_or_else(|| crate::sam::weights::default_weights_dir().join("medlam.bpk"))
 }
 
+/// The bytes of the run's MedLAM weights (see [`medlam_weights_path`]).
+pub fn read_medlam_weights(config: &RunConfig) -> Result<Vec<u8>> {
+    let path = medlam_weights_path(config);
+    std::fs::read(&path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read MedLAM weights {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// MedLAM with the atlas of `organs` built from the supports for box mode `mode`.
+pub fn medlam_localizer(
+    weights: &[u8],
+    supports: &[Support],
+    organs: &[u16],
+    mode: BoxMode,
+    options: LocalizeOptions,
+    backend: BackendChoice,
+) -> Result<MedLamLocalizer> {
+    let cases: Vec<SupportCase> = supports
+        .iter()
+        .map(|s| SupportCase {
+            name: s.name.clone(),
+            ct: s.image.to_canonical().0,
+            organs: SupportOrgans::Labels(s.labels.to_canonical().0),
+        })
+        .collect();
+    let mode = match mode {
+        BoxMode::Wpl => AtlasMode::Wpl,
+        BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
+    };
+    pollster::block_on(MedLamLocalizer::from_supports(
+        weights,
+        &cases,
+        organs,
+        mode,
+        options,
+        &backend.device(),
+    ))
+}
+
 /// Localize with MedLAM from the supports, then segment with LiteMedSAM, for
 /// every query; writes the outputs under the configured folder. Warnings (e.g.
 /// an organ missing in some supports) and stage times go to `log`.
@@ -292,37 +344,18 @@ pub fn segment_with_supports(
     let (organs, warnings) = resolve_organs(&supports, &cfg.organs)?;
     warnings.into_iter().for_each(&mut *log);
     let names = support_label_table(cfg);
-    let cases: Vec<SupportCase> = supports
-        .into_iter()
-        .map(|s| SupportCase {
-            name: s.name,
-            ct: s.image.to_canonical().0,
-            organs: SupportOrgans::Labels(s.labels.to_canonical().0),
-        })
-        .collect();
-    let weights_path = medlam_weights_path(cfg);
-    let weights = std::fs::read(&weights_path).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "cannot read MedLAM weights {}: {e}",
-            weights_path.display()
-        ))
-    })?;
-    let mode = match cfg.mode {
-        BoxMode::Wpl => AtlasMode::Wpl,
-        BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
-    };
-    let device = run.backend.device();
+    let weights = read_medlam_weights(cfg)?;
     let load_s = t.elapsed().as_secs_f64();
     let t = web_time::Instant::now();
-    let localizer = pollster::block_on(MedLamLocalizer::from_supports(
+    let localizer = medlam_localizer(
         &weights,
-        &cases,
+        &supports,
         &organs,
-        mode,
+        cfg.mode,
         run.localize,
-        &device,
-    ))?;
-    drop(cases);
+        run.backend,
+    )?;
+    drop(supports);
     log(format!(
         "supports: {} loaded in {load_s:.1} s, atlas of {} organs built in {:.1} s",
         cfg.supports.len(),

@@ -34,6 +34,9 @@ pub mod output;
 pub mod batch;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod config;
+// Whole-pipeline evaluation on labelled queries (`medlsam eval-segment`).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod evaluate;
 
 // The browser app.
 pub mod web;

@@ -106,6 +106,12 @@ mod cli {
         /// --boxes-from-label, prompts are a label map's true 2-D boxes instead (the paper's
         /// "manual box" ceiling).
         Segment(Box<SegmentArgs>),
+        /// Evaluate the pipeline on labelled queries (same options as segment; every query
+        /// needs --query-label): each query is segmented with MedLAM SPL boxes, MedLAM WPL
+        /// boxes and its true per-slice boxes (oracle), every slice encoded once for all
+        /// three; writes OUT/eval.csv and OUT/times.csv as each query finishes and resumes
+        /// from them; prints DSC per organ for each mode.
+        EvalSegment(Box<SegmentArgs>),
         /// Benchmarks (timings and peak memory).
         #[command(subcommand)]
         Bench(BenchCommand),
@@ -415,6 +421,7 @@ mod cli {
             Command::Localize(a) => localize(*a),
             Command::EvalLocalize(a) => eval_localize(*a),
             Command::Segment(a) => segment(*a),
+            Command::EvalSegment(a) => eval_segment(*a),
             Command::Bench(BenchCommand::Sam {
                 backend,
                 slices,
@@ -552,28 +559,10 @@ mod cli {
         Ok(images.into_iter().zip(labels).collect())
     }
 
-    fn segment(a: SegmentArgs) -> Result<()> {
-        use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
+    /// The run configuration of `segment` / `eval-segment`: `--config` if given, with the
+    /// command line's supports, queries, organs, mode and weights over it.
+    fn run_config(a: &SegmentArgs) -> Result<medlsam::config::RunConfig> {
         use medlsam::config::{CasePaths, Organs, RunConfig, parse_mode, parse_organs, read_list};
-        let window_hu = [a.window[0], a.window[1]];
-        if let Some(label) = a.boxes_from_label {
-            let (Some(query), 1) = (a.query.first(), a.query.len()) else {
-                return Err(Error::InvalidArgument(
-                    "--boxes-from-label needs exactly one --query".into(),
-                ));
-            };
-            let out = a.out.unwrap_or_else(medlsam::batch::default_out);
-            let mut run = TrueBoxRun::new(query.clone(), label, out);
-            run.organs = match a.organs.as_deref().map(parse_organs).transpose()? {
-                Some(Organs::List(l)) => Some(l),
-                _ => None,
-            };
-            run.margin_px_1024 = a.margin_px;
-            run.backend = a.backend;
-            run.weights = a.weights;
-            run.window_hu = window_hu;
-            return medlsam::sam::commands::segment_and_report(&run);
-        }
         let mut cfg = match &a.config {
             Some(p) => RunConfig::load(p)?,
             None => RunConfig {
@@ -586,7 +575,7 @@ mod cli {
                 sam_weights: None,
             },
         };
-        let supports = pair_supports(a.support_image, a.support_label)?;
+        let supports = pair_supports(a.support_image.clone(), a.support_label.clone())?;
         if !supports.is_empty() {
             cfg.supports = supports
                 .into_iter()
@@ -596,7 +585,7 @@ mod cli {
                 })
                 .collect();
         }
-        let mut queries = a.query;
+        let mut queries = a.query.clone();
         if let Some(list) = &a.query_list {
             queries.extend(read_list(list)?.into_iter().map(PathBuf::from));
         }
@@ -635,9 +624,103 @@ mod cli {
         } else if a.slab_mm.is_some() {
             cfg.mode = parse_mode("spl", slab)?;
         }
-        cfg.out = a.out.or(cfg.out);
-        cfg.medlam_weights = a.medlam_weights.or(cfg.medlam_weights);
-        cfg.sam_weights = a.weights.or(cfg.sam_weights);
+        cfg.out = a.out.clone().or(cfg.out);
+        cfg.medlam_weights = a.medlam_weights.clone().or(cfg.medlam_weights);
+        cfg.sam_weights = a.weights.clone().or(cfg.sam_weights);
+        Ok(cfg)
+    }
+
+    fn eval_segment(a: SegmentArgs) -> Result<()> {
+        use medlsam::evaluate::{EvalRun, evaluate_pipeline, summary_table};
+        if a.boxes_from_label.is_some() {
+            return Err(Error::InvalidArgument(
+                "eval-segment runs the true boxes itself (from --query-label): leave out --boxes-from-label"
+                    .into(),
+            ));
+        }
+        let config = run_config(&a)?;
+        if config.out.is_none() {
+            return Err(Error::InvalidArgument(
+                "give an output folder (--out): results are appended there and a stopped run resumes from them".into(),
+            ));
+        }
+        let run = EvalRun {
+            config,
+            backend: a.backend,
+            margin_px_1024: a.margin_px,
+            window_hu: [a.window[0], a.window[1]],
+            query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
+            localize: medlsam::medlam::LocalizeOptions {
+                search_radius_vox: a.search_radius,
+                ..Default::default()
+            },
+        };
+        let t = std::time::Instant::now();
+        let n = run.config.queries.len();
+        let mut current = String::new();
+        let mut qi = 0;
+        let (results, failures) = evaluate_pipeline(
+            &run,
+            &mut |case, mode, p| {
+                if case != current {
+                    current = case.to_string();
+                    qi += 1;
+                }
+                if p.stage == "segment" && (p.done % 10 == 0 || p.done == p.total) {
+                    eprint!(
+                        "\r[{qi}/{n}] {case} {mode:<6} slice {}/{}   ",
+                        p.done, p.total
+                    );
+                }
+            },
+            &mut |l| eprintln!("\r{l}"),
+        )?;
+        print!("{}", summary_table(&results));
+        println!(
+            "this run: {:.1} s, peak memory {}; results in {}",
+            t.elapsed().as_secs_f64(),
+            medlsam::batch::peak_memory_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+            run.config
+                .out
+                .as_ref()
+                .map_or(String::new(), |o| o.display().to_string())
+        );
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            for f in &failures {
+                eprintln!("failed: {}: {}", f.case, f.error);
+            }
+            Err(Error::InvalidArgument(format!(
+                "{} queries failed (listed above; run again to retry them)",
+                failures.len()
+            )))
+        }
+    }
+
+    fn segment(a: SegmentArgs) -> Result<()> {
+        use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
+        use medlsam::config::{Organs, parse_organs};
+        let window_hu = [a.window[0], a.window[1]];
+        if let Some(label) = a.boxes_from_label {
+            let (Some(query), 1) = (a.query.first(), a.query.len()) else {
+                return Err(Error::InvalidArgument(
+                    "--boxes-from-label needs exactly one --query".into(),
+                ));
+            };
+            let out = a.out.unwrap_or_else(medlsam::batch::default_out);
+            let mut run = TrueBoxRun::new(query.clone(), label, out);
+            run.organs = match a.organs.as_deref().map(parse_organs).transpose()? {
+                Some(Organs::List(l)) => Some(l),
+                _ => None,
+            };
+            run.margin_px_1024 = a.margin_px;
+            run.backend = a.backend;
+            run.weights = a.weights;
+            run.window_hu = window_hu;
+            return medlsam::sam::commands::segment_and_report(&run);
+        }
+        let cfg = run_config(&a)?;
         let run = SupportRun {
             config: cfg,
             backend: a.backend,

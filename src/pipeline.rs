@@ -12,6 +12,8 @@
 //! The traits are `async` because in the browser every GPU read-back is
 //! asynchronous; native callers drive them with `pollster::block_on`.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -103,6 +105,114 @@ pub trait SliceSegmenter {
             out.push(self.decode_box(embedding, b).await?);
         }
         Ok(out)
+    }
+}
+
+/// A [`SliceSegmenter`] that keeps every slice embedding it computes, so several runs
+/// over one query (SPL, WPL and true boxes in an evaluation) encode each slice once.
+/// A slice is recognised by its size and pixel values; [`Self::clear`] between queries.
+pub struct EmbeddingCache<'a, S: SliceSegmenter> {
+    inner: &'a mut S,
+    cache: HashMap<u64, S::Embedding>,
+}
+
+impl<'a, S: SliceSegmenter> EmbeddingCache<'a, S> {
+    pub fn new(inner: &'a mut S) -> Self {
+        Self {
+            inner,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Slices encoded (and kept) since the last [`Self::clear`].
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.cache.clear();
+    }
+}
+
+fn slice_key(slice: &[f32], width: usize, height: usize) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (width, height).hash(&mut h);
+    for v in slice {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl<S: SliceSegmenter> SliceSegmenter for EmbeddingCache<'_, S>
+where
+    S::Embedding: Clone,
+{
+    type Embedding = S::Embedding;
+
+    async fn encode(
+        &mut self,
+        slice_hu: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<Self::Embedding> {
+        Ok(self
+            .encode_many(&[slice_hu.to_vec()], width, height)
+            .await?
+            .remove(0))
+    }
+
+    fn slices_in_flight(&self) -> usize {
+        self.inner.slices_in_flight()
+    }
+
+    async fn encode_many(
+        &mut self,
+        slices: &[Vec<f32>],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Self::Embedding>> {
+        let keys: Vec<u64> = slices.iter().map(|s| slice_key(s, width, height)).collect();
+        let mut missing: Vec<usize> = Vec::new();
+        for (n, key) in keys.iter().enumerate() {
+            if !self.cache.contains_key(key) && !missing.iter().any(|&m| keys[m] == *key) {
+                missing.push(n);
+            }
+        }
+        if !missing.is_empty() {
+            let todo: Vec<Vec<f32>> = missing.iter().map(|&n| slices[n].clone()).collect();
+            let new = self.inner.encode_many(&todo, width, height).await?;
+            if new.len() != todo.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "segmenter returned {} embeddings for {} slices",
+                    new.len(),
+                    todo.len()
+                )));
+            }
+            for (&n, e) in missing.iter().zip(new) {
+                self.cache.insert(keys[n], e);
+            }
+        }
+        Ok(keys.iter().map(|k| self.cache[k].clone()).collect())
+    }
+
+    async fn decode_box(
+        &mut self,
+        embedding: &Self::Embedding,
+        bbox: [f32; 4],
+    ) -> Result<Vec<f32>> {
+        self.inner.decode_box(embedding, bbox).await
+    }
+
+    async fn decode_boxes(
+        &mut self,
+        embedding: &Self::Embedding,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.inner.decode_boxes(embedding, boxes).await
     }
 }
 
@@ -609,6 +719,69 @@ mod tests {
                 "liver was not requested"
             );
         }
+    }
+
+    /// Counts the slices it encodes.
+    struct Counting(usize);
+    impl SliceSegmenter for Counting {
+        type Embedding = (Vec<f32>, usize);
+        async fn encode(&mut self, s: &[f32], w: usize, h: usize) -> Result<Self::Embedding> {
+            self.0 += 1;
+            Threshold.encode(s, w, h).await
+        }
+        async fn decode_box(&mut self, e: &Self::Embedding, b: [f32; 4]) -> Result<Vec<f32>> {
+            Threshold.decode_box(e, b).await
+        }
+    }
+
+    #[test]
+    fn an_embedding_cache_encodes_each_slice_once_over_several_runs() {
+        let (ct, lab) = phantom(&PhantomOptions {
+            dims: [48, 48, 30],
+            spacing_mm: [6.0; 3],
+            ..Default::default()
+        })
+        .unwrap();
+        let (canon, _) = ct.to_canonical();
+        let mut inner = Counting(0);
+        let mut cached = EmbeddingCache::new(&mut inner);
+        let organs = [1, 2, 3, 4];
+        let mut results = Vec::new();
+        for mode in [BoxMode::Spl { slab_mm: 6.0 }, BoxMode::Wpl] {
+            let mut loc = OracleLocalizer::new(&ct, &lab, mode).unwrap();
+            results.push(
+                pollster::block_on(segment_canonical(
+                    &canon,
+                    &organs,
+                    &mut loc,
+                    &mut cached,
+                    &SegmentOptions::default(),
+                    None,
+                    &mut |_| {},
+                ))
+                .unwrap(),
+            );
+        }
+        let kept = cached.len();
+        cached.clear();
+        assert!(cached.is_empty());
+        // SPL and WPL span the same slices: the second run encodes nothing new.
+        assert_eq!(results[0].slices_encoded, results[1].slices_encoded);
+        assert_eq!(inner.0, results[0].slices_encoded);
+        assert_eq!(kept, inner.0);
+        // The same masks as without the cache.
+        let mut loc = OracleLocalizer::new(&ct, &lab, BoxMode::Wpl).unwrap();
+        let plain = pollster::block_on(segment_canonical(
+            &canon,
+            &organs,
+            &mut loc,
+            &mut Counting(0),
+            &SegmentOptions::default(),
+            None,
+            &mut |_| {},
+        ))
+        .unwrap();
+        assert_eq!(plain.labels.data, results[1].labels.data);
     }
 
     #[test]

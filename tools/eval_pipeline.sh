@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Whole-pipeline evaluation (issue: MedLSAM pipeline), run by hand from the repository root:
 #   OpenKBP: 5 supports, the next N cases as queries, 7 organs; MedLAM boxes (SPL 6 mm and WPL)
-#   vs oracle boxes (each slice's true box with the same 10 px margin, `--boxes-from-label`).
+#   vs oracle boxes (each slice's true box with the same 10 px margin), one `medlsam eval-segment`.
 #   Abdomen: spleen of MSD case 8 and liver of 3D-IRCADb 17 with TotalSegmentator's ts_example
 #   as the support (MedLAM SPL and oracle boxes).
 # Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
-#   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen;
-#   ORACLE=0 skips the oracle-box runs (they do not depend on MedLAM).
-# Prints the per-organ summary tables (DSC, HD95, box IoU, WD, ALE as mean ± sd) and timings;
-# every run's metrics.csv stays under OUT.
+#   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen.
+#   N=all takes every remaining case. OpenKBP results accumulate in OUT/openkbp (eval.csv,
+#   times.csv): a stopped run resumes there, and the printed table covers every query in it.
+# Prints the per-organ tables (OpenKBP: DSC per mode and box IoU; abdomen: DSC, HD95, box IoU,
+# WD, ALE as mean ± sd) and timings.
 set -euo pipefail
 N="${1:-5}"
 OUT="${2:-out/eval_pipeline}"
@@ -18,6 +19,7 @@ cargo build --release --quiet --bin medlsam
 BIN=target/release/medlsam
 mapfile -t CASES < <(tail -n +2 "$D/openkbp/index.tsv" | cut -f1)
 SUP=("${CASES[@]:0:5}")
+[ "$N" = all ] && N=${#CASES[@]}
 QRY=("${CASES[@]:$((5 + ${FIRST:-0})):$N}")
 args=()
 for c in "${SUP[@]}"; do
@@ -28,17 +30,8 @@ for c in "${QRY[@]}"; do
 done
 echo "supports: ${SUP[*]}"
 echo "queries:  ${QRY[*]}"
-for mode in spl wpl; do
-  echo "== OpenKBP, MedLAM boxes, $mode"
-  "$BIN" segment "${args[@]}" --organs all --mode "$mode" --backend "$BACKEND" --out "$OUT/openkbp_$mode" 2>/dev/null
-done
-if [ "${ORACLE:-1}" != 0 ]; then
-  echo "== OpenKBP, oracle boxes (true per-slice boxes + 10 px margin)"
-  for c in "${QRY[@]}"; do
-    "$BIN" segment --query "$D/openkbp/$c.ct.nii.gz" --boxes-from-label "$D/openkbp/$c.label.nii.gz" \
-      --backend "$BACKEND" --out "$OUT/openkbp_oracle/$c" 2>/dev/null | tail -n +2
-  done
-fi
+echo "== OpenKBP: MedLAM SPL 6 mm and WPL boxes vs oracle boxes (true per-slice boxes + 10 px margin)"
+"$BIN" eval-segment "${args[@]}" --organs all --slab-mm 6 --backend "$BACKEND" --out "$OUT/openkbp"
 [ "${ABDOMEN:-1}" = 0 ] && exit 0
 A="$D/abdomen"
 echo "== Abdomen: spleen (support ts_example → query msd_spleen_008), MedLAM SPL"

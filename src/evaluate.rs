@@ -1,0 +1,577 @@
+//! Whole-pipeline evaluation (`medlsam eval-segment`): every labelled query is
+//! localized with MedLAM and segmented three ways — SPL boxes, WPL boxes, and the
+//! true per-slice boxes with the same margin ("oracle", the manual-prompt ceiling) —
+//! with each slice encoded once for all three ([`EmbeddingCache`]).
+//!
+//! Results go to `OUT/eval.csv` (one row per mode, query and organ) and
+//! `OUT/times.csv` (one row per query), appended as each query finishes: a
+//! stopped run continues where it stopped when started again with the same `OUT`
+//! (queries already in `times.csv` are skipped). The summary covers every row in
+//! `OUT`, so a long evaluation can be run in parts.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::batch::{
+    case_name, load_query, load_supports, medlam_localizer, read_medlam_weights, resolve_organs,
+    support_label_table,
+};
+use crate::config::{CasePaths, RunConfig};
+use crate::device::BackendChoice;
+use crate::medlam::LocalizeOptions;
+use crate::metrics::{LabelMetrics, evaluate_labels};
+use crate::output::mean_sd;
+use crate::pipeline::{
+    BoxMode, EmbeddingCache, Localizer, OracleLocalizer, Progress, SegmentOptions,
+    segment_canonical,
+};
+use crate::volume::label_table::LabelTable;
+use crate::{Error, Result};
+
+/// The box sources compared, in the order they run.
+pub const MODES: [&str; 3] = ["spl", "wpl", "oracle"];
+
+pub const EVAL_CSV_HEADER: &str =
+    "mode,case,label,name,truth_voxels,pred_voxels,dsc,hd95,box_iou,wd,ale";
+pub const TIMES_CSV_HEADER: &str = "case,slices_encoded,boxes_spl,boxes_wpl,boxes_oracle,load_s,localize_spl_s,localize_wpl_s,encode_s,decode_s,total_s";
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalRun {
+    /// Supports (with label maps), queries (with label maps), organs, MedLAM and
+    /// segmenter weights; `mode` gives the SPL slab thickness; `out` is required.
+    pub config: RunConfig,
+    pub backend: BackendChoice,
+    pub margin_px_1024: f64,
+    pub window_hu: [f32; 2],
+    pub query_label_map: Vec<(u16, u16)>,
+    pub localize: LocalizeOptions,
+}
+
+/// One row of `eval.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRow {
+    pub mode: String,
+    pub case: String,
+    pub label: u16,
+    pub name: String,
+    pub truth_voxels: usize,
+    pub pred_voxels: usize,
+    pub dsc: Option<f64>,
+    pub hd95_mm: Option<f64>,
+    pub box_iou: Option<f64>,
+    pub wd_mm: Option<f64>,
+    pub ale_mm: Option<f64>,
+}
+
+impl EvalRow {
+    fn new(mode: &str, case: &str, name: String, m: &LabelMetrics) -> Self {
+        Self {
+            mode: mode.into(),
+            case: case.into(),
+            label: m.label,
+            name,
+            truth_voxels: m.truth_voxels,
+            pred_voxels: m.pred_voxels,
+            dsc: m.dsc,
+            hd95_mm: m.hd95_mm,
+            box_iou: m.box_iou,
+            wd_mm: m.wd_mm,
+            ale_mm: m.ale_mm,
+        }
+    }
+
+    fn to_csv(&self) -> String {
+        let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            self.mode,
+            self.case,
+            self.label,
+            self.name.replace([',', '"', '\n'], " "),
+            self.truth_voxels,
+            self.pred_voxels,
+            f(self.dsc),
+            f(self.hd95_mm),
+            f(self.box_iou),
+            f(self.wd_mm),
+            f(self.ale_mm)
+        )
+    }
+
+    fn parse(line: &str) -> Result<Self> {
+        let c: Vec<&str> = line.split(',').collect();
+        let bad = || Error::InvalidArgument(format!("not an eval.csv row: {line:?}"));
+        if c.len() != 11 {
+            return Err(bad());
+        }
+        let f = |s: &str| -> Result<Option<f64>> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|_| bad())
+            }
+        };
+        Ok(Self {
+            mode: c[0].into(),
+            case: c[1].into(),
+            label: c[2].parse().map_err(|_| bad())?,
+            name: c[3].into(),
+            truth_voxels: c[4].parse().map_err(|_| bad())?,
+            pred_voxels: c[5].parse().map_err(|_| bad())?,
+            dsc: f(c[6])?,
+            hd95_mm: f(c[7])?,
+            box_iou: f(c[8])?,
+            wd_mm: f(c[9])?,
+            ale_mm: f(c[10])?,
+        })
+    }
+}
+
+/// The measurements of one query.
+#[derive(Clone, Debug, Default)]
+pub struct QueryTimes {
+    pub case: String,
+    pub slices_encoded: usize,
+    /// Boxes decoded per mode, in [`MODES`] order.
+    pub boxes: [usize; 3],
+    pub load_s: f64,
+    pub localize_spl_s: f64,
+    pub localize_wpl_s: f64,
+    pub encode_s: f64,
+    pub decode_s: f64,
+    pub total_s: f64,
+}
+
+impl QueryTimes {
+    fn to_csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}",
+            self.case,
+            self.slices_encoded,
+            self.boxes[0],
+            self.boxes[1],
+            self.boxes[2],
+            self.load_s,
+            self.localize_spl_s,
+            self.localize_wpl_s,
+            self.encode_s,
+            self.decode_s,
+            self.total_s
+        )
+    }
+
+    fn parse(line: &str) -> Result<Self> {
+        let c: Vec<&str> = line.split(',').collect();
+        let bad = || Error::InvalidArgument(format!("not a times.csv row: {line:?}"));
+        if c.len() != 11 {
+            return Err(bad());
+        }
+        let u = |s: &str| s.parse::<usize>().map_err(|_| bad());
+        let f = |s: &str| s.parse::<f64>().map_err(|_| bad());
+        Ok(Self {
+            case: c[0].into(),
+            slices_encoded: u(c[1])?,
+            boxes: [u(c[2])?, u(c[3])?, u(c[4])?],
+            load_s: f(c[5])?,
+            localize_spl_s: f(c[6])?,
+            localize_wpl_s: f(c[7])?,
+            encode_s: f(c[8])?,
+            decode_s: f(c[9])?,
+            total_s: f(c[10])?,
+        })
+    }
+}
+
+/// Everything evaluated so far under an output folder.
+#[derive(Clone, Debug, Default)]
+pub struct EvalResults {
+    pub rows: Vec<EvalRow>,
+    pub times: Vec<QueryTimes>,
+}
+
+/// Read `OUT/eval.csv` and `OUT/times.csv` (empty when absent). Rows of queries
+/// missing from `times.csv` (a run stopped while writing them) are dropped.
+pub fn read_results(out: &Path) -> Result<EvalResults> {
+    let lines = |name: &str, header: &str| -> Result<Vec<String>> {
+        let path = out.join(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut it = text.lines();
+        if it.next().is_some_and(|h| h != header) {
+            return Err(Error::InvalidArgument(format!(
+                "{} has another header than this version writes ({header}): use a new output folder",
+                path.display()
+            )));
+        }
+        Ok(it
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect())
+    };
+    let times = lines("times.csv", TIMES_CSV_HEADER)?
+        .iter()
+        .map(|l| QueryTimes::parse(l))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = lines("eval.csv", EVAL_CSV_HEADER)?
+        .iter()
+        .map(|l| EvalRow::parse(l))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|r| times.iter().any(|t| t.case == r.case))
+        .collect();
+    Ok(EvalResults { rows, times })
+}
+
+fn rewrite(path: &Path, header: &str, rows: impl Iterator<Item = String>) -> Result<()> {
+    let mut text = format!("{header}\n");
+    rows.for_each(|r| text += &(r + "\n"));
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+fn append(path: &Path, rows: &[String]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    for r in rows {
+        writeln!(f, "{r}")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A query that could not be evaluated.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub case: String,
+    pub error: String,
+}
+
+/// Evaluate every query not yet in `OUT` (see the module doc); returns all results
+/// under `OUT` and the queries that failed in this run (the others continue).
+pub fn evaluate_pipeline(
+    run: &EvalRun,
+    progress: &mut dyn FnMut(&str, &str, Progress),
+    log: &mut dyn FnMut(String),
+) -> Result<(EvalResults, Vec<Failure>)> {
+    let cfg = &run.config;
+    let out = cfg
+        .out
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument("give an output folder (--out)".into()))?;
+    let slab_mm = match cfg.mode {
+        BoxMode::Spl { slab_mm } => slab_mm,
+        BoxMode::Wpl => 6.0,
+    };
+    if let Some(q) = cfg.queries.iter().find(|q| q.label.is_none()) {
+        return Err(Error::InvalidArgument(format!(
+            "query {} has no label map: an evaluation needs one per query",
+            q.image.display()
+        )));
+    }
+    std::fs::create_dir_all(&out)?;
+    let before = read_results(&out)?;
+    let done: Vec<String> = before.times.iter().map(|t| t.case.clone()).collect();
+    rewrite(
+        &out.join("times.csv"),
+        TIMES_CSV_HEADER,
+        before.times.iter().map(QueryTimes::to_csv),
+    )?;
+    rewrite(
+        &out.join("eval.csv"),
+        EVAL_CSV_HEADER,
+        before.rows.iter().map(EvalRow::to_csv),
+    )?;
+    let todo: Vec<&CasePaths> = cfg
+        .queries
+        .iter()
+        .filter(|q| !done.contains(&case_name(&q.image)))
+        .collect();
+    if todo.len() < cfg.queries.len() {
+        log(format!(
+            "{} of {} queries already evaluated in {}: skipped",
+            cfg.queries.len() - todo.len(),
+            cfg.queries.len(),
+            out.display()
+        ));
+    }
+    let mut failures = Vec::new();
+    if !todo.is_empty() {
+        let t = web_time::Instant::now();
+        let supports = load_supports(&cfg.supports)?;
+        let (organs, warnings) = resolve_organs(&supports, &cfg.organs)?;
+        warnings.into_iter().for_each(&mut *log);
+        let names = support_label_table(cfg);
+        let weights = read_medlam_weights(cfg)?;
+        let build = |mode| {
+            medlam_localizer(
+                &weights,
+                &supports,
+                &organs,
+                mode,
+                run.localize,
+                run.backend,
+            )
+        };
+        let mut spl = build(BoxMode::Spl { slab_mm })?;
+        let mut wpl = build(BoxMode::Wpl)?;
+        drop(supports);
+        log(format!(
+            "{} supports, atlases (SPL {slab_mm} mm, WPL) of {} organs in {:.1} s",
+            cfg.supports.len(),
+            organs.len(),
+            t.elapsed().as_secs_f64()
+        ));
+        let mut segmenter = crate::sam::commands::lite_medsam_segmenter(
+            cfg.sam_weights.as_deref(),
+            run.backend,
+            run.window_hu,
+        )?;
+        let opt = SegmentOptions {
+            margin_px_1024: run.margin_px_1024,
+            ..Default::default()
+        };
+        for q in todo {
+            let case = case_name(&q.image);
+            let mut cache = EmbeddingCache::new(&mut segmenter);
+            let result = evaluate_query(
+                q,
+                &case,
+                &organs,
+                &names,
+                (&mut spl, &mut wpl),
+                &mut cache,
+                run,
+                &opt,
+                progress,
+            );
+            match result {
+                Ok((rows, times)) => {
+                    let rows: Vec<String> = rows.iter().map(EvalRow::to_csv).collect();
+                    append(&out.join("eval.csv"), &rows)?;
+                    append(&out.join("times.csv"), &[times.to_csv()])?;
+                    log(format!(
+                        "{case}: {} slices, {:.1} s (localize {:.1} + {:.1} s, encode {:.1} s, decode {:.1} s)",
+                        times.slices_encoded,
+                        times.total_s,
+                        times.localize_spl_s,
+                        times.localize_wpl_s,
+                        times.encode_s,
+                        times.decode_s
+                    ));
+                }
+                Err(e) => {
+                    log(format!("{case}: failed: {e}"));
+                    failures.push(Failure {
+                        case,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok((read_results(&out)?, failures))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_query<L: Localizer, S: crate::pipeline::SliceSegmenter>(
+    q: &CasePaths,
+    case: &str,
+    organs: &[u16],
+    names: &LabelTable,
+    (spl, wpl): (&mut L, &mut L),
+    cache: &mut EmbeddingCache<'_, S>,
+    run: &EvalRun,
+    opt: &SegmentOptions,
+    progress: &mut dyn FnMut(&str, &str, Progress),
+) -> Result<(Vec<EvalRow>, QueryTimes)>
+where
+    S::Embedding: Clone,
+{
+    let t0 = web_time::Instant::now();
+    let (ct, truth) = load_query(q, &run.query_label_map)?;
+    let truth = truth.ok_or_else(|| Error::InvalidArgument("no label map".into()))?;
+    let mut times = QueryTimes {
+        case: case.into(),
+        load_s: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    let (canon, r) = ct.to_canonical();
+    let mut rows = Vec::new();
+    for (n, mode) in MODES.iter().enumerate() {
+        let mut report = |p: Progress| progress(case, mode, p);
+        let res = match *mode {
+            "spl" => pollster::block_on(segment_canonical(
+                &canon,
+                organs,
+                spl,
+                cache,
+                opt,
+                None,
+                &mut report,
+            ))?,
+            "wpl" => pollster::block_on(segment_canonical(
+                &canon,
+                organs,
+                wpl,
+                cache,
+                opt,
+                None,
+                &mut report,
+            ))?,
+            _ => {
+                // The true box of each slice (no slabs), with the same margin.
+                let mut oracle = OracleLocalizer::new(&ct, &truth, BoxMode::Spl { slab_mm: 0.0 })?;
+                pollster::block_on(segment_canonical(
+                    &canon,
+                    organs,
+                    &mut oracle,
+                    cache,
+                    opt,
+                    None,
+                    &mut report,
+                ))?
+            }
+        };
+        match *mode {
+            "spl" => times.localize_spl_s = res.times.localize.as_secs_f64(),
+            "wpl" => times.localize_wpl_s = res.times.localize.as_secs_f64(),
+            _ => {}
+        }
+        times.encode_s += res.times.encode.as_secs_f64();
+        times.decode_s += res.times.decode.as_secs_f64();
+        times.boxes[n] = res.boxes_decoded;
+        let labels = res.labels.from_canonical(&r)?;
+        for m in evaluate_labels(&labels, &truth, organs)? {
+            rows.push(EvalRow::new(mode, case, names.name(m.label), &m));
+        }
+    }
+    times.slices_encoded = cache.len();
+    cache.clear();
+    times.total_s = t0.elapsed().as_secs_f64();
+    Ok((rows, times))
+}
+
+/// Per organ (organ instances present in the query labels): DSC mean ± sd for each
+/// mode, and the SPL and WPL masks' box IoU; a last row over all instances; then the
+/// time per query.
+pub fn summary_table(res: &EvalResults) -> String {
+    let mut labels: Vec<(u16, String)> = res
+        .rows
+        .iter()
+        .filter(|r| r.truth_voxels > 0)
+        .map(|r| (r.label, r.name.clone()))
+        .collect();
+    labels.sort();
+    labels.dedup_by_key(|l| l.0);
+    let cell = |v: Vec<f64>| match mean_sd(&v) {
+        Some((m, sd)) => format!("{:>12}", format!("{m:.1} ± {sd:.1}")),
+        None => format!("{:>12}", "-"),
+    };
+    let mut out = format!(
+        "{:>5}  {:<16} {:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}\n",
+        "label", "name", "n", "oracle DSC", "SPL DSC", "WPL DSC", "SPL boxIoU", "WPL boxIoU"
+    );
+    let mut line = |label: &str, name: &str, keep: &dyn Fn(&EvalRow) -> bool| {
+        let pick = |mode: &str, f: fn(&EvalRow) -> Option<f64>| -> Vec<f64> {
+            res.rows
+                .iter()
+                .filter(|r| r.mode == mode && r.truth_voxels > 0 && keep(r))
+                .map(|r| f(r).unwrap_or(0.0))
+                .collect()
+        };
+        let n = pick("oracle", |r| r.dsc).len();
+        out += &format!(
+            "{label:>5}  {name:<16} {n:>4}  {}  {}  {}  {}  {}\n",
+            cell(pick("oracle", |r| r.dsc)),
+            cell(pick("spl", |r| r.dsc)),
+            cell(pick("wpl", |r| r.dsc)),
+            cell(pick("spl", |r| r.box_iou)),
+            cell(pick("wpl", |r| r.box_iou)),
+        );
+    };
+    for (l, name) in &labels {
+        line(&l.to_string(), name, &|r| r.label == *l);
+    }
+    line("", "all", &|_| true);
+    if !res.times.is_empty() {
+        let n = res.times.len() as f64;
+        let mean = |f: fn(&QueryTimes) -> f64| res.times.iter().map(f).sum::<f64>() / n;
+        out += &format!(
+            "{} queries; per query: {:.0} s ({:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
+            res.times.len(),
+            mean(|t| t.total_s),
+            mean(|t| t.slices_encoded as f64),
+            mean(|t| t.load_s),
+            mean(|t| t.localize_spl_s),
+            mean(|t| t.localize_wpl_s),
+            mean(|t| t.encode_s),
+            mean(|t| t.decode_s),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_the_csv_and_a_stopped_query_is_dropped_on_reading() {
+        let dir = std::env::temp_dir().join(format!("medlsam_eval_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = |mode: &str, case: &str, dsc: Option<f64>| EvalRow {
+            mode: mode.into(),
+            case: case.into(),
+            label: 3,
+            name: "Right, Parotid".into(),
+            truth_voxels: 10,
+            pred_voxels: 12,
+            dsc,
+            hd95_mm: Some(4.5),
+            box_iou: None,
+            wd_mm: Some(1.25),
+            ale_mm: Some(2.0),
+        };
+        let rows = [
+            row("spl", "a", Some(50.0)),
+            row("oracle", "a", Some(70.0)),
+            row("spl", "b", None),
+        ];
+        rewrite(
+            &dir.join("eval.csv"),
+            EVAL_CSV_HEADER,
+            rows.iter().map(EvalRow::to_csv),
+        )
+        .unwrap();
+        let t = QueryTimes {
+            case: "a".into(),
+            slices_encoded: 7,
+            boxes: [9, 8, 7],
+            total_s: 12.5,
+            ..Default::default()
+        };
+        rewrite(
+            &dir.join("times.csv"),
+            TIMES_CSV_HEADER,
+            [t.to_csv()].into_iter(),
+        )
+        .unwrap();
+        let back = read_results(&dir).unwrap();
+        // "b" never reached times.csv: its row is dropped; a comma in a name is replaced.
+        assert_eq!(back.rows.len(), 2);
+        assert_eq!(back.rows[0].name, "Right  Parotid");
+        assert_eq!(back.rows[0].dsc, Some(50.0));
+        assert_eq!(back.rows[0].box_iou, None);
+        assert_eq!(back.times[0].boxes, [9, 8, 7]);
+        let table = summary_table(&back);
+        assert!(table.contains("70.0 ± 0.0"), "{table}");
+        assert!(table.contains("1 queries; per query: 12 s"), "{table}");
+        std::fs::write(dir.join("times.csv"), "case,other\n").unwrap();
+        let e = read_results(&dir).unwrap_err().to_string();
+        assert!(e.contains("another header"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
