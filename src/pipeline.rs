@@ -360,7 +360,7 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     let chunk = segmenter.slices_in_flight().max(1);
     let mut n = 0;
     for group in todo.chunks(chunk) {
-        yield_between_slices().await;
+        yield_to_page().await;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::InvalidArgument("cancelled".into()));
         }
@@ -440,10 +440,23 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     })
 }
 
-/// In the browser, let the page paint and take input (a Cancel click) between slices.
-async fn yield_between_slices() {
+/// In the browser, let the page paint and take input (a Cancel click), e.g. between
+/// slices; natively nothing.
+pub async fn yield_to_page() {
     #[cfg(target_arch = "wasm32")]
     crate::web::yield_to_browser().await;
+}
+
+/// In the browser on the CPU backend, where every tensor operation computes
+/// synchronously, let the page run (see [`yield_to_page`]); elsewhere nothing (on
+/// WebGPU the work is queued on the GPU and the page is not blocked).
+pub async fn yield_on_cpu(device: &burn::tensor::Device) {
+    #[cfg(target_arch = "wasm32")]
+    if *device == burn::tensor::Device::flex() {
+        crate::web::yield_to_browser().await;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = device;
 }
 
 /// 2-D boxes of one organ on axial slices, in **canonical** voxel indices (e.g. drawn by a user).

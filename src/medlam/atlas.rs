@@ -295,6 +295,7 @@ impl Atlas {
 
 /// Read a tensor back (async: the browser allows no blocking reads).
 pub(crate) async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    crate::pipeline::yield_on_cpu(&t.device()).await;
     let data = t
         .into_data_async()
         .await

@@ -123,7 +123,7 @@ fn owned_ranges(m: usize, stride: usize, patch: usize, n: usize) -> Vec<(usize, 
 impl FeatureFrame {
     /// Compute the frame `origin`, `size` of `vol`; `needed(lo, hi)` says whether the
     /// grid box a tile owns (inclusive, frame voxels) must be computed.
-    pub fn compute(
+    pub async fn compute(
         net: &MedLam,
         config: &MedLamConfig,
         vol: &Prepared,
@@ -180,6 +180,7 @@ impl FeatureFrame {
                 device,
             );
             let out = net.forward(x);
+            crate::pipeline::yield_on_cpu(device).await;
             for (s, feat) in out.features.into_iter().enumerate() {
                 let feat = normalize_channels(feat);
                 let c = channels[s];
@@ -519,9 +520,16 @@ mod tests {
         let vol = random_vol([40, 30, 30], 5);
         // 24 × 16 × 16 frame at origin (4, 6, 7): tiles at x = 0 and 8 (patch 16, stride 8).
         let origin = [4, 6, 7];
-        let frame =
-            FeatureFrame::compute(&net, &cfg, &vol, origin, [24, 16, 16], &|_, _| true, &dev)
-                .unwrap();
+        let frame = pollster::block_on(FeatureFrame::compute(
+            &net,
+            &cfg,
+            &vol,
+            origin,
+            [24, 16, 16],
+            &|_, _| true,
+            &dev,
+        ))
+        .unwrap();
         assert_eq!((frame.tiles_computed, frame.tiles_total), (2, 2));
         // Tile 1 (x from 8) as a lone patch, centred at frame voxel (16, 8, 8).
         let centre = [origin[0] + 16, origin[1] + 8, origin[2] + 8];
@@ -546,8 +554,16 @@ mod tests {
         from_frame.assert_approx_eq::<f32>(&from_tile, burn::tensor::Tolerance::absolute(1e-5));
         // A frame whose size is not whole tiles is refused.
         assert!(
-            FeatureFrame::compute(&net, &cfg, &vol, origin, [20, 16, 16], &|_, _| true, &dev)
-                .is_err()
+            pollster::block_on(FeatureFrame::compute(
+                &net,
+                &cfg,
+                &vol,
+                origin,
+                [20, 16, 16],
+                &|_, _| true,
+                &dev
+            ))
+            .is_err()
         );
     }
 
@@ -561,8 +577,16 @@ mod tests {
         let (origin, size) = frame_for(point, point, 0, 16);
         assert_eq!(size, [16; 3]);
         assert_eq!(origin, [12, 9, 7]);
-        let frame =
-            FeatureFrame::compute(&net, &cfg, &vol, origin, size, &|_, _| true, &dev).unwrap();
+        let frame = pollster::block_on(FeatureFrame::compute(
+            &net,
+            &cfg,
+            &vol,
+            origin,
+            size,
+            &|_, _| true,
+            &dev,
+        ))
+        .unwrap();
         let x = Tensor::<5>::from_data(
             burn::tensor::TensorData::new(vol.patch(point, 16), [1, 1, 16, 16, 16]),
             &dev,
@@ -586,8 +610,16 @@ mod tests {
         let (net, cfg, dev) = tiny();
         let vol = random_vol([40, 36, 32], 9);
         let (origin, size) = frame_for([0; 3], [39, 35, 31], 0, 16);
-        let frame =
-            FeatureFrame::compute(&net, &cfg, &vol, origin, size, &|_, _| true, &dev).unwrap();
+        let frame = pollster::block_on(FeatureFrame::compute(
+            &net,
+            &cfg,
+            &vol,
+            origin,
+            size,
+            &|_, _| true,
+            &dev,
+        ))
+        .unwrap();
         // Point q (a multiple of every stride): windows cut at lattice t = q/s of each scale.
         let q = [16i64, 24, 16];
         let windows: [Tensor<5>; 3] = std::array::from_fn(|s| {

@@ -225,7 +225,7 @@ impl QueryState {
 
     /// The feature frame over the body, computing only the tiles these searches need
     /// (`starts` in grid voxels; `radius` as in [`Search`]).
-    pub fn frame(
+    pub async fn frame(
         &self,
         net: &MedLam,
         config: &MedLamConfig,
@@ -259,7 +259,7 @@ impl QueryState {
                 .iter()
                 .any(|(a, b)| (0..3).all(|k| lo[k] <= b[k] && a[k] <= hi[k]))
         };
-        FeatureFrame::compute(net, config, &self.prep, origin, size, &needed, device)
+        FeatureFrame::compute(net, config, &self.prep, origin, size, &needed, device).await
     }
 }
 
@@ -496,7 +496,7 @@ pub async fn locate_points(
         }
         found
     } else if options.mss {
-        let frame = query.frame(net, config, &coarse, radius, device)?;
+        let frame = query.frame(net, config, &coarse, radius, device).await?;
         if options.per_support {
             refine_per_support(&frame, atlas, points, &coarse, radius, device).await?
         } else {

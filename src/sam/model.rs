@@ -98,6 +98,19 @@ impl ImageEncoder {
             Self::Vit(e) => e.forward(image),
         }
     }
+
+    /// [`Self::forward`], awaiting `pause()` between the steps of the TinyViT encoder
+    /// (see [`TinyVit::forward_pausing`]); the ViT-B encoder runs in one piece.
+    pub async fn forward_pausing<F: Future<Output = ()>>(
+        &self,
+        image: Tensor<4>,
+        pause: &mut impl FnMut() -> F,
+    ) -> Tensor<4> {
+        match self {
+            Self::TinyVit(e) => e.forward_pausing(image, pause).await,
+            Self::Vit(e) => e.forward(image),
+        }
+    }
 }
 
 /// A SAM-family model.

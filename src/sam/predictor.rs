@@ -123,6 +123,24 @@ impl SamSegmenter {
         })
     }
 
+    /// [`Self::embed`] letting the page run between the encoder's blocks where that is
+    /// needed: in the browser the CPU backend computes synchronously, a slice for seconds.
+    pub async fn embed_pausing(
+        &self,
+        slice_hu: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<SliceEmbedding> {
+        let (image, prep) = self.input_image(slice_hu, width, height)?;
+        let device = &self.device;
+        let embedding = self
+            .model
+            .image_encoder
+            .forward_pausing(image, &mut move || crate::pipeline::yield_on_cpu(device))
+            .await;
+        Ok(SliceEmbedding { embedding, prep })
+    }
+
     /// Low-resolution mask logits `[B, 1, S, S]` (model input frame) of prompts
     /// that share one token layout (all boxes, or the same number of points).
     pub fn decode_logits(
@@ -246,7 +264,7 @@ impl SliceSegmenter for SamSegmenter {
         width: usize,
         height: usize,
     ) -> Result<SliceEmbedding> {
-        self.embed(slice_hu, width, height)
+        self.embed_pausing(slice_hu, width, height).await
     }
 
     fn slices_in_flight(&self) -> usize {
@@ -281,10 +299,11 @@ impl SliceSegmenter for SamSegmenter {
                     .collect()
             });
         }
-        slices
-            .iter()
-            .map(|s| self.embed(s, width, height))
-            .collect()
+        let mut out = Vec::with_capacity(slices.len());
+        for s in slices {
+            out.push(self.encode(s, width, height).await?);
+        }
+        Ok(out)
     }
 
     async fn decode_box(&mut self, embedding: &SliceEmbedding, bbox: [f32; 4]) -> Result<Vec<f32>> {

@@ -158,13 +158,30 @@ impl TinyVit {
 
     /// Image `[B, 3, S, S]` (S = img_size, values in [0, 1]) → embedding `[B, 256, S/4, S/4]`.
     pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        pollster::block_on(self.forward_pausing(image, &mut no_pause))
+    }
+
+    /// [`Self::forward`], awaiting `pause()` after the patch embedding and after every
+    /// block and patch merging (17 times for LiteMedSAM): where the backend computes
+    /// synchronously (the CPU backend in the browser), the caller lets the page run there.
+    pub async fn forward_pausing<F: Future<Output = ()>>(
+        &self,
+        image: Tensor<4>,
+        pause: &mut impl FnMut() -> F,
+    ) -> Tensor<4> {
         let x = self.patch_embed.forward(image);
-        let x = self.stage0.forward(x);
-        let x = self.stage1.forward(x);
-        let x = self.stage2.forward(x);
-        let x = self.stage3.forward(x);
+        pause().await;
+        let x = self.stage0.forward_pausing(x, pause).await;
+        let x = self.stage1.forward_pausing(x, pause).await;
+        let x = self.stage2.forward_pausing(x, pause).await;
+        let x = self.stage3.forward_pausing(x, pause).await;
         self.neck.forward(x)
     }
+}
+
+/// The pause of the synchronous forward passes: none.
+fn no_pause() -> std::future::Ready<()> {
+    std::future::ready(())
 }
 
 /// Two 1×1 conv-BN layers with GELU between them (no downsampling).
@@ -244,11 +261,23 @@ pub struct ConvStage {
 
 impl ConvStage {
     /// `[B, C, H, W] → [B, C', H', W']`.
-    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        pollster::block_on(self.forward_pausing(x, &mut no_pause))
+    }
+
+    /// [`Self::forward`] with `pause()` awaited after each block and the merging.
+    pub async fn forward_pausing<F: Future<Output = ()>>(
+        &self,
+        mut x: Tensor<4>,
+        pause: &mut impl FnMut() -> F,
+    ) -> Tensor<4> {
         for block in &self.blocks {
             x = block.forward(x);
+            pause().await;
         }
-        self.downsample.forward(x)
+        let x = self.downsample.forward(x);
+        pause().await;
+        x
     }
 }
 
@@ -263,15 +292,29 @@ pub struct AttnStage {
 impl AttnStage {
     /// `[B, C, H, W] → [B, C', H', W']` (tokens inside the stage).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        pollster::block_on(self.forward_pausing(x, &mut no_pause))
+    }
+
+    /// [`Self::forward`] with `pause()` awaited after each block and the merging.
+    pub async fn forward_pausing<F: Future<Output = ()>>(
+        &self,
+        x: Tensor<4>,
+        pause: &mut impl FnMut() -> F,
+    ) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         debug_assert_eq!((h, w), (self.resolution, self.resolution));
         let mut t = x.reshape([b, c, h * w]).swap_dims(1, 2);
         for block in &self.blocks {
             t = block.forward(t, h, w);
+            pause().await;
         }
         let x = t.swap_dims(1, 2).reshape([b, c, h, w]);
         match &self.downsample {
-            Some(m) => m.forward(x),
+            Some(m) => {
+                let x = m.forward(x);
+                pause().await;
+                x
+            }
             None => x,
         }
     }

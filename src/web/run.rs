@@ -17,8 +17,8 @@ use crate::medlam::localize::{LocalizeOptions, MedLamLocalizer};
 use crate::medlam::net::{MedLam, MedLamConfig};
 use crate::metrics::{LabelMetrics, evaluate_labels};
 use crate::pipeline::{
-    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, StageTimes,
-    segment_canonical,
+    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, SliceSegmenter,
+    StageTimes, segment_canonical,
 };
 use crate::sam::model::SamConfig;
 use crate::sam::predictor::{SamSegmenter, SlicePrompt};
@@ -309,7 +309,7 @@ pub async fn resegment_slice(
         ));
     }
     let slice: Vec<f32> = ct.axial_slice(edit.k).iter().map(|&v| v as f32).collect();
-    let emb = models.sam.embed(&slice, nx, ny)?;
+    let emb = models.sam.encode(&slice, nx, ny).await?;
     let prob = models
         .sam
         .decode_probabilities(&emb, std::slice::from_ref(&edit.prompt))

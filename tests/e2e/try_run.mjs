@@ -46,6 +46,15 @@ for (const cb of await page.locator("[data-testid='organ-select'] input").all())
   if (!want.includes(l)) await cb.uncheck();
 }
 if (process.env.MODE) await page.getByTestId("mode-select").selectOption(process.env.MODE);
+// The page's longest stall during the run: gaps between ticks of a 50 ms timer.
+await page.evaluate(() => {
+  window.__gaps = []; window.__long = []; window.__t0 = performance.now(); let last = performance.now();
+  setInterval(() => {
+    const n = performance.now(); window.__gaps.push(n - last);
+    if (n - last > 1000) window.__long.push(`${((last - window.__t0) / 1000).toFixed(1)} s: ${(n - last).toFixed(0)} ms`);
+    last = n;
+  }, 50);
+});
 const t0 = Date.now();
 await page.getByTestId("run-button").click();
 let last = "";
@@ -61,6 +70,10 @@ for (;;) {
   await page.waitForTimeout(1000);
 }
 console.log(await page.getByTestId("metrics-table").textContent());
+const g = (await page.evaluate(() => window.__gaps)).sort((a, b) => a - b);
+console.log(`page stalls (50 ms timer gaps) during the run: max ${g[g.length - 1].toFixed(0)} ms, ` +
+  `99th percentile ${g[Math.floor(g.length * 0.99)].toFixed(0)} ms, over 1 s: ${g.filter((x) => x > 1000).length} of ${g.length}` +
+  ` (${(await page.evaluate(() => window.__long)).join(", ")})`);
 fs.mkdirSync("/tmp/webtry", { recursive: true });
 await page.screenshot({ path: "/tmp/webtry/run.png", fullPage: true });
 if (process.env.DEMO) { await browser.close(); server.close(); process.exit(0); }
