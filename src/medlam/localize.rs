@@ -385,17 +385,21 @@ async fn match_windows(
 
 /// Shape regularisation of one part's 6 located points (grid voxels): each point, minus
 /// its mean offset from the part's box centre on the supports, estimates that centre; the
-/// prior points are the supports' mean offsets around the mean estimate. Returns
-/// `blend·located + (1 − blend)·prior`.
+/// prior points are the supports' mean offsets around the median estimate (per axis, so
+/// one badly located point does not move it). Returns `blend·located + (1 − blend)·prior`.
 pub fn regularize_shape(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64) -> Vec<[f64; 3]> {
-    let n = located.len().min(points.len()).max(1) as f64;
     let centre = [0, 1, 2].map(|a| {
-        located
+        let mut est: Vec<f64> = located
             .iter()
             .zip(points)
             .map(|(l, p)| l[a] - p.offset_mm[a] / SPACING_MM)
-            .sum::<f64>()
-            / n
+            .collect();
+        est.sort_by(f64::total_cmp);
+        match est.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => est[n / 2],
+            n => (est[n / 2 - 1] + est[n / 2]) / 2.0,
+        }
     });
     located
         .iter()
@@ -644,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn shape_regularisation_keeps_the_mean_centre_and_the_support_shape() {
+    fn shape_regularisation_keeps_a_robust_centre_and_the_support_shape() {
         let pt = |o: [f64; 3]| PointAtlas {
             position: [0.0; 3],
             windows: [vec![], vec![], vec![]],
@@ -673,12 +677,12 @@ mod tests {
             .collect();
         located[1][0] += 6.0;
         let prior = regularize_shape(&located, &refs, 0.0);
-        // Mean centre estimate moves by 6/6 = 1 voxel along i; the shape is the support's.
-        assert_eq!(prior[0], [9.0, 20.0, 30.0]);
-        assert_eq!(prior[1], [13.0, 20.0, 30.0]);
+        // The median centre estimate ignores the one wrong point; the shape is the support's.
+        assert_eq!(prior[0], [8.0, 20.0, 30.0]);
+        assert_eq!(prior[1], [12.0, 20.0, 30.0]);
         assert_eq!(regularize_shape(&located, &refs, 1.0), located);
         let half = regularize_shape(&located, &refs, 0.5);
-        assert!((half[1][0] - (located[1][0] + 13.0) / 2.0).abs() < 1e-12);
+        assert!((half[1][0] - (located[1][0] + 12.0) / 2.0).abs() < 1e-12);
     }
 
     #[test]
