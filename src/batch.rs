@@ -268,6 +268,25 @@ pub struct SupportRun {
     pub localize: LocalizeOptions,
 }
 
+impl SupportRun {
+    /// The run's segmenter: its weights, on its backend, with its CT window.
+    pub fn segmenter(&self) -> Result<crate::sam::predictor::SamSegmenter> {
+        crate::sam::commands::lite_medsam_segmenter(
+            self.config.sam_weights.as_deref(),
+            self.backend,
+            self.window_hu,
+        )
+    }
+
+    /// The slice-segmentation options of the run (its box margin).
+    pub fn segment_options(&self) -> SegmentOptions {
+        SegmentOptions {
+            margin_px_1024: self.margin_px_1024,
+            ..Default::default()
+        }
+    }
+}
+
 /// Organ names of a run: the label table beside the first support label map that has one.
 pub fn support_label_table(config: &RunConfig) -> LabelTable {
     config
@@ -362,15 +381,8 @@ pub fn segment_with_supports(
         organs.len(),
         t.elapsed().as_secs_f64()
     ));
-    let mut segmenter = crate::sam::commands::lite_medsam_segmenter(
-        cfg.sam_weights.as_deref(),
-        run.backend,
-        run.window_hu,
-    )?;
-    let opt = SegmentOptions {
-        margin_px_1024: run.margin_px_1024,
-        ..Default::default()
-    };
+    let mut segmenter = run.segmenter()?;
+    let opt = run.segment_options();
     let out = cfg.out.clone().unwrap_or_else(default_out);
     run_queries(
         &cfg.queries,

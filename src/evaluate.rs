@@ -13,12 +13,10 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::batch::{
-    case_name, load_query, load_supports, medlam_localizer, read_medlam_weights, resolve_organs,
-    support_label_table,
+    SupportRun, case_name, load_query, load_supports, medlam_localizer, read_medlam_weights,
+    resolve_organs, support_label_table,
 };
-use crate::config::{CasePaths, RunConfig};
-use crate::device::BackendChoice;
-use crate::medlam::LocalizeOptions;
+use crate::config::CasePaths;
 use crate::metrics::{LabelMetrics, evaluate_labels};
 use crate::output::mean_sd;
 use crate::pipeline::{
@@ -34,19 +32,6 @@ pub const MODES: [&str; 3] = ["spl", "wpl", "oracle"];
 pub const EVAL_CSV_HEADER: &str =
     "mode,case,label,name,truth_voxels,pred_voxels,dsc,hd95,box_iou,wd,ale";
 pub const TIMES_CSV_HEADER: &str = "case,slices_encoded,boxes_spl,boxes_wpl,boxes_oracle,load_s,localize_spl_s,localize_wpl_s,encode_s,decode_s,total_s";
-
-/// What to evaluate.
-#[derive(Clone, Debug)]
-pub struct EvalRun {
-    /// Supports (with label maps), queries (with label maps), organs, MedLAM and
-    /// segmenter weights; `mode` gives the SPL slab thickness; `out` is required.
-    pub config: RunConfig,
-    pub backend: BackendChoice,
-    pub margin_px_1024: f64,
-    pub window_hu: [f32; 2],
-    pub query_label_map: Vec<(u16, u16)>,
-    pub localize: LocalizeOptions,
-}
 
 /// One row of `eval.csv`.
 #[derive(Clone, Debug, PartialEq)]
@@ -252,7 +237,7 @@ pub struct Failure {
 /// Evaluate every query not yet in `OUT` (see the module doc); returns all results
 /// under `OUT` and the queries that failed in this run (the others continue).
 pub fn evaluate_pipeline(
-    run: &EvalRun,
+    run: &SupportRun,
     progress: &mut dyn FnMut(&str, &str, Progress),
     log: &mut dyn FnMut(String),
 ) -> Result<(EvalResults, Vec<Failure>)> {
@@ -324,15 +309,8 @@ pub fn evaluate_pipeline(
             organs.len(),
             t.elapsed().as_secs_f64()
         ));
-        let mut segmenter = crate::sam::commands::lite_medsam_segmenter(
-            cfg.sam_weights.as_deref(),
-            run.backend,
-            run.window_hu,
-        )?;
-        let opt = SegmentOptions {
-            margin_px_1024: run.margin_px_1024,
-            ..Default::default()
-        };
+        let mut segmenter = run.segmenter()?;
+        let opt = run.segment_options();
         for q in todo {
             let case = case_name(&q.image);
             let mut cache = EmbeddingCache::new(&mut segmenter);
@@ -383,7 +361,7 @@ fn evaluate_query<L: Localizer, S: crate::pipeline::SliceSegmenter>(
     names: &LabelTable,
     (spl, wpl): (&mut L, &mut L),
     cache: &mut EmbeddingCache<'_, S>,
-    run: &EvalRun,
+    run: &SupportRun,
     opt: &SegmentOptions,
     progress: &mut dyn FnMut(&str, &str, Progress),
 ) -> Result<(Vec<EvalRow>, QueryTimes)>

@@ -630,8 +630,27 @@ mod cli {
         Ok(cfg)
     }
 
+    /// A few-shot run of `segment` / `eval-segment`: the configuration and the options only
+    /// the command line sets.
+    fn support_run(
+        a: &SegmentArgs,
+        config: medlsam::config::RunConfig,
+    ) -> Result<medlsam::batch::SupportRun> {
+        Ok(medlsam::batch::SupportRun {
+            config,
+            backend: a.backend,
+            margin_px_1024: a.margin_px,
+            window_hu: [a.window[0], a.window[1]],
+            query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
+            localize: medlsam::medlam::LocalizeOptions {
+                search_radius_vox: a.search_radius,
+                ..Default::default()
+            },
+        })
+    }
+
     fn eval_segment(a: SegmentArgs) -> Result<()> {
-        use medlsam::evaluate::{EvalRun, evaluate_pipeline, summary_table};
+        use medlsam::evaluate::{evaluate_pipeline, summary_table};
         if a.boxes_from_label.is_some() {
             return Err(Error::InvalidArgument(
                 "eval-segment runs the true boxes itself (from --query-label): leave out --boxes-from-label"
@@ -644,17 +663,7 @@ mod cli {
                 "give an output folder (--out): results are appended there and a stopped run resumes from them".into(),
             ));
         }
-        let run = EvalRun {
-            config,
-            backend: a.backend,
-            margin_px_1024: a.margin_px,
-            window_hu: [a.window[0], a.window[1]],
-            query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
-            localize: medlsam::medlam::LocalizeOptions {
-                search_radius_vox: a.search_radius,
-                ..Default::default()
-            },
-        };
+        let run = support_run(&a, config)?;
         let t = std::time::Instant::now();
         let n = run.config.queries.len();
         let mut current = String::new();
@@ -699,7 +708,7 @@ mod cli {
     }
 
     fn segment(a: SegmentArgs) -> Result<()> {
-        use medlsam::batch::{SupportRun, segment_with_supports, summary_table};
+        use medlsam::batch::{segment_with_supports, summary_table};
         use medlsam::config::{Organs, parse_organs};
         let window_hu = [a.window[0], a.window[1]];
         if let Some(label) = a.boxes_from_label {
@@ -721,17 +730,7 @@ mod cli {
             return medlsam::sam::commands::segment_and_report(&run);
         }
         let cfg = run_config(&a)?;
-        let run = SupportRun {
-            config: cfg,
-            backend: a.backend,
-            margin_px_1024: a.margin_px,
-            window_hu,
-            query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
-            localize: medlsam::medlam::LocalizeOptions {
-                search_radius_vox: a.search_radius,
-                ..Default::default()
-            },
-        };
+        let run = support_run(&a, cfg)?;
         let t = std::time::Instant::now();
         let n = run.config.queries.len();
         let mut current = String::new();
