@@ -197,17 +197,26 @@ pub fn read_results(out: &Path) -> Result<EvalResults> {
             .map(String::from)
             .collect())
     };
-    let times = lines("times.csv", TIMES_CSV_HEADER)?
-        .iter()
-        .map(|l| QueryTimes::parse(l))
-        .collect::<Result<Vec<_>>>()?;
+    // A run killed while appending may leave the last times.csv line cut short: it is
+    // dropped (its query runs again); any other bad line is an error.
+    let time_lines = lines("times.csv", TIMES_CSV_HEADER)?;
+    let mut times = Vec::new();
+    for (n, l) in time_lines.iter().enumerate() {
+        match QueryTimes::parse(l) {
+            Ok(t) => times.push(t),
+            Err(_) if n + 1 == time_lines.len() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Rows of queries not in times.csv (unfinished, possibly cut short) are dropped unread.
     let rows = lines("eval.csv", EVAL_CSV_HEADER)?
         .iter()
+        .filter(|l| {
+            let case = l.split(',').nth(1).unwrap_or("");
+            times.iter().any(|t| t.case == case)
+        })
         .map(|l| EvalRow::parse(l))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|r| times.iter().any(|t| t.case == r.case))
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(EvalResults { rows, times })
 }
 
@@ -537,6 +546,8 @@ mod tests {
             [t.to_csv()].into_iter(),
         )
         .unwrap();
+        // A query cut short while its rows were written: a partial eval.csv line.
+        append(&dir.join("eval.csv"), &["spl,c,3,Right Pa".into()]).unwrap();
         let back = read_results(&dir).unwrap();
         // "b" never reached times.csv: its row is dropped; a comma in a name is replaced.
         assert_eq!(back.rows.len(), 2);
@@ -544,6 +555,9 @@ mod tests {
         assert_eq!(back.rows[0].dsc, Some(50.0));
         assert_eq!(back.rows[0].box_iou, None);
         assert_eq!(back.times[0].boxes, [9, 8, 7]);
+        // A times.csv line cut short: that query is not counted.
+        append(&dir.join("times.csv"), &["b,7,9".into()]).unwrap();
+        assert_eq!(read_results(&dir).unwrap().times.len(), 1);
         let table = summary_table(&back);
         assert!(table.contains("70.0 ± 0.0"), "{table}");
         assert!(table.contains("1 queries; per query: 12 s"), "{table}");
