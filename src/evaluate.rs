@@ -362,6 +362,20 @@ pub fn evaluate_pipeline(
     Ok((read_results(&out)?, failures))
 }
 
+/// One mode of a query: [`segment_canonical`] with `localizer`, not cancellable.
+fn segment_with<L: Localizer, S: crate::pipeline::SliceSegmenter>(
+    canon: &crate::volume::CtVolume,
+    organs: &[u16],
+    localizer: &mut L,
+    segmenter: &mut S,
+    opt: &SegmentOptions,
+    report: &mut dyn FnMut(Progress),
+) -> Result<crate::pipeline::CanonicalResult> {
+    pollster::block_on(segment_canonical(
+        canon, organs, localizer, segmenter, opt, None, report,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn evaluate_query<L: Localizer, S: crate::pipeline::SliceSegmenter>(
     q: &CasePaths,
@@ -386,41 +400,15 @@ where
         ..Default::default()
     };
     let (canon, r) = ct.to_canonical();
+    // The true box of each slice (no slabs), with the same margin.
+    let mut oracle = OracleLocalizer::new(&ct, &truth, BoxMode::Spl { slab_mm: 0.0 })?;
     let mut rows = Vec::new();
     for (n, mode) in MODES.iter().enumerate() {
         let mut report = |p: Progress| progress(case, mode, p);
         let res = match *mode {
-            "spl" => pollster::block_on(segment_canonical(
-                &canon,
-                organs,
-                spl,
-                cache,
-                opt,
-                None,
-                &mut report,
-            ))?,
-            "wpl" => pollster::block_on(segment_canonical(
-                &canon,
-                organs,
-                wpl,
-                cache,
-                opt,
-                None,
-                &mut report,
-            ))?,
-            _ => {
-                // The true box of each slice (no slabs), with the same margin.
-                let mut oracle = OracleLocalizer::new(&ct, &truth, BoxMode::Spl { slab_mm: 0.0 })?;
-                pollster::block_on(segment_canonical(
-                    &canon,
-                    organs,
-                    &mut oracle,
-                    cache,
-                    opt,
-                    None,
-                    &mut report,
-                ))?
-            }
+            "spl" => segment_with(&canon, organs, spl, cache, opt, &mut report)?,
+            "wpl" => segment_with(&canon, organs, wpl, cache, opt, &mut report)?,
+            _ => segment_with(&canon, organs, &mut oracle, cache, opt, &mut report)?,
         };
         match *mode {
             "spl" => times.localize_spl_s = res.times.localize.as_secs_f64(),
@@ -436,7 +424,6 @@ where
         }
     }
     times.slices_encoded = cache.len();
-    cache.clear();
     times.total_s = t0.elapsed().as_secs_f64();
     Ok((rows, times))
 }

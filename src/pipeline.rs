@@ -110,7 +110,8 @@ pub trait SliceSegmenter {
 
 /// A [`SliceSegmenter`] that keeps every slice embedding it computes, so several runs
 /// over one query (SPL, WPL and true boxes in an evaluation) encode each slice once.
-/// A slice is recognised by its size and pixel values; [`Self::clear`] between queries.
+/// A slice is recognised by its size and pixel values; make one per query (it holds
+/// every embedding until dropped).
 pub struct EmbeddingCache<'a, S: SliceSegmenter> {
     inner: &'a mut S,
     cache: HashMap<u64, S::Embedding>,
@@ -131,10 +132,6 @@ impl<'a, S: SliceSegmenter> EmbeddingCache<'a, S> {
 
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.cache.clear();
     }
 }
 
@@ -776,8 +773,6 @@ mod tests {
             );
         }
         let kept = cached.len();
-        cached.clear();
-        assert!(cached.is_empty());
         // SPL and WPL span the same slices: the second run encodes nothing new.
         assert_eq!(results[0].slices_encoded, results[1].slices_encoded);
         assert_eq!(inner.0, results[0].slices_encoded);
