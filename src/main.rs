@@ -344,13 +344,18 @@ mod cli {
         /// Centred MSS passes (each re-centres on the previous match, half the radius).
         #[arg(long, default_value_t = 2)]
         mss_iterations: usize,
-        /// Match each support separately and take the median point.
+        /// Match the supports' mean windows instead of each support separately (then the
+        /// median point, the default).
         #[arg(long)]
-        per_support: bool,
+        mean_windows: bool,
         /// Shape regularisation: 1 keeps the located points, 0 uses the supports' mean shape
         /// at the located centre (the default: best in eval-localize).
         #[arg(long, default_value_t = 0.0)]
         shape_blend: f64,
+        /// Organ layout correction: the weight of each organ's own centre against where the
+        /// other organs and the supports' layout put it (1: off; needs two or more organs).
+        #[arg(long, default_value_t = 0.5)]
+        layout_blend: f64,
         #[arg(long)]
         out: PathBuf,
     }
@@ -381,6 +386,9 @@ mod cli {
         /// Also evaluate tuning variants (other radii, one MSS pass).
         #[arg(long)]
         tuning: bool,
+        /// Only the baseline and the default method.
+        #[arg(long)]
+        quick: bool,
         #[arg(long, default_value = "cpu")]
         backend: String,
         #[arg(long, default_value = "out/eval_localize")]
@@ -831,6 +839,16 @@ mod cli {
     fn localize(a: LocalizeArgs) -> Result<()> {
         use medlsam::medlam::eval::{LocalizeRun, run_localize};
         use medlsam::medlam::{AtlasMode, LocalizeOptions};
+        for (flag, v) in [
+            ("--shape-blend", a.shape_blend),
+            ("--layout-blend", a.layout_blend),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} {v}: give a weight between 0 and 1"
+                )));
+            }
+        }
         let supports = pair_supports(a.support_image, a.support_label)?;
         let mode = match a.mode.to_ascii_lowercase().as_str() {
             "wpl" => AtlasMode::Wpl,
@@ -854,8 +872,9 @@ mod cli {
                 uam: !a.no_uam,
                 mss: !a.no_mss,
                 centred: !a.tiled,
-                per_support: a.per_support,
+                per_support: !a.mean_windows,
                 shape_blend: a.shape_blend,
+                layout_blend: a.layout_blend,
                 mss_iterations: a.mss_iterations,
                 ..Default::default()
             },
@@ -881,6 +900,7 @@ mod cli {
             radii: a.search_radius,
             mss_iterations: a.mss_iterations,
             tuning: a.tuning,
+            quick: a.quick,
             device: device(&a.backend)?,
             out: a.out,
         };

@@ -75,6 +75,10 @@ pub struct OrganAtlas {
     pub parts: Vec<[PointAtlas; 6]>,
     /// Supports that contain the organ.
     pub supports: usize,
+    /// On each support that contains it (support index, in the order given): the organ's
+    /// centre, the mean of its parts' box centres, in mm along the canonical axes from the
+    /// support's first voxel. Differences between organs give their typical layout.
+    pub centres_mm: Vec<(usize, [f64; 3])>,
 }
 
 /// The atlas of a support set.
@@ -177,7 +181,8 @@ impl Atlas {
             .map(|&n| vec![[[0.0; 3]; 6]; n])
             .collect();
         let mut counts = vec![0usize; organs.len()];
-        for s in supports {
+        let mut centres: Vec<Vec<(usize, [f64; 3])>> = vec![Vec::new(); organs.len()];
+        for (si, s) in supports.iter().enumerate() {
             let prep = Prepared::from_canonical(&s.ct)?;
             let spacing = s.ct.spacing_mm();
             // (organ index, part, point index, grid voxel)
@@ -201,8 +206,13 @@ impl Atlas {
                     continue; // organ absent (or too thin for the slabs) on this support
                 }
                 counts[o] += 1;
+                let mut centre = [0.0; 3];
                 for (part, pts) in parts.iter().enumerate() {
                     let b = super::boxes::box_from_points(pts);
+                    for a in 0..3 {
+                        centre[a] +=
+                            (b.min[a] + b.max[a]) as f64 / 2.0 * spacing[a] / parts.len() as f64;
+                    }
                     for (k, p) in pts.iter().enumerate() {
                         for a in 0..3 {
                             let centre = (b.min[a] + b.max[a]) as f64 / 2.0;
@@ -214,6 +224,7 @@ impl Atlas {
                         jobs.push((o, part, k, g.map(|x| x.round() as i64)));
                     }
                 }
+                centres[o].push((si, centre));
             }
             const BATCH: usize = 6;
             for chunk in jobs.chunks(BATCH) {
@@ -283,6 +294,7 @@ impl Atlas {
                 label,
                 parts,
                 supports: counts[o],
+                centres_mm: std::mem::take(&mut centres[o]),
             });
         }
         Ok(Self {

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
 use super::localize::{
-    LocalizeOptions, QueryState, localize_organs, locate_points, organ_localization, organ_points,
-    query_state, regularize_parts,
+    LocalizeOptions, QueryState, apply_layout, localize_organs, locate_points, organ_localization,
+    organ_points, organs_in_view, query_state, regularize_parts,
 };
 use super::net::{MedLam, MedLamConfig};
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
@@ -316,6 +316,8 @@ pub struct EvalOptions {
     pub mss_iterations: usize,
     /// Also evaluate the tuning variants (other radii, a single MSS pass).
     pub tuning: bool,
+    /// Only the baseline and the default method (UAM+MSS, each support matched).
+    pub quick: bool,
     pub device: Device,
     /// Where `eval_localize.csv` and `eval_localize.txt` go.
     pub out: PathBuf,
@@ -434,11 +436,43 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
                 baseline.extend(baseline_localization(&supports, &canon, label)?);
             }
             let mut results = vec![("baseline".to_string(), baseline.clone())];
+            // Every atlas organ is located (as the pipeline does for the organs asked for);
+            // only those the query has are scored.
             results.extend(pollster::block_on(evaluate_query(
-                &net, &atlas, &q, &present, o,
+                &net, &atlas, &q, &o.organs, o,
             ))?);
             query_seconds.push(t.elapsed().as_secs_f64());
             let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
+            // Diagnostics of the default: its box moved to the true centre (what remains is
+            // the size error), and the true box size at its centre (the centre error).
+            let default_name = format!("uam+mss/med@{}~0+layout", o.radii.first().unwrap_or(&16));
+            let diag: Vec<(String, Vec<OrganLocalization>)> = results
+                .iter()
+                .filter(|(m, _)| *m == default_name)
+                .flat_map(|(m, locs)| {
+                    let moved = |keep_size: bool| -> Vec<OrganLocalization> {
+                        locs.iter()
+                            .filter_map(|l| {
+                                let t = bounding_box(&lab, l.label)?;
+                                let (c, size) = if keep_size { (t, l.bbox) } else { (l.bbox, t) };
+                                let mut out = l.clone();
+                                for a in 0..3 {
+                                    let s = size.max[a] - size.min[a];
+                                    let c2 = c.min[a] + c.max[a];
+                                    out.bbox.min[a] = c2.saturating_sub(s) / 2;
+                                    out.bbox.max[a] = out.bbox.min[a] + s;
+                                }
+                                Some(out)
+                            })
+                            .collect()
+                    };
+                    [
+                        (format!("{m}@true-centre"), moved(true)),
+                        (format!("{m}@true-size"), moved(false)),
+                    ]
+                })
+                .collect();
+            results.extend(diag);
             for (method, locs) in results {
                 let mut ious = Vec::new();
                 for l in &locs {
@@ -493,7 +527,8 @@ fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalR
 /// Every method but the baseline for one query: UAM (1 and 2 passes), MSS alone (one
 /// tiled feature pass, whole-body search) and UAM+MSS (patches centred on the UAM points,
 /// `mss_iterations` passes; `/med`: each support matched separately, median point, in
-/// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`).
+/// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`)
+/// and, with the support shape, corrected by the organ layout (`~0+layout`).
 async fn evaluate_query(
     net: &MedLam,
     atlas: &Atlas,
@@ -501,7 +536,7 @@ async fn evaluate_query(
     organs: &[u16],
     o: &EvalOptions,
 ) -> Result<Vec<(String, Vec<OrganLocalization>)>> {
-    let (points, _) = organ_points(atlas, organs);
+    let (points, layout) = organ_points(atlas, organs);
     let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
         let mut out = Vec::new();
         let mut at = 0;
@@ -522,20 +557,49 @@ async fn evaluate_query(
         let found = locate_points(net, atlas, q, &points, &opt, &o.device).await?;
         let located: Vec<[f64; 3]> = found.iter().map(|x| x.0).collect();
         for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
-            out.push((
-                format!("{name}{suffix}"),
-                assemble(&regularize_parts(&located, &points, blend)),
-            ));
+            let shaped = regularize_parts(&located, &points, blend);
+            if blend == 0.0 {
+                let layout_blend = LocalizeOptions::default().layout_blend;
+                let votes: Vec<bool> = organs_in_view(q, &points, &layout)
+                    .iter()
+                    .map(|&f| f >= crate::pipeline::MIN_IN_VIEW)
+                    .collect();
+                out.push((
+                    format!("{name}{suffix}+layout"),
+                    assemble(&apply_layout(
+                        &shaped,
+                        &points,
+                        &layout,
+                        atlas,
+                        layout_blend,
+                        &votes,
+                    )),
+                ));
+            }
+            out.push((format!("{name}{suffix}"), assemble(&shaped)));
         }
         Ok(())
     };
-    // Rows without `/med` match the supports' mean windows; the default (`/med~0`) matches
-    // each support separately.
+    // Rows without `/med` match the supports' mean windows; the default (`/med~0+layout`)
+    // matches each support separately.
     let base = LocalizeOptions {
         mss_iterations: o.mss_iterations,
         per_support: false,
         ..LocalizeOptions::default()
     };
+    if o.quick {
+        let r = o.radii.first().copied().unwrap_or(16);
+        run(
+            format!("uam+mss/med@{r}"),
+            LocalizeOptions {
+                per_support: true,
+                search_radius_vox: r,
+                ..base
+            },
+        )
+        .await?;
+        return Ok(out);
+    }
     let uam = LocalizeOptions { mss: false, ..base };
     run("uam".into(), uam).await?;
     run(

@@ -8,7 +8,11 @@
 //!    region in one tiled pass (only tiles a search needs); each support window
 //!    is correlated with them and the best voxel within `search_radius_vox` of
 //!    the coarse point (or anywhere in the body without UAM) is the point.
-//! 4. Points → boxes (WPL or SPL, see [`super::boxes`]) in canonical voxel
+//! 4. **Priors**: each part's points take the supports' mean shape around their
+//!    robust centre ([`regularize_shape`]); each organ's centre is then pulled
+//!    halfway to where the other organs' centres and the supports' organ layout
+//!    put it ([`apply_layout`]).
+//! 5. Points → boxes (WPL or SPL, see [`super::boxes`]) in canonical voxel
 //!    indices of the query; the pipeline maps them to the file's grid.
 //!
 //! Device-generic and async (tensor reads are async), so it runs in the browser.
@@ -20,7 +24,7 @@ use super::boxes::{box_from_points, merge_extreme_points, spl_slice_boxes, union
 use super::features::{FeatureFrame, Search, WINDOWS, frame_for};
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::{Prepared, SPACING_MM};
-use crate::pipeline::{Localizer, OrganLocalization, wpl_slice_boxes};
+use crate::pipeline::{Localizer, MIN_IN_VIEW, OrganLocalization, wpl_slice_boxes};
 use crate::volume::CtVolume;
 use crate::volume::labels::BoxVox;
 use crate::{Error, Result};
@@ -50,6 +54,10 @@ pub struct LocalizeOptions {
     /// Centred MSS passes: each further pass re-centres the query patch on the previous
     /// match and searches again within half the previous radius (at least 2 voxels).
     pub mss_iterations: usize,
+    /// Organ layout correction, applied after the shape regularisation when two or more
+    /// organs are localized together: the weight of each organ's own centre against the
+    /// estimate the other organs give (see [`apply_layout`]); 1 turns it off.
+    pub layout_blend: f64,
 }
 
 impl Default for LocalizeOptions {
@@ -63,6 +71,7 @@ impl Default for LocalizeOptions {
             shape_blend: 0.0,
             centred: true,
             mss_iterations: 2,
+            layout_blend: 0.5,
         }
     }
 }
@@ -383,24 +392,36 @@ async fn match_windows(
     Ok(out)
 }
 
-/// Shape regularisation of one part's 6 located points (grid voxels): each point, minus
-/// its mean offset from the part's box centre on the supports, estimates that centre; the
-/// prior points are the supports' mean offsets around the median estimate (per axis, so
-/// one badly located point does not move it). Returns `blend·located + (1 − blend)·prior`.
+/// Robust centre (grid voxels) of one part from its located points: each point, minus its
+/// mean offset from the part's box centre on the supports, estimates that centre; the
+/// per-axis median of the estimates (so one badly located point does not move it).
+pub fn part_centre(located: &[[f64; 3]], points: &[&PointAtlas]) -> [f64; 3] {
+    [0, 1, 2].map(|a| {
+        median(
+            located
+                .iter()
+                .zip(points)
+                .map(|(l, p)| l[a] - p.offset_mm[a] / SPACING_MM)
+                .collect(),
+        )
+    })
+}
+
+/// Median of values (mean of the middle two for an even count; 0 for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Shape regularisation of one part's 6 located points (grid voxels): the prior points are
+/// the supports' mean offsets around the part's robust centre ([`part_centre`]). Returns
+/// `blend·located + (1 − blend)·prior`.
 pub fn regularize_shape(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64) -> Vec<[f64; 3]> {
-    let centre = [0, 1, 2].map(|a| {
-        let mut est: Vec<f64> = located
-            .iter()
-            .zip(points)
-            .map(|(l, p)| l[a] - p.offset_mm[a] / SPACING_MM)
-            .collect();
-        est.sort_by(f64::total_cmp);
-        match est.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => est[n / 2],
-            n => (est[n / 2 - 1] + est[n / 2]) / 2.0,
-        }
-    });
+    let centre = part_centre(located, points);
     located
         .iter()
         .zip(points)
@@ -421,6 +442,108 @@ pub fn regularize_parts(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64
         .zip(points.chunks(6))
         .flat_map(|(l, p)| regularize_shape(l, p, blend))
         .collect()
+}
+
+/// Correct organ centres by the organs' layout on the supports: every other organ's
+/// located centre plus the supports' mean offset between the two organs estimates an
+/// organ's centre; the per-axis median of those estimates (robust to a badly located
+/// organ) is blended with the organ's own centre (the mean of its parts' [`part_centre`]s)
+/// as `own·own centre + (1 − own)·others' estimate`, and the organ's points move with it.
+/// `layout` is [`organ_points`]' (label, part count) list; grid voxels. Only organs marked
+/// in `votes` (e.g. those in the scan's field of view) give estimates. Needs two organs.
+pub fn apply_layout(
+    located: &[[f64; 3]],
+    points: &[&PointAtlas],
+    layout: &[(u16, usize)],
+    atlas: &Atlas,
+    own: f64,
+    votes: &[bool],
+) -> Vec<[f64; 3]> {
+    if own >= 1.0 || layout.len() < 2 {
+        return located.to_vec();
+    }
+    let centres = organ_centres(located, points, layout);
+    let mut targets = centres.clone();
+    for (i, &(li, _)) in layout.iter().enumerate() {
+        let Some(oi) = atlas.organ(li) else { continue };
+        let mut estimates: Vec<[f64; 3]> = Vec::new();
+        for (j, &(lj, _)) in layout.iter().enumerate() {
+            let Some(oj) = atlas
+                .organ(lj)
+                .filter(|_| j != i && votes.get(j).copied().unwrap_or(true))
+            else {
+                continue;
+            };
+            // Mean offset (grid voxels) from organ j to organ i on the supports with both.
+            let mut sum = [0.0; 3];
+            let mut n = 0.0;
+            for (s, ci) in &oi.centres_mm {
+                if let Some((_, cj)) = oj.centres_mm.iter().find(|(t, _)| t == s) {
+                    for a in 0..3 {
+                        sum[a] += (ci[a] - cj[a]) / SPACING_MM;
+                    }
+                    n += 1.0;
+                }
+            }
+            if n > 0.0 {
+                estimates.push([0, 1, 2].map(|a| centres[j][a] + sum[a] / n));
+            }
+        }
+        if !estimates.is_empty() {
+            let others = [0, 1, 2].map(|a| median(estimates.iter().map(|e| e[a]).collect()));
+            targets[i] = [0, 1, 2].map(|a| own * centres[i][a] + (1.0 - own) * others[a]);
+        }
+    }
+    move_organs(located, layout, &centres, &targets)
+}
+
+/// The index ranges of each organ's points in a [`organ_points`] list.
+fn organ_ranges(layout: &[(u16, usize)]) -> Vec<std::ops::Range<usize>> {
+    let mut at = 0;
+    layout
+        .iter()
+        .map(|&(_, n)| {
+            at += 6 * n;
+            at - 6 * n..at
+        })
+        .collect()
+}
+
+/// Each organ's centre (grid voxels): the mean of its parts' [`part_centre`]s.
+pub fn organ_centres(
+    located: &[[f64; 3]],
+    points: &[&PointAtlas],
+    layout: &[(u16, usize)],
+) -> Vec<[f64; 3]> {
+    organ_ranges(layout)
+        .into_iter()
+        .map(|r| {
+            let cs: Vec<[f64; 3]> = located[r.clone()]
+                .chunks(6)
+                .zip(points[r].chunks(6))
+                .map(|(l, p)| part_centre(l, p))
+                .collect();
+            [0, 1, 2].map(|a| cs.iter().map(|c| c[a]).sum::<f64>() / cs.len().max(1) as f64)
+        })
+        .collect()
+}
+
+/// Move each organ's points by `to − from` (its centre's move).
+pub fn move_organs(
+    located: &[[f64; 3]],
+    layout: &[(u16, usize)],
+    from: &[[f64; 3]],
+    to: &[[f64; 3]],
+) -> Vec<[f64; 3]> {
+    let mut out = located.to_vec();
+    for ((r, f), t) in organ_ranges(layout).into_iter().zip(from).zip(to) {
+        for p in &mut out[r] {
+            for a in 0..3 {
+                p[a] += t[a] - f[a];
+            }
+        }
+    }
+    out
 }
 
 /// Assemble an organ's localization from its parts' points (canonical voxels of the query).
@@ -511,6 +634,22 @@ pub async fn locate_points(
     })
 }
 
+/// Share of each organ's box inside the scan, from its UAM points (not the refined ones:
+/// MSS only searches inside the scan), per [`organ_points`] layout entry.
+pub fn organs_in_view(
+    query: &QueryState,
+    points: &[&PointAtlas],
+    layout: &[(u16, usize)],
+) -> Vec<f32> {
+    organ_ranges(layout)
+        .into_iter()
+        .map(|r| {
+            let uam: Vec<[f64; 3]> = points[r].iter().map(|p| query.uam_point(p)).collect();
+            query.fraction_in_view(&uam)
+        })
+        .collect()
+}
+
 /// Localize organs in a prepared query (canonical voxel results).
 pub async fn localize_organs(
     net: &MedLam,
@@ -522,18 +661,26 @@ pub async fn localize_organs(
 ) -> Result<Vec<OrganLocalization>> {
     let (points, layout) = organ_points(atlas, organs);
     let mut located = locate_points(net, atlas, query, &points, options, device).await?;
-    if options.shape_blend < 1.0 {
+    let in_view = organs_in_view(query, &points, &layout);
+    if options.shape_blend < 1.0 || options.layout_blend < 1.0 {
         let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
-        for (l, r) in located
-            .iter_mut()
-            .zip(regularize_parts(&pts, &points, options.shape_blend))
-        {
+        let shaped = regularize_parts(&pts, &points, options.shape_blend);
+        let votes: Vec<bool> = in_view.iter().map(|&f| f >= MIN_IN_VIEW).collect();
+        let placed = apply_layout(
+            &shaped,
+            &points,
+            &layout,
+            atlas,
+            options.layout_blend,
+            &votes,
+        );
+        for (l, r) in located.iter_mut().zip(placed) {
             l.0 = r;
         }
     }
     let mut out = Vec::new();
     let mut at = 0;
-    for (label, n_parts) in layout {
+    for (&(label, n_parts), &view) in layout.iter().zip(&in_view) {
         let mut parts = Vec::with_capacity(n_parts);
         let mut score = 0.0;
         for _ in 0..n_parts {
@@ -544,12 +691,8 @@ pub async fn localize_organs(
             at += 6;
         }
         let confidence = score / (6 * n_parts) as f32;
-        let uam: Vec<[f64; 3]> = points[at - 6 * n_parts..at]
-            .iter()
-            .map(|p| query.uam_point(p))
-            .collect();
         if let Some(mut o) = organ_localization(label, &parts, atlas.mode, confidence) {
-            o.in_view = query.fraction_in_view(&uam);
+            o.in_view = view;
             if o.outside_view() {
                 // Do not invent a mask for an organ the scan does not show.
                 o.confidence = 0.0;
@@ -613,6 +756,7 @@ impl Localizer for MedLamLocalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::medlam::atlas::OrganAtlas;
     use crate::volume::resample::ResampleGrid;
 
     #[test]
@@ -683,6 +827,70 @@ mod tests {
         assert_eq!(regularize_shape(&located, &refs, 1.0), located);
         let half = regularize_shape(&located, &refs, 0.5);
         assert!((half[1][0] - (located[1][0] + 12.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn layout_pulls_a_misplaced_organ_halfway_to_where_the_others_put_it() {
+        let pt = || PointAtlas {
+            position: [0.0; 3],
+            windows: [vec![], vec![], vec![]],
+            per_support: vec![],
+            offset_mm: [0.0; 3],
+        };
+        // Three organs, one part each; on the two supports organ 2 lies 30 mm (10 voxels)
+        // along i from organ 1 and organ 3 30 mm along j, with 6 mm of spread.
+        let organ = |label: u16, c: [[f64; 3]; 2]| OrganAtlas {
+            label,
+            parts: vec![std::array::from_fn(|_| pt())],
+            supports: 2,
+            centres_mm: vec![(0, c[0]), (1, c[1])],
+        };
+        let atlas = Atlas {
+            config: MedLamConfig::new(16, [2, 2, 4, 4, 8], [4, 4, 4, 2], [8, 4]),
+            mode: AtlasMode::Wpl,
+            organs: vec![
+                organ(1, [[100.0, 100.0, 100.0], [200.0, 50.0, 80.0]]),
+                organ(2, [[133.0, 100.0, 100.0], [227.0, 50.0, 80.0]]),
+                organ(3, [[100.0, 130.0, 100.0], [200.0, 80.0, 80.0]]),
+            ],
+        };
+        let (points, layout) = organ_points(&atlas, &[1, 2, 3]);
+        assert_eq!(layout, vec![(1, 1), (2, 1), (3, 1)]);
+        // Located: organs 1 and 3 where the layout puts them, organ 2 9 voxels off in k.
+        let centres = [[20.0, 20.0, 20.0], [30.0, 20.0, 29.0], [20.0, 30.0, 20.0]];
+        let located: Vec<[f64; 3]> = centres.iter().flat_map(|c| [*c; 6]).collect();
+        let placed = apply_layout(&located, &points, &layout, &atlas, 0.5, &[true; 3]);
+        // Organ 2: others' estimates (30, 20, 20) from organ 1 and from organ 3 → halfway.
+        assert_eq!(placed[6], [30.0, 20.0, 24.5]);
+        // Organ 1: estimates (20, 20, 29) from organ 2 and (20, 20, 20) from organ 3, median
+        // (20, 20, 24.5) → halfway from its own centre.
+        assert_eq!(placed[0], [20.0, 20.0, 22.25]);
+        // An organ outside the view does not vote: organ 1 then follows organ 3 alone.
+        let placed = apply_layout(
+            &located,
+            &points,
+            &layout,
+            &atlas,
+            0.5,
+            &[true, false, true],
+        );
+        assert_eq!(placed[0], [20.0, 20.0, 20.0]);
+        // Weight 1, or a single organ, leaves the points alone.
+        assert_eq!(
+            apply_layout(&located, &points, &layout, &atlas, 1.0, &[]),
+            located
+        );
+        assert_eq!(
+            apply_layout(
+                &located[..6],
+                &points[..6],
+                &layout[..1],
+                &atlas,
+                0.5,
+                &[true]
+            ),
+            located[..6]
+        );
     }
 
     #[test]
