@@ -510,7 +510,7 @@ fn organ_ranges(layout: &[(u16, usize)]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Each organ's centre (grid voxels): the mean of its parts' [`part_centre`]s.
-pub fn organ_centres(
+fn organ_centres(
     located: &[[f64; 3]],
     points: &[&PointAtlas],
     layout: &[(u16, usize)],
@@ -529,7 +529,7 @@ pub fn organ_centres(
 }
 
 /// Move each organ's points by `to − from` (its centre's move).
-pub fn move_organs(
+fn move_organs(
     located: &[[f64; 3]],
     layout: &[(u16, usize)],
     from: &[[f64; 3]],
