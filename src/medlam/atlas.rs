@@ -206,11 +206,11 @@ impl Atlas {
                     continue; // organ absent (or too thin for the slabs) on this support
                 }
                 counts[o] += 1;
-                let mut centre = [0.0; 3];
+                let mut organ_centre = [0.0; 3];
                 for (part, pts) in parts.iter().enumerate() {
                     let b = super::boxes::box_from_points(pts);
                     for a in 0..3 {
-                        centre[a] +=
+                        organ_centre[a] +=
                             (b.min[a] + b.max[a]) as f64 / 2.0 * spacing[a] / parts.len() as f64;
                     }
                     for (k, p) in pts.iter().enumerate() {
@@ -224,7 +224,7 @@ impl Atlas {
                         jobs.push((o, part, k, g.map(|x| x.round() as i64)));
                     }
                 }
-                centres[o].push((si, centre));
+                centres[o].push((si, organ_centre));
             }
             const BATCH: usize = 6;
             for chunk in jobs.chunks(BATCH) {

@@ -552,6 +552,9 @@ async fn evaluate_query(
         }
         out
     };
+    // The organ layout as the pipeline applies it: default weight, organs in view vote.
+    let layout_blend = LocalizeOptions::default().layout_blend;
+    let in_view = organs_in_view(q, &points, &layout);
     let mut out = Vec::new();
     let mut run = async |name: String, opt: LocalizeOptions| -> Result<()> {
         let found = locate_points(net, atlas, q, &points, &opt, &o.device).await?;
@@ -559,11 +562,6 @@ async fn evaluate_query(
         for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
             let shaped = regularize_parts(&located, &points, blend);
             if blend == 0.0 {
-                let layout_blend = LocalizeOptions::default().layout_blend;
-                let votes: Vec<bool> = organs_in_view(q, &points, &layout)
-                    .iter()
-                    .map(|&f| f >= crate::pipeline::MIN_IN_VIEW)
-                    .collect();
                 out.push((
                     format!("{name}{suffix}+layout"),
                     assemble(&apply_layout(
@@ -572,7 +570,7 @@ async fn evaluate_query(
                         &layout,
                         atlas,
                         layout_blend,
-                        &votes,
+                        &in_view,
                     )),
                 ));
             }

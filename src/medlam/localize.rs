@@ -312,17 +312,11 @@ pub async fn refine_per_support(
         let n = p.per_support.len();
         let m = &found[at..at + n];
         at += n;
-        let median = |a: usize| {
-            let mut v: Vec<f64> = m.iter().map(|x| x.0[a]).collect();
-            v.sort_by(f64::total_cmp);
-            if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        };
         let score = m.iter().map(|x| x.1).sum::<f32>() / n.max(1) as f32;
-        out.push(([0, 1, 2].map(median), score));
+        out.push((
+            [0, 1, 2].map(|a| median(m.iter().map(|x| x.0[a]).collect())),
+            score,
+        ));
     }
     Ok(out)
 }
@@ -449,15 +443,16 @@ pub fn regularize_parts(located: &[[f64; 3]], points: &[&PointAtlas], blend: f64
 /// organ's centre; the per-axis median of those estimates (robust to a badly located
 /// organ) is blended with the organ's own centre (the mean of its parts' [`part_centre`]s)
 /// as `own·own centre + (1 − own)·others' estimate`, and the organ's points move with it.
-/// `layout` is [`organ_points`]' (label, part count) list; grid voxels. Only organs marked
-/// in `votes` (e.g. those in the scan's field of view) give estimates. Needs two organs.
+/// `layout` is [`organ_points`]' (label, part count) list; grid voxels. Organs whose
+/// `in_view` share ([`organs_in_view`]) is below [`MIN_IN_VIEW`] give no estimates (missing
+/// shares count as in view). Needs two organs.
 pub fn apply_layout(
     located: &[[f64; 3]],
     points: &[&PointAtlas],
     layout: &[(u16, usize)],
     atlas: &Atlas,
     own: f64,
-    votes: &[bool],
+    in_view: &[f32],
 ) -> Vec<[f64; 3]> {
     if own >= 1.0 || layout.len() < 2 {
         return located.to_vec();
@@ -470,7 +465,7 @@ pub fn apply_layout(
         for (j, &(lj, _)) in layout.iter().enumerate() {
             let Some(oj) = atlas
                 .organ(lj)
-                .filter(|_| j != i && votes.get(j).copied().unwrap_or(true))
+                .filter(|_| j != i && in_view.get(j).is_none_or(|&f| f >= MIN_IN_VIEW))
             else {
                 continue;
             };
@@ -665,14 +660,13 @@ pub async fn localize_organs(
     if options.shape_blend < 1.0 || options.layout_blend < 1.0 {
         let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
         let shaped = regularize_parts(&pts, &points, options.shape_blend);
-        let votes: Vec<bool> = in_view.iter().map(|&f| f >= MIN_IN_VIEW).collect();
         let placed = apply_layout(
             &shaped,
             &points,
             &layout,
             atlas,
             options.layout_blend,
-            &votes,
+            &in_view,
         );
         for (l, r) in located.iter_mut().zip(placed) {
             l.0 = r;
@@ -859,21 +853,14 @@ mod tests {
         // Located: organs 1 and 3 where the layout puts them, organ 2 9 voxels off in k.
         let centres = [[20.0, 20.0, 20.0], [30.0, 20.0, 29.0], [20.0, 30.0, 20.0]];
         let located: Vec<[f64; 3]> = centres.iter().flat_map(|c| [*c; 6]).collect();
-        let placed = apply_layout(&located, &points, &layout, &atlas, 0.5, &[true; 3]);
+        let placed = apply_layout(&located, &points, &layout, &atlas, 0.5, &[1.0; 3]);
         // Organ 2: others' estimates (30, 20, 20) from organ 1 and from organ 3 → halfway.
         assert_eq!(placed[6], [30.0, 20.0, 24.5]);
         // Organ 1: estimates (20, 20, 29) from organ 2 and (20, 20, 20) from organ 3, median
         // (20, 20, 24.5) → halfway from its own centre.
         assert_eq!(placed[0], [20.0, 20.0, 22.25]);
         // An organ outside the view does not vote: organ 1 then follows organ 3 alone.
-        let placed = apply_layout(
-            &located,
-            &points,
-            &layout,
-            &atlas,
-            0.5,
-            &[true, false, true],
-        );
+        let placed = apply_layout(&located, &points, &layout, &atlas, 0.5, &[1.0, 0.2, 1.0]);
         assert_eq!(placed[0], [20.0, 20.0, 20.0]);
         // Weight 1, or a single organ, leaves the points alone.
         assert_eq!(
@@ -887,7 +874,7 @@ mod tests {
                 &layout[..1],
                 &atlas,
                 0.5,
-                &[true]
+                &[1.0]
             ),
             located[..6]
         );
