@@ -277,6 +277,15 @@ fn localize_command_writes_boxes_json_and_localization_csv() {
 
 /// Small widths; patch 32 so that the bottleneck after 4 poolings is 2³ (on a 1³ bottleneck
 /// instance norm outputs zeros and the position head sees a constant).
+/// Burn's CPU backend keeps one random generator per process (`Device::seed` sets it for
+/// every thread): tests that seed it and initialise a network take this lock, or a test
+/// running in parallel draws from the generator between their seed and their draws.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny_config() -> MedLamConfig {
     MedLamConfig::new(32, [4, 8, 8, 16, 16], [16, 8, 8, 8], [16, 8]).with_decoder_levels(3)
 }
@@ -308,6 +317,7 @@ fn tiny_run(root: &std::path::Path, dir: &str, images: &[PathBuf]) -> TrainOptio
 
 #[test]
 fn training_steps_reduce_the_loss_on_real_ct_patches() {
+    let _rng = backend_rng();
     let scratch = Scratch::new("train-steps");
     let images: Vec<PathBuf> = ["okbp_001", "okbp_002"]
         .iter()
@@ -350,6 +360,7 @@ fn training_steps_reduce_the_loss_on_real_ct_patches() {
 
 #[test]
 fn training_run_checkpoints_and_resumes_exactly() {
+    let _rng = backend_rng();
     let scratch = Scratch::new("train-resume");
     let images: Vec<PathBuf> = ["okbp_003", "okbp_005"]
         .iter()
@@ -409,6 +420,7 @@ fn prepared_training_volumes_load_like_their_ct_and_bad_ones_are_named() {
 
 #[test]
 fn training_can_start_from_given_weights_of_the_same_config() {
+    let _rng = backend_rng();
     let scratch = Scratch::new("train-init");
     let images = vec![openkbp("okbp_003", "ct")];
     let opts = |dir: &str, lr: f64, init: Option<PathBuf>, config: MedLamConfig| TrainOptions {
