@@ -444,6 +444,18 @@ pub async fn yield_to_page() {
     crate::web::yield_to_browser().await;
 }
 
+/// How many MedLAM patches to stack in one forward pass: `native` (better use of a GPU or
+/// of the CPU's threads), but 2 in the browser on the CPU backend, where a pass blocks the
+/// page until it ends (~0.3 s per 48³ patch on 2 cores); [`yield_on_cpu`] follows each pass.
+pub fn patch_batch(device: &burn::tensor::Device, native: usize) -> usize {
+    #[cfg(target_arch = "wasm32")]
+    if *device == burn::tensor::Device::flex() {
+        return native.min(2);
+    }
+    let _ = device;
+    native
+}
+
 /// In the browser on the CPU backend, where every tensor operation computes
 /// synchronously, let the page run (see [`yield_to_page`]); elsewhere nothing (on
 /// WebGPU the work is queued on the GPU and the page is not blocked).

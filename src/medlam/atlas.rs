@@ -226,8 +226,7 @@ impl Atlas {
                 }
                 centres[o].push((si, organ_centre));
             }
-            const BATCH: usize = 6;
-            for chunk in jobs.chunks(BATCH) {
+            for chunk in jobs.chunks(crate::pipeline::patch_batch(device, 6)) {
                 let p = config.patch;
                 let mut data = Vec::with_capacity(chunk.len() * p * p * p);
                 for job in chunk {

@@ -168,8 +168,7 @@ impl FeatureFrame {
                 }
             }
         }
-        const BATCH: usize = 4;
-        for chunk in todo.chunks(BATCH) {
+        for chunk in todo.chunks(crate::pipeline::patch_batch(device, 4)) {
             let mut data = Vec::with_capacity(chunk.len() * p * p * p);
             for t in chunk {
                 let centre = [0, 1, 2].map(|a| origin[a] + (t[a] * half + half) as i64);
@@ -228,7 +227,7 @@ impl FeatureFrame {
     /// One single-tile frame per centre (grid voxel): the patch centred there, so the point
     /// of interest sits at the patch centre as on the supports (the reference's per-point
     /// query patches).
-    pub fn centred_tiles(
+    pub async fn centred_tiles(
         net: &MedLam,
         config: &MedLamConfig,
         vol: &Prepared,
@@ -240,8 +239,7 @@ impl FeatureFrame {
         let channels = config.feature_channels();
         let margins = [0, 1, 2].map(|s| WINDOWS[s] / 2 + 1);
         let mut out = Vec::with_capacity(centres.len());
-        const BATCH: usize = 4;
-        for chunk in centres.chunks(BATCH) {
+        for chunk in centres.chunks(crate::pipeline::patch_batch(device, 4)) {
             let mut data = Vec::with_capacity(chunk.len() * p * p * p);
             for c in chunk {
                 data.extend(vol.patch(*c, p));
@@ -251,6 +249,7 @@ impl FeatureFrame {
                 device,
             );
             let feats = net.forward(x).features.map(normalize_channels);
+            crate::pipeline::yield_on_cpu(device).await;
             for (b, c) in chunk.iter().enumerate() {
                 let maps = (0..3)
                     .map(|s| {

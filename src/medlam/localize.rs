@@ -202,8 +202,8 @@ impl QueryState {
             })
             .collect();
         let mut out = Vec::with_capacity(groups.len());
-        const BATCH: usize = 8;
-        for (gs, cs) in groups.chunks(BATCH).zip(centres.chunks(BATCH)) {
+        let batch = crate::pipeline::patch_batch(device, 8);
+        for (gs, cs) in groups.chunks(batch).zip(centres.chunks(batch)) {
             let mut data = Vec::with_capacity(cs.len() * p * p * p);
             for c in cs {
                 data.extend(self.prep.patch(*c, p));
@@ -343,7 +343,7 @@ pub async fn refine_centred(
         .zip(starts.chunks(CHUNK))
         .zip(centres.chunks(CHUNK))
     {
-        let frames = FeatureFrame::centred_tiles(net, config, &query.prep, cs, device)?;
+        let frames = FeatureFrame::centred_tiles(net, config, &query.prep, cs, device).await?;
         for ((p, s), frame) in pts.iter().zip(st).zip(&frames) {
             let found = if options.per_support {
                 refine_per_support(frame, atlas, &[*p], &[*s], radius, device).await?
@@ -351,6 +351,7 @@ pub async fn refine_centred(
                 refine(frame, atlas, &[*p], &[*s], radius, device).await?
             };
             out.extend(found);
+            crate::pipeline::yield_on_cpu(device).await;
         }
     }
     Ok(out)

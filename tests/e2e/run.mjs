@@ -295,9 +295,10 @@ await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the
   await chooseOrgans([RUN.organ]);
   await page.getByTestId("mode-select").selectOption("wpl");
   // The page keeps running during the Run: gaps between the ticks of a 50 ms timer. The CPU
-  // backend computes synchronously; it lets the page run between encoder blocks (each under
-  // ~1.5 s here), so only one-time steps (building the models, preparing the atlas and the
-  // query) may stall it longer. Encoding a slice in one piece stalled it ~6 s per slice.
+  // backend computes synchronously; the page gets control back between encoder blocks and
+  // after every MedLAM forward pass of at most 2 patches: the longest gap was 0.9 s here
+  // (encoding a slice in one piece stalled it ~6 s per slice; MedLAM's query patches in
+  // one go, 13.5 s).
   await page.evaluate(() => {
     window.__gaps = []; let last = performance.now();
     setInterval(() => { const n = performance.now(); window.__gaps.push(n - last); last = n; }, 50);
@@ -306,9 +307,10 @@ await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the
   const s = await runToEnd();
   console.log(`  ${RUN.support} → ${RUN.query}, ${RUN.name}, WPL: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
   const gaps = await page.evaluate(() => window.__gaps);
-  const long = gaps.filter((g) => g > 2500).map((g) => (g / 1000).toFixed(1) + " s");
-  console.log(`  page stalls: longest ${(Math.max(...gaps) / 1000).toFixed(1)} s; over 2.5 s: ${long.length} (${long.join(", ")})`);
-  assert(long.length <= 3, `the page stalled over 2.5 s ${long.length} times during the Run: ${long.join(", ")}`);
+  const long = gaps.filter((g) => g > 1000).map((g) => (g / 1000).toFixed(1) + " s");
+  const longest = Math.max(...gaps) / 1000;
+  console.log(`  page stalls: longest ${longest.toFixed(1)} s; over 1 s: ${long.length} (${long.join(", ")})`);
+  assert(longest < 3, `the page stalled ${longest.toFixed(1)} s during the Run (over 1 s: ${long.join(", ")})`);
   assert(/models run on: CPU in WebAssembly/.test(await page.getByTestId("gpu-status").textContent()), "backend not reported");
 
   // The downloaded label map: the query's grid and affine, only the chosen organ.
