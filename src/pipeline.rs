@@ -446,7 +446,8 @@ pub async fn yield_to_page() {
 
 /// How many MedLAM patches to stack in one forward pass: `native` (better use of a GPU or
 /// of the CPU's threads), but 2 in the browser on the CPU backend, where a pass blocks the
-/// page until it ends (~0.3 s per 48³ patch on 2 cores); [`yield_on_cpu`] follows each pass.
+/// page until it ends (~0.3 s per 48³ patch, wasm running on one thread); [`yield_on_cpu`]
+/// follows each pass.
 pub fn patch_batch(device: &burn::tensor::Device, native: usize) -> usize {
     #[cfg(target_arch = "wasm32")]
     if *device == burn::tensor::Device::flex() {
