@@ -227,16 +227,8 @@ impl Atlas {
                 centres[o].push((si, organ_centre));
             }
             for chunk in jobs.chunks(crate::pipeline::patch_batch(device, 6)) {
-                let p = config.patch;
-                let mut data = Vec::with_capacity(chunk.len() * p * p * p);
-                for job in chunk {
-                    data.extend(prep.patch(job.3, p));
-                }
-                let x = Tensor::<5>::from_data(
-                    TensorData::new(data, [chunk.len(), 1, p, p, p]),
-                    device,
-                );
-                let out = net.forward(x);
+                let centres: Vec<[i64; 3]> = chunk.iter().map(|job| job.3).collect();
+                let out = net.forward(prep.patches(&centres, config.patch, device));
                 let windows = centre_windows(out.features);
                 let pos = read_f32(out.position).await?;
                 let mut win = Vec::new();

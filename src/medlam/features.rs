@@ -169,16 +169,11 @@ impl FeatureFrame {
             }
         }
         for chunk in todo.chunks(crate::pipeline::patch_batch(device, 4)) {
-            let mut data = Vec::with_capacity(chunk.len() * p * p * p);
-            for t in chunk {
-                let centre = [0, 1, 2].map(|a| origin[a] + (t[a] * half + half) as i64);
-                data.extend(vol.patch(centre, p));
-            }
-            let x = Tensor::<5>::from_data(
-                burn::tensor::TensorData::new(data, [chunk.len(), 1, p, p, p]),
-                device,
-            );
-            let out = net.forward(x);
+            let centres: Vec<[i64; 3]> = chunk
+                .iter()
+                .map(|t| [0, 1, 2].map(|a| origin[a] + (t[a] * half + half) as i64))
+                .collect();
+            let out = net.forward(vol.patches(&centres, p, device));
             crate::pipeline::yield_on_cpu(device).await;
             for (s, feat) in out.features.into_iter().enumerate() {
                 let feat = normalize_channels(feat);
@@ -240,15 +235,10 @@ impl FeatureFrame {
         let margins = [0, 1, 2].map(|s| WINDOWS[s] / 2 + 1);
         let mut out = Vec::with_capacity(centres.len());
         for chunk in centres.chunks(crate::pipeline::patch_batch(device, 4)) {
-            let mut data = Vec::with_capacity(chunk.len() * p * p * p);
-            for c in chunk {
-                data.extend(vol.patch(*c, p));
-            }
-            let x = Tensor::<5>::from_data(
-                burn::tensor::TensorData::new(data, [chunk.len(), 1, p, p, p]),
-                device,
-            );
-            let feats = net.forward(x).features.map(normalize_channels);
+            let feats = net
+                .forward(vol.patches(chunk, p, device))
+                .features
+                .map(normalize_channels);
             crate::pipeline::yield_on_cpu(device).await;
             for (b, c) in chunk.iter().enumerate() {
                 let maps = (0..3)

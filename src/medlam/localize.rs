@@ -17,7 +17,7 @@
 //!
 //! Device-generic and async (tensor reads are async), so it runs in the browser.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 use super::atlas::{Atlas, AtlasMode, PointAtlas, read_f32};
 use super::boxes::{box_from_points, merge_extreme_points, spl_slice_boxes, union_box};
@@ -128,12 +128,7 @@ pub async fn query_state(
     for c in 0..8 {
         centres.push([0, 1, 2].map(|a| mid[a] + if (c >> a) & 1 == 1 { q } else { -q }));
     }
-    let mut data = Vec::with_capacity(centres.len() * p * p * p);
-    for c in &centres {
-        data.extend(prep.patch(*c, p));
-    }
-    let x = Tensor::<5>::from_data(TensorData::new(data, [centres.len(), 1, p, p, p]), device);
-    let pos = read_f32(net.position(x)).await?;
+    let pos = read_f32(net.position(prep.patches(&centres, p, device))).await?;
     let n = centres.len() as f64;
     let position = [0, 1, 2].map(|a| {
         (0..centres.len())
@@ -204,12 +199,7 @@ impl QueryState {
         let mut out = Vec::with_capacity(groups.len());
         let batch = crate::pipeline::patch_batch(device, 8);
         for (gs, cs) in groups.chunks(batch).zip(centres.chunks(batch)) {
-            let mut data = Vec::with_capacity(cs.len() * p * p * p);
-            for c in cs {
-                data.extend(self.prep.patch(*c, p));
-            }
-            let x = Tensor::<5>::from_data(TensorData::new(data, [cs.len(), 1, p, p, p]), device);
-            let pos = read_f32(net.position(x)).await?;
+            let pos = read_f32(net.position(self.prep.patches(cs, p, device))).await?;
             for (b, (g, c)) in gs.iter().zip(cs).enumerate() {
                 out.push(
                     g.iter()

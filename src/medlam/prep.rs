@@ -12,6 +12,7 @@ use crate::Result;
 use crate::volume::intensity::medlam_intensity;
 use crate::volume::resample::{ResampleGrid, resample_linear};
 use crate::volume::{CtVolume, checked_voxel_count};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// Voxel size of the MedLAM grid in mm.
 pub const SPACING_MM: f64 = 3.0;
@@ -123,6 +124,19 @@ impl Prepared {
             }
         }
         out
+    }
+
+    /// The patches of edge `size` centred on these grid voxels, stacked as the network's
+    /// input `[centres, 1, size, size, size]`.
+    pub fn patches(&self, centres: &[[i64; 3]], size: usize, device: &Device) -> Tensor<5> {
+        let mut data = Vec::with_capacity(centres.len() * size * size * size);
+        for c in centres {
+            data.extend(self.patch(*c, size));
+        }
+        Tensor::from_data(
+            TensorData::new(data, [centres.len(), 1, size, size, size]),
+            device,
+        )
     }
 }
 
