@@ -10,6 +10,9 @@
 
 pub mod error;
 
+// Deterministic random numbers (training samples, synthetic phantoms).
+pub mod rng;
+
 // Compute backends (Burn devices).
 pub mod device;
 

@@ -4,6 +4,7 @@
 
 use super::{Affine, CtVolume, LabelVolume, Volume};
 use crate::Result;
+use crate::rng::Rng;
 
 /// Organ labels of the phantom, with names.
 pub const PHANTOM_LABELS: [(u16, &str); 4] = [
@@ -12,31 +13,6 @@ pub const PHANTOM_LABELS: [(u16, &str); 4] = [
     (3, "left_kidney"),
     (4, "right_kidney"),
 ];
-
-/// Small deterministic generator (SplitMix64), so phantoms are reproducible everywhere.
-#[derive(Clone, Debug)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-}
 
 /// Options for [`phantom`].
 #[derive(Clone, Debug)]
@@ -77,7 +53,7 @@ impl Ellipsoid {
 /// centred on the volume. Positions in the body frame are LPS-like: +x toward
 /// the patient's left, +y posterior, +z superior.
 pub fn phantom(opt: &PhantomOptions) -> Result<(CtVolume, LabelVolume)> {
-    let mut rng = SplitMix::new(opt.seed);
+    let mut rng = Rng::new(opt.seed);
     let [nx, ny, nz] = opt.dims;
     let sp = opt.spacing_mm;
     let half = [0, 1, 2].map(|a| (opt.dims[a] as f64 - 1.0) * sp[a] / 2.0);
@@ -95,7 +71,7 @@ pub fn phantom(opt: &PhantomOptions) -> Result<(CtVolume, LabelVolume)> {
         c: shift,
         r: [118.0 * s, 84.0 * s, 1e9],
     };
-    let organ = |rng: &mut SplitMix, c: [f64; 3], r: [f64; 3]| Ellipsoid {
+    let organ = |rng: &mut Rng, c: [f64; 3], r: [f64; 3]| Ellipsoid {
         c: [0, 1, 2].map(|a| shift[a] + c[a] * s + rng.range(-6.0, 6.0)),
         r: [0, 1, 2].map(|a| r[a] * s * rng.range(0.85, 1.15)),
     };
