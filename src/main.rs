@@ -112,6 +112,12 @@ mod cli {
         /// three; writes OUT/eval.csv and OUT/times.csv as each query finishes and resumes
         /// from them; prints DSC per organ for each mode.
         EvalSegment(Box<SegmentArgs>),
+        /// Print the summary of an eval-segment output folder (OUT/eval.csv, OUT/times.csv)
+        /// without evaluating anything, e.g. of a run still in progress.
+        EvalReport {
+            /// The folder eval-segment wrote (its --out).
+            dir: PathBuf,
+        },
         /// Benchmarks (timings and peak memory).
         #[command(subcommand)]
         Bench(BenchCommand),
@@ -430,6 +436,7 @@ mod cli {
             Command::EvalLocalize(a) => eval_localize(*a),
             Command::Segment(a) => segment(*a),
             Command::EvalSegment(a) => eval_segment(*a),
+            Command::EvalReport { dir } => eval_report(&dir),
             Command::Bench(BenchCommand::Sam {
                 backend,
                 slices,
@@ -713,6 +720,18 @@ mod cli {
                 failures.len()
             )))
         }
+    }
+
+    fn eval_report(dir: &std::path::Path) -> Result<()> {
+        if !dir.join("times.csv").is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no eval-segment results (times.csv)",
+                dir.display()
+            )));
+        }
+        let results = medlsam::evaluate::read_results(dir)?;
+        print!("{}", medlsam::evaluate::summary_table(&results));
+        Ok(())
     }
 
     fn segment(a: SegmentArgs) -> Result<()> {

@@ -291,3 +291,73 @@ fn segment_refuses_mismatched_supports_and_reports_failed_queries() {
         "{err}"
     );
 }
+
+/// `eval-segment` on one real query and one organ: SPL, WPL and oracle rows in eval.csv,
+/// a second run resumes (nothing evaluated again), and `eval-report` prints the same table
+/// from the files alone.
+#[test]
+fn eval_segment_writes_all_three_modes_resumes_and_reports() {
+    let scratch = Scratch::new("eval-segment");
+    let out = scratch.0.join("eval");
+    let path = |case: &str, kind: &str| openkbp(case, kind).display().to_string();
+    let args: Vec<String> = [
+        "eval-segment",
+        "--support-image",
+        &path("okbp_001", "ct"),
+        "--support-label",
+        &path("okbp_001", "label"),
+        "--support-image",
+        &path("okbp_002", "ct"),
+        "--support-label",
+        &path("okbp_002", "label"),
+        "--query",
+        &path("okbp_004", "ct"),
+        "--query-label",
+        &path("okbp_004", "label"),
+        "--organs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, first, err) = medlsam(&args);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let modes: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(modes, ["spl", "wpl", "oracle"], "{csv}");
+    for r in &rows {
+        assert_eq!((r[1], r[2], r[3]), ("okbp_004", "1", "Brainstem"), "{csv}");
+        let dsc: f64 = r[6].parse().unwrap();
+        // Oracle boxes are the ceiling (~80 % here); MedLAM's boxes from 2 supports less.
+        let floor = if r[0] == "oracle" { 60.0 } else { 20.0 };
+        assert!(dsc >= floor, "{} DSC {dsc} %:\n{csv}", r[0]);
+    }
+    let times = std::fs::read_to_string(out.join("times.csv")).unwrap();
+    assert_eq!(times.lines().count(), 2, "{times}");
+    // Run again: the query is skipped, the files are unchanged.
+    let (ok, second, err) = medlsam(&args);
+    assert!(
+        ok && err.contains("1 of 1 queries already evaluated"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("eval.csv")).unwrap(), csv);
+    // The table both runs print is what eval-report prints from the files.
+    let (ok, report, err) = medlsam(&["eval-report", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        report.contains("Brainstem") && report.contains("1 queries"),
+        "{report}"
+    );
+    for run in [&first, &second] {
+        assert!(run.starts_with(&report), "{run}\n---\n{report}");
+    }
+    let (ok, _, err) = medlsam(&["eval-report", scratch.0.to_str().unwrap()]);
+    assert!(!ok && err.contains("no eval-segment results"), "{err}");
+}
