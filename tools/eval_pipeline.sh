@@ -8,6 +8,8 @@
 #   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen.
 #   N=all takes every remaining case. OpenKBP results accumulate in OUT/openkbp (eval.csv,
 #   times.csv): a stopped run resumes there, and the printed table covers every query in it.
+#   The full run's results are kept in the repository: `ABDOMEN=0 tools/eval_pipeline.sh all eval`
+#   continues eval/openkbp (see eval/README.md).
 # Prints the per-organ tables (OpenKBP: DSC per mode and box IoU; abdomen: DSC, HD95, box IoU,
 # WD, ALE as mean ± sd) and timings.
 set -euo pipefail
