@@ -300,27 +300,19 @@ fn eval_segment_writes_all_three_modes_resumes_and_reports() {
     let scratch = Scratch::new("eval-segment");
     let out = scratch.0.join("eval");
     let path = |case: &str, kind: &str| openkbp(case, kind).display().to_string();
-    let args: Vec<String> = [
-        "eval-segment",
-        "--support-image",
-        &path("okbp_001", "ct"),
-        "--support-label",
-        &path("okbp_001", "label"),
-        "--support-image",
-        &path("okbp_002", "ct"),
-        "--support-label",
-        &path("okbp_002", "label"),
-        "--query",
-        &path("okbp_004", "ct"),
-        "--query-label",
-        &path("okbp_004", "label"),
-        "--organs",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .into();
+    let mut args = vec!["eval-segment".to_string()];
+    for (flag, case, kind) in [
+        ("--support-image", "okbp_001", "ct"),
+        ("--support-label", "okbp_001", "label"),
+        ("--support-image", "okbp_002", "ct"),
+        ("--support-label", "okbp_002", "label"),
+        ("--query", "okbp_004", "ct"),
+        ("--query-label", "okbp_004", "label"),
+    ] {
+        args.push(flag.into());
+        args.push(path(case, kind));
+    }
+    args.extend(["--organs", "1", "--out", out.to_str().unwrap()].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, first, err) = medlsam(&args);
     assert!(ok, "{err}");
