@@ -384,7 +384,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     let mut rows = Vec::new();
     let mut query_seconds = Vec::new();
     for draw in 0..o.draws {
-        let mut rng = super::sample::Rng::stream(o.seed, draw as u64);
+        let mut rng = crate::rng::Rng::stream(o.seed, draw as u64);
         let mut pool: Vec<&String> = complete.clone();
         let mut supports_names = Vec::new();
         for _ in 0..o.supports {

@@ -487,7 +487,7 @@ mod tests {
     }
 
     fn random_vol(dims: [usize; 3], seed: u64) -> Prepared {
-        let mut rng = crate::medlam::sample::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let data: Vec<f32> = (0..dims.iter().product::<usize>())
             .map(|_| rng.unit() as f32)
             .collect();

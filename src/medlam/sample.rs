@@ -17,7 +17,7 @@
 
 use super::prep::Prepared;
 
-pub use crate::rng::Rng;
+use crate::rng::Rng;
 
 /// How samples are drawn and augmented.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]

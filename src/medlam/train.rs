@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::Prepared;
-use super::sample::{Rng, Sample, SamplingOptions, draw_sample};
+use super::sample::{Sample, SamplingOptions, draw_sample};
 use crate::device::BackendChoice;
+use crate::rng::Rng;
 use crate::volume::labels::bounding_box_where;
 use crate::volume::read_nifti_path;
 use crate::volume::resample::ResampleGrid;
