@@ -362,6 +362,10 @@ mod cli {
         /// other organs and the supports' layout put it (1: off; needs two or more organs).
         #[arg(long, default_value_t = 0.5)]
         layout_blend: f64,
+        /// Intensity-template search half-width around each organ's centre, the last step
+        /// (3 mm voxels; 0: off).
+        #[arg(long, default_value_t = 5)]
+        template_radius: usize,
         #[arg(long)]
         out: PathBuf,
     }
@@ -894,6 +898,7 @@ mod cli {
                 per_support: !a.mean_windows,
                 shape_blend: a.shape_blend,
                 layout_blend: a.layout_blend,
+                template_radius_vox: a.template_radius,
                 mss_iterations: a.mss_iterations,
                 ..Default::default()
             },

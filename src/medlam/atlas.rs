@@ -11,10 +11,11 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::boxes::{MAX_SLABS, slab_count, slab_extreme_points};
+use super::boxes::{MAX_SLABS, box_from_points, slab_count, slab_extreme_points, union_box};
 use super::features::{WINDOWS, centre_windows};
 use super::net::{MedLam, MedLamConfig};
 use super::prep::Prepared;
+use super::template::Template;
 use crate::volume::labels::{bounding_box, extreme_points};
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
@@ -79,6 +80,9 @@ pub struct OrganAtlas {
     /// centre, the mean of its parts' box centres, in mm along the canonical axes from the
     /// support's first voxel. Differences between organs give their typical layout.
     pub centres_mm: Vec<(usize, [f64; 3])>,
+    /// Each support's intensity template of the organ's whole box (supports where it is
+    /// flat have none).
+    pub templates: Vec<Template>,
 }
 
 /// The atlas of a support set.
@@ -182,6 +186,7 @@ impl Atlas {
             .collect();
         let mut counts = vec![0usize; organs.len()];
         let mut centres: Vec<Vec<(usize, [f64; 3])>> = vec![Vec::new(); organs.len()];
+        let mut templates: Vec<Vec<Template>> = vec![Vec::new(); organs.len()];
         for (si, s) in supports.iter().enumerate() {
             let prep = Prepared::from_canonical(&s.ct)?;
             let spacing = s.ct.spacing_mm();
@@ -208,7 +213,7 @@ impl Atlas {
                 counts[o] += 1;
                 let mut organ_centre = [0.0; 3];
                 for (part, pts) in parts.iter().enumerate() {
-                    let b = super::boxes::box_from_points(pts);
+                    let b = box_from_points(pts);
                     for a in 0..3 {
                         organ_centre[a] +=
                             (b.min[a] + b.max[a]) as f64 / 2.0 * spacing[a] / parts.len() as f64;
@@ -225,6 +230,10 @@ impl Atlas {
                     }
                 }
                 centres[o].push((si, organ_centre));
+                let boxes: Vec<_> = parts.iter().map(box_from_points).collect();
+                if let Some(b) = union_box(&boxes) {
+                    templates[o].extend(organ_template(&prep, &b));
+                }
             }
             for chunk in jobs.chunks(crate::pipeline::patch_batch(device, 6)) {
                 let centres: Vec<[i64; 3]> = chunk.iter().map(|job| job.3).collect();
@@ -286,6 +295,7 @@ impl Atlas {
                 parts,
                 supports: counts[o],
                 centres_mm: std::mem::take(&mut centres[o]),
+                templates: std::mem::take(&mut templates[o]),
             });
         }
         Ok(Self {
@@ -294,6 +304,20 @@ impl Atlas {
             organs: out,
         })
     }
+}
+
+/// The template of an organ box (canonical voxels, inclusive) on a support's 3 mm grid:
+/// the grid voxels the box overlaps.
+fn organ_template(prep: &Prepared, b: &crate::volume::labels::BoxVox) -> Option<Template> {
+    let lo = prep.canonical_to_grid(b.min.map(|x| x as f64 - 0.5));
+    let hi = prep.canonical_to_grid(b.max.map(|x| x as f64 + 0.5));
+    let centre = prep.canonical_to_grid([0, 1, 2].map(|a| (b.min[a] + b.max[a]) as f64 / 2.0));
+    Template::cut(
+        prep,
+        lo.map(|x| x.round() as i64),
+        hi.map(|x| x.round() as i64),
+        centre,
+    )
 }
 
 /// Read a tensor back (async: the browser allows no blocking reads).

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
 use super::localize::{
-    LocalizeOptions, QueryState, apply_layout, localize_organs, locate_points, organ_localization,
-    organ_points, organs_in_view, query_state, regularize_parts,
+    LocalizeOptions, QueryState, apply_layout, apply_templates, localize_organs, locate_points,
+    organ_localization, organ_points, organs_in_view, query_state, regularize_parts,
 };
 use super::net::{MedLam, MedLamConfig};
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
@@ -445,7 +445,10 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
             // Diagnostics of the default: its box moved to the true centre (what remains is
             // the size error), and the true box size at its centre (the centre error).
-            let default_name = format!("uam+mss/med@{}~0+layout", o.radii.first().unwrap_or(&16));
+            let default_name = format!(
+                "uam+mss/med@{}~0+layout+tmpl",
+                o.radii.first().unwrap_or(&16)
+            );
             let diag: Vec<(String, Vec<OrganLocalization>)> = results
                 .iter()
                 .filter(|(m, _)| *m == default_name)
@@ -528,7 +531,8 @@ fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalR
 /// tiled feature pass, whole-body search) and UAM+MSS (patches centred on the UAM points,
 /// `mss_iterations` passes; `/med`: each support matched separately, median point, in
 /// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`)
-/// and, with the support shape, corrected by the organ layout (`~0+layout`).
+/// and, with the support shape, corrected by the organ layout (`~0+layout`) and then moved
+/// by the intensity templates (`~0+layout+tmpl`, the default).
 async fn evaluate_query(
     net: &MedLam,
     atlas: &Atlas,
@@ -554,6 +558,7 @@ async fn evaluate_query(
     };
     // The organ layout as the pipeline applies it: default weight, organs in view vote.
     let layout_blend = LocalizeOptions::default().layout_blend;
+    let template_radius = LocalizeOptions::default().template_radius_vox;
     let in_view = organs_in_view(q, &points, &layout);
     let mut out = Vec::new();
     let mut run = async |name: String, opt: LocalizeOptions| -> Result<()> {
@@ -562,23 +567,25 @@ async fn evaluate_query(
         for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
             let shaped = regularize_parts(&located, &points, blend);
             if blend == 0.0 {
-                out.push((
-                    format!("{name}{suffix}+layout"),
-                    assemble(&apply_layout(
-                        &shaped,
-                        &points,
-                        &layout,
-                        atlas,
-                        layout_blend,
-                        &in_view,
-                    )),
-                ));
+                let placed = apply_layout(&shaped, &points, &layout, atlas, layout_blend, &in_view);
+                let matched = apply_templates(
+                    q,
+                    &placed,
+                    &points,
+                    &layout,
+                    atlas,
+                    template_radius,
+                    &o.device,
+                )
+                .await?;
+                out.push((format!("{name}{suffix}+layout+tmpl"), assemble(&matched)));
+                out.push((format!("{name}{suffix}+layout"), assemble(&placed)));
             }
             out.push((format!("{name}{suffix}"), assemble(&shaped)));
         }
         Ok(())
     };
-    // Rows without `/med` match the supports' mean windows; the default (`/med~0+layout`)
+    // Rows without `/med` match the supports' mean windows; the default (`/med~0+layout+tmpl`)
     // matches each support separately.
     let base = LocalizeOptions {
         mss_iterations: o.mss_iterations,

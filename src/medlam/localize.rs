@@ -12,7 +12,9 @@
 //!    robust centre ([`regularize_shape`]); each organ's centre is then pulled
 //!    halfway to where the other organs' centres and the supports' organ layout
 //!    put it ([`apply_layout`]).
-//! 5. Points → boxes (WPL or SPL, see [`super::boxes`]) in canonical voxel
+//! 5. **Intensity templates**: each organ moves to the median of the centres its
+//!    supports' intensity templates find around it ([`apply_templates`]).
+//! 6. Points → boxes (WPL or SPL, see [`super::boxes`]) in canonical voxel
 //!    indices of the query; the pipeline maps them to the file's grid.
 //!
 //! Device-generic and async (tensor reads are async), so it runs in the browser.
@@ -24,6 +26,7 @@ use super::boxes::{box_from_points, merge_extreme_points, spl_slice_boxes, union
 use super::features::{FeatureFrame, Search, WINDOWS, frame_for};
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::{Prepared, SPACING_MM};
+use super::template::match_template;
 use crate::pipeline::{Localizer, MIN_IN_VIEW, OrganLocalization, wpl_slice_boxes};
 use crate::volume::CtVolume;
 use crate::volume::labels::BoxVox;
@@ -58,6 +61,9 @@ pub struct LocalizeOptions {
     /// organs are localized together: the weight of each organ's own centre against the
     /// estimate the other organs give (see [`apply_layout`]); 1 turns it off.
     pub layout_blend: f64,
+    /// Half-width (3 mm voxels) of the intensity-template search around each organ's
+    /// centre, the last step (see [`apply_templates`]); 0 turns it off.
+    pub template_radius_vox: usize,
 }
 
 impl Default for LocalizeOptions {
@@ -72,6 +78,7 @@ impl Default for LocalizeOptions {
             centred: true,
             mss_iterations: 2,
             layout_blend: 0.5,
+            template_radius_vox: 5,
         }
     }
 }
@@ -483,6 +490,46 @@ pub fn apply_layout(
     move_organs(located, layout, &centres, &targets)
 }
 
+/// Move each organ to where its supports' intensity templates put it: every template is
+/// matched within `radius` grid voxels of the organ's centre ([`match_template`]) and the
+/// organ's points move with its centre to the per-axis median of the matches. Organs less
+/// than [`MIN_IN_VIEW`] in the scan ([`organs_in_view`]) or without templates stay.
+pub async fn apply_templates(
+    query: &QueryState,
+    located: &[[f64; 3]],
+    points: &[&PointAtlas],
+    layout: &[(u16, usize)],
+    atlas: &Atlas,
+    radius: usize,
+    device: &Device,
+) -> Result<Vec<[f64; 3]>> {
+    if radius == 0 {
+        return Ok(located.to_vec());
+    }
+    let in_view = organs_in_view(query, points, layout);
+    let centres = organ_centres(located, points, layout);
+    let mut targets = centres.clone();
+    for (i, &(label, _)) in layout.iter().enumerate() {
+        let Some(organ) = atlas.organ(label) else {
+            continue;
+        };
+        if in_view.get(i).is_some_and(|&f| f < MIN_IN_VIEW) {
+            continue;
+        }
+        let mut found: Vec<[f64; 3]> = Vec::new();
+        for t in &organ.templates {
+            if let Some((c, _)) = match_template(&query.prep, t, centres[i], radius, device).await?
+            {
+                found.push(c);
+            }
+        }
+        if !found.is_empty() {
+            targets[i] = [0, 1, 2].map(|a| median(found.iter().map(|c| c[a]).collect()));
+        }
+    }
+    Ok(move_organs(located, layout, &centres, &targets))
+}
+
 /// The index ranges of each organ's points in a [`organ_points`] list.
 fn organ_ranges(layout: &[(u16, usize)]) -> Vec<std::ops::Range<usize>> {
     let mut at = 0;
@@ -663,6 +710,22 @@ pub async fn localize_organs(
             l.0 = r;
         }
     }
+    if options.template_radius_vox > 0 {
+        let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
+        let moved = apply_templates(
+            query,
+            &pts,
+            &points,
+            &layout,
+            atlas,
+            options.template_radius_vox,
+            device,
+        )
+        .await?;
+        for (l, r) in located.iter_mut().zip(moved) {
+            l.0 = r;
+        }
+    }
     let mut out = Vec::new();
     let mut at = 0;
     for (&(label, n_parts), &view) in layout.iter().zip(&in_view) {
@@ -829,6 +892,7 @@ mod tests {
             parts: vec![std::array::from_fn(|_| pt())],
             supports: 2,
             centres_mm: vec![(0, c[0]), (1, c[1])],
+            templates: vec![],
         };
         let atlas = Atlas {
             config: MedLamConfig::new(16, [2, 2, 4, 4, 8], [4, 4, 4, 2], [8, 4]),

@@ -15,6 +15,7 @@ pub mod net;
 pub mod prep;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sample;
+pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
