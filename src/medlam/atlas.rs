@@ -2,7 +2,8 @@
 //! queries. For each organ, each part (the whole organ for WPL, each slab for
 //! SPL) and each of its 6 extreme points: the latent coordinate `p` of the
 //! 3 mm patch centred on the point and the normalised multi-scale feature
-//! windows around it, both averaged over the supports that contain the organ.
+//! windows around it, both averaged over the supports that contain the organ; and per
+//! organ, each support's intensity [`Template`] of the organ's box.
 //!
 //! An organ is given on a support either by a label map or by its 6 extreme
 //! points (canonical voxel indices, ordered `[i_min, i_max, j_min, j_max,
