@@ -695,10 +695,11 @@ pub async fn localize_organs(
     let (points, layout) = organ_points(atlas, organs);
     let mut located = locate_points(net, atlas, query, &points, options, device).await?;
     let in_view = organs_in_view(query, &points, &layout);
+    // Priors, then the intensity templates (each a no-op when turned off).
+    let mut pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
     if options.shape_blend < 1.0 || options.layout_blend < 1.0 {
-        let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
         let shaped = regularize_parts(&pts, &points, options.shape_blend);
-        let placed = apply_layout(
+        pts = apply_layout(
             &shaped,
             &points,
             &layout,
@@ -706,25 +707,19 @@ pub async fn localize_organs(
             options.layout_blend,
             &in_view,
         );
-        for (l, r) in located.iter_mut().zip(placed) {
-            l.0 = r;
-        }
     }
-    if options.template_radius_vox > 0 {
-        let pts: Vec<[f64; 3]> = located.iter().map(|x| x.0).collect();
-        let moved = apply_templates(
-            query,
-            &pts,
-            &points,
-            &layout,
-            atlas,
-            options.template_radius_vox,
-            device,
-        )
-        .await?;
-        for (l, r) in located.iter_mut().zip(moved) {
-            l.0 = r;
-        }
+    let pts = apply_templates(
+        query,
+        &pts,
+        &points,
+        &layout,
+        atlas,
+        options.template_radius_vox,
+        device,
+    )
+    .await?;
+    for (l, r) in located.iter_mut().zip(pts) {
+        l.0 = r;
     }
     let mut out = Vec::new();
     let mut at = 0;

@@ -26,8 +26,9 @@ use crate::Result;
 pub struct Template {
     /// Size on the 3 mm grid (canonical axis order).
     pub dims: [usize; 3],
-    /// Intensities in NIfTI order (axis 0 fastest).
-    pub data: Vec<f32>,
+    /// The box's intensities with their mean subtracted and scaled to unit norm (what the
+    /// correlation uses), in NIfTI order (axis 0 fastest).
+    pub weights: Vec<f32>,
     /// The organ's box centre in template voxels (continuous).
     pub centre: [f64; 3],
 }
@@ -54,35 +55,31 @@ impl Template {
                 }
             }
         }
-        if variance(&data) < MIN_VARIANCE {
+        let n = data.len() as f64;
+        let mean = data.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let variance = data.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        if variance < MIN_VARIANCE {
             return None;
         }
+        let norm = (variance * n).sqrt();
         Some(Self {
             dims,
-            data,
+            weights: data
+                .iter()
+                .map(|&v| ((v as f64 - mean) / norm) as f32)
+                .collect(),
             centre: [0, 1, 2].map(|a| centre[a] - lo[a] as f64),
         })
     }
 
-    /// The template's weight tensor `[1, 1, K, J, I]` with zero mean and unit norm.
-    fn normalised(&self, device: &Device) -> Tensor<5> {
-        let n = self.data.len() as f64;
-        let mean = self.data.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let norm = (variance(&self.data) * n).sqrt();
-        let data: Vec<f32> = self
-            .data
-            .iter()
-            .map(|&v| ((v as f64 - mean) / norm) as f32)
-            .collect();
+    /// The template's weight tensor `[1, 1, K, J, I]`.
+    fn tensor(&self, device: &Device) -> Tensor<5> {
         let [x, y, z] = self.dims;
-        Tensor::from_data(TensorData::new(data, [1, 1, z, y, x]), device)
+        Tensor::from_data(
+            TensorData::new(self.weights.clone(), [1, 1, z, y, x]),
+            device,
+        )
     }
-}
-
-fn variance(v: &[f32]) -> f64 {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n
 }
 
 /// Slide `t` so that its organ centre lands within `radius` grid voxels (per axis) of
@@ -115,10 +112,10 @@ pub async fn match_template(
     let ones = Tensor::<5>::ones([1, 1, z, y, x], device);
     let opts = || ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], 1);
     // Σ region·t̂ (t̂ zero-mean, unit norm), Σ region and Σ region² under each placement.
-    let num = read_f32(conv3d(region.clone(), t.normalised(device), None, opts())).await?;
+    let num = read_f32(conv3d(region.clone(), t.tensor(device), None, opts())).await?;
     let sum = read_f32(conv3d(region, ones.clone(), None, opts())).await?;
     let sum2 = read_f32(conv3d(squares, ones, None, opts())).await?;
-    let n = t.data.len() as f64;
+    let n = t.weights.len() as f64;
     let side = 2 * radius + 1;
     let mut best: Option<(usize, f32)> = None;
     for (idx, ((&c, &s), &s2)) in num.iter().zip(&sum).zip(&sum2).enumerate() {
