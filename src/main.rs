@@ -299,6 +299,10 @@ mod cli {
         /// MSS search half-width around the UAM point (3 mm voxels).
         #[arg(long, default_value_t = 16)]
         search_radius: usize,
+        /// Intensity-template search half-width around each organ's centre, the last
+        /// localization step (3 mm voxels; 0: off).
+        #[arg(long, default_value_t = 5)]
+        template_radius: usize,
         /// Output folder (default: the config's seg_save_path, else medlsam_out).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -663,6 +667,7 @@ mod cli {
             query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
             localize: medlsam::medlam::LocalizeOptions {
                 search_radius_vox: a.search_radius,
+                template_radius_vox: a.template_radius,
                 ..Default::default()
             },
         })

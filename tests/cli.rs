@@ -254,6 +254,58 @@ fn segment_from_a_reference_ini_config_on_openkbp() {
     assert!((again - dsc).abs() < 0.051, "{m}\n{stdout}");
 }
 
+/// `segment` localizes exactly as `localize` with the same options: the intensity-template
+/// step follows `--template-radius` in both (0 turns it off and moves this organ's box).
+#[test]
+fn segment_and_localize_share_the_template_radius() {
+    let scratch = Scratch::new("template-radius");
+    let dir = &scratch.0;
+    let (s_img, s_lab, q) = (
+        openkbp("okbp_001", "ct"),
+        openkbp("okbp_001", "label"),
+        openkbp("okbp_004", "ct"),
+    );
+    let common = |out: &std::path::Path, radius: &str| -> Vec<String> {
+        [
+            "--support-image",
+            s_img.to_str().unwrap(),
+            "--support-label",
+            s_lab.to_str().unwrap(),
+            "--query",
+            q.to_str().unwrap(),
+            "--organs",
+            "1",
+            "--mode",
+            "wpl",
+            "--template-radius",
+            radius,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |cmd: &str, out: &str, radius: &str| -> serde_json::Value {
+        let out = dir.join(out);
+        let mut args = vec![cmd.to_string()];
+        args.extend(common(&out, radius));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = medlsam(&args);
+        assert!(ok, "{cmd}: {err}");
+        let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["organs"][0]["box"].clone()
+    };
+    let localized_off = run("localize", "loc0", "0");
+    let localized_on = run("localize", "loc5", "5");
+    assert_ne!(
+        localized_off, localized_on,
+        "the template step moved nothing"
+    );
+    assert_eq!(run("segment", "seg0", "0"), localized_off);
+}
+
 #[test]
 fn segment_refuses_mismatched_supports_and_reports_failed_queries() {
     let scratch = Scratch::new("segment-bad");
