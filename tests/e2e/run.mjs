@@ -454,6 +454,63 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+// A whole Run on WebGPU, the page's default backend: here the SwiftShader adapter (a GPU emulated
+// on the CPU, ~30× slower than the CPU backend in WebAssembly), so the query is a small phantom
+// with 32 mm slices on which the organ (the right kidney) spans 2 axial slices: the atlas,
+// MedLAM's localization and LiteMedSAM's encoder and decoder all run on WebGPU, about 8 minutes.
+// The same Run on the CPU in WebAssembly must give the same segmentation.
+const GPU_RUN = { dims: [96, 96, 6], spacing: [3, 3, 32], organ: 4, minDsc: 50, minAgreement: 98 };
+await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", async () => {
+  const bin = process.env.MEDLSAM_BIN || "target/release/medlsam";
+  assert(fs.existsSync(bin), `no medlsam binary at ${bin} to write the phantoms (cargo build --release, or set MEDLSAM_BIN)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-gpu-run-"));
+  const phantom = (name, seed) => {
+    execFileSync(bin, ["phantom", "--out", dir, "--name", name, "--dims", GPU_RUN.dims.join(","),
+      "--spacing", GPU_RUN.spacing.join(","), "--seed", String(seed)], { stdio: "ignore" });
+    return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
+  };
+  const [supportCt, supportLabel] = phantom("gpu_support", 1);
+  const [queryCt, queryLabel] = phantom("gpu_query", 2);
+  const truth = readNifti(fs.readFileSync(queryLabel));
+  const runOn = async (query, backendRe, timeout) => {
+    page = await newPage();
+    await page.goto(origin + "/" + query);
+    await waitStatus(/ready/);
+    await page.getByTestId("support-image-input").setInputFiles([supportCt]);
+    await waitStatus(/1 support CT/);
+    await page.getByTestId("support-label-input").setInputFiles([supportLabel]);
+    await waitStatus(/1 support label map/);
+    await page.getByTestId("query-input").setInputFiles([queryCt]);
+    await waitStatus(/1 query CT/);
+    await page.getByTestId("query-label-input").setInputFiles([queryLabel]);
+    await waitStatus(/1 query label map/);
+    await chooseOrgans([GPU_RUN.organ]);
+    await page.getByTestId("mode-select").selectOption("wpl");
+    const t0 = Date.now();
+    await page.getByTestId("run-button").click();
+    const s = await waitStatus(/^(done|error|cancelled)/, timeout);
+    assert(/^done/.test(s), `run did not finish: ${s}`);
+    const gpu = await page.getByTestId("gpu-status").textContent();
+    assert(backendRe.test(gpu), `backend: ${gpu}`);
+    const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
+    const seg = readNifti(fs.readFileSync(await download.path()));
+    assert(JSON.stringify(seg.dim) === JSON.stringify(GPU_RUN.dims), `dims ${seg.dim}`);
+    const dsc = dice(seg.data, truth.data, GPU_RUN.organ);
+    const ext = labelExtent(seg, GPU_RUN.organ);
+    console.log(`  ${gpu}: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}; DSC ${dsc.toFixed(1)} %, ` +
+      `${ext.count} voxels on slices ${ext.slices.join(",")}`);
+    return { seg, dsc };
+  };
+  const gpu = await runOn("", /^\s*models run on: WebGPU\s*$/, 25 * 60 * 1000);
+  await page.screenshot({ path: path.join(shots, "run-webgpu.png"), fullPage: true });
+  assert(gpu.dsc >= GPU_RUN.minDsc, `DSC on WebGPU ${gpu.dsc.toFixed(1)} % below ${GPU_RUN.minDsc} %`);
+  const cpu = await runOn("?backend=cpu", /CPU in WebAssembly/, RUN_TIMEOUT_MS);
+  const agreement = dice(gpu.seg.data, cpu.seg.data, GPU_RUN.organ);
+  console.log(`  WebGPU vs CPU in WebAssembly: DSC ${agreement.toFixed(2)} %`);
+  assert(agreement >= GPU_RUN.minAgreement, `WebGPU and CPU segmentations agree only ${agreement.toFixed(2)} %`);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 await test("no request left the page's origin", async () => {
   assert(foreign.length === 0, `requests to other origins: ${foreign.join(", ")}`);
   const unexpected = consoleErrors.filter((e) => !/favicon/.test(e));

@@ -1,6 +1,8 @@
 // Ad-hoc: drive a real run in headless Chromium and print timings and DSC (not part of the suite).
 // Usage: [DEMO=1] [BACKEND=cpu] [MODE=wpl|spl] [SUPPORTS=okbp_001,okbp_002] [QUERY=okbp_010] \
 //        node tests/e2e/try_run.mjs DIST DATA [ORGANS, e.g. 1 or 1,3]
+// Any files instead of OpenKBP cases (DATA is then unused):
+//        FILES=SUPPORT.ct.nii.gz,SUPPORT.label.nii.gz,QUERY.ct.nii.gz,QUERY.label.nii.gz
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -32,7 +34,14 @@ if (process.env.DEMO) {
 }
 const sup = (process.env.SUPPORTS || "okbp_001,okbp_002").split(",");
 const query = process.env.QUERY || "okbp_010";
-if (!process.env.DEMO) {
+const files = process.env.FILES ? process.env.FILES.split(",") : null;
+const queryLabel = files ? files[3] : path.join(data, `openkbp/${query}.label.nii.gz`);
+if (files) {
+  await page.getByTestId("support-image-input").setInputFiles([files[0]]);
+  await page.getByTestId("support-label-input").setInputFiles([files[1]]);
+  await page.getByTestId("query-input").setInputFiles([files[2]]);
+  await page.getByTestId("query-label-input").setInputFiles([files[3]]);
+} else if (!process.env.DEMO) {
   await page.getByTestId("support-image-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.ct.nii.gz`)));
   await page.getByTestId("support-label-input").setInputFiles(sup.map((c) => path.join(data, `openkbp/${c}.label.nii.gz`)));
   await page.getByTestId("label-table-input").setInputFiles([path.join(data, "openkbp/labels.json")]);
@@ -79,6 +88,6 @@ await page.screenshot({ path: "/tmp/webtry/run.png", fullPage: true });
 if (process.env.DEMO) { await browser.close(); server.close(); process.exit(0); }
 const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download-seg").click()]);
 const seg = readNifti(fs.readFileSync(await download.path()));
-const truth = readNifti(fs.readFileSync(path.join(data, `openkbp/${query}.label.nii.gz`)));
-for (const l of want) console.log(`DSC organ ${l} (downloaded NIfTI vs ${query} label map): ${dice(seg.data, truth.data, Number(l))?.toFixed(1)} %`);
+const truth = readNifti(fs.readFileSync(queryLabel));
+for (const l of want) console.log(`DSC organ ${l} (downloaded NIfTI vs ${path.basename(queryLabel)}): ${dice(seg.data, truth.data, Number(l))?.toFixed(1)} %`);
 await browser.close(); server.close();
