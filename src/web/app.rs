@@ -17,7 +17,7 @@ use super::BackendChoice;
 use super::run::{self, Models, QueryOutcome, RunProgress, RunSettings, SliceEdit, SupportInput};
 use super::viewer::{
     EXTREME_POINT_PROMPTS, PRESETS, Pane, ViewStyle, draw_marker, draw_rect, pane_size, pane_voxel,
-    render_pane, voxel_on_pane,
+    render_pane, result_view, voxel_on_pane,
 };
 use crate::metrics::LabelMetrics;
 use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row};
@@ -517,6 +517,11 @@ async fn on_run() -> Result<String> {
         &mut |qi, out: QueryOutcome| {
             APP.with_borrow_mut(|a| {
                 if let Some(c) = a.queries.get_mut(qi) {
+                    // Show the result where it is (not the middle of the volume).
+                    if let Some(v) = result_view(&out.result.labels) {
+                        a.cursor = v;
+                        a.recentre = false;
+                    }
                     c.labels = Some(out.result.labels);
                     c.result = Some(ResultView {
                         organs: out.result.organs,

@@ -146,6 +146,31 @@ pub fn render_pane(
     out
 }
 
+/// Where to look at a segmentation: its fullest axial slice, at the centre of the labelled
+/// voxels there (canonical indices); `None` when nothing is labelled.
+pub fn result_view(labels: &LabelVolume) -> Option<[usize; 3]> {
+    let [nx, _, nz] = labels.dims;
+    let count = |k: usize| labels.axial_slice(k).iter().filter(|&&v| v > 0).count();
+    // The first of equally full slices.
+    let (k, n) = (0..nz)
+        .map(|k| (k, count(k)))
+        .fold((0, 0), |best, c| if c.1 > best.1 { c } else { best });
+    if n == 0 {
+        return None;
+    }
+    let (mut si, mut sj) = (0, 0);
+    for (o, _) in labels
+        .axial_slice(k)
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v > 0)
+    {
+        si += o % nx;
+        sj += o / nx;
+    }
+    Some([si / n, sj / n, k])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +218,21 @@ mod tests {
         let px = render_pane(&c, Some(&cl), Pane::Axial, [0, 0, k], &st1);
         let p = (j * 20 + i) * 4;
         assert_eq!(&px[p..p + 3], &label_colour(2));
+    }
+
+    #[test]
+    fn result_view_is_the_centre_of_the_fullest_slice() {
+        let affine = crate::volume::Affine::identity();
+        let mut lab = LabelVolume::from_data([6, 5, 4], vec![0; 120], affine).unwrap();
+        assert_eq!(result_view(&lab), None);
+        // Slice 1: one voxel; slice 2: a 3×2 block at i 2-4, j 1-2.
+        let one = lab.index(0, 0, 1);
+        lab.data[one] = 3;
+        for (i, j) in [(2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2)] {
+            let o = lab.index(i, j, 2);
+            lab.data[o] = 1;
+        }
+        assert_eq!(result_view(&lab), Some([3, 1, 2]));
     }
 
     #[test]

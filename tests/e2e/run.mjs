@@ -220,6 +220,25 @@ async function runToEnd() {
   return s;
 }
 
+/// A fresh page (`query`: its address's query string) with one support CT and its label map and
+/// one query CT and its label map loaded through the inputs; returns the status once the query CT loaded.
+async function loadPair(query, [supportCt, supportLabel, queryCt, queryLabel], timeout = 60000) {
+  page = await newPage();
+  await page.goto(origin + "/" + query);
+  await waitStatus(/ready/);
+  await page.getByTestId("support-image-input").setInputFiles([supportCt]);
+  await waitStatus(/1 support CT/);
+  await page.getByTestId("support-label-input").setInputFiles([supportLabel]);
+  await waitStatus(/1 support label map/);
+  await page.getByTestId("query-input").setInputFiles([queryCt]);
+  const loaded = await waitStatus(/1 query CT|error/, timeout);
+  assert(/1 query CT/.test(loaded), loaded);
+  await page.getByTestId("query-label-input").setInputFiles([queryLabel]);
+  const labelled = await waitStatus(/1 query label map|error/, timeout);
+  assert(/1 query label map/.test(labelled), labelled);
+  return loaded;
+}
+
 /// Put the viewer's cursor on a canonical voxel by clicking the coronal pane (i, k) then the axial pane (i, j).
 /// Returns the voxel shown: exactly the one asked for where a pane has at least a pixel per voxel;
 /// where a pane is drawn smaller than its grid (a 512-wide slice in a narrower box), a click
@@ -411,18 +430,7 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
   };
   const [supportCt, supportLabel] = phantom("support", "--seed", "1");
   const [queryCt, queryLabel] = phantom("big_query", "--dims", BIG.dims.join(","), "--spacing", BIG.spacing.join(","), "--seed", "12");
-  page = await newPage();
-  await page.goto(origin + "/?backend=cpu");
-  await waitStatus(/ready/);
-  await page.getByTestId("support-image-input").setInputFiles([supportCt]);
-  await waitStatus(/1 support CT/);
-  await page.getByTestId("support-label-input").setInputFiles([supportLabel]);
-  await waitStatus(/1 support label map/);
-  await page.getByTestId("query-input").setInputFiles([queryCt]);
-  const loaded = await waitStatus(/1 query CT|error/, 120000);
-  assert(/1 query CT/.test(loaded), loaded);
-  await page.getByTestId("query-label-input").setInputFiles([queryLabel]);
-  await waitStatus(/1 query label map|error/, 120000);
+  const loaded = await loadPair("?backend=cpu", [supportCt, supportLabel, queryCt, queryLabel], 120000);
   await chooseOrgans([BIG.organ]);
   await page.getByTestId("mode-select").selectOption("spl");
   const t0 = Date.now();
@@ -473,17 +481,7 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
   const [queryCt, queryLabel] = phantom("gpu_query", 2);
   const truth = readNifti(fs.readFileSync(queryLabel));
   const runOn = async (query, backendRe, timeout) => {
-    page = await newPage();
-    await page.goto(origin + "/" + query);
-    await waitStatus(/ready/);
-    await page.getByTestId("support-image-input").setInputFiles([supportCt]);
-    await waitStatus(/1 support CT/);
-    await page.getByTestId("support-label-input").setInputFiles([supportLabel]);
-    await waitStatus(/1 support label map/);
-    await page.getByTestId("query-input").setInputFiles([queryCt]);
-    await waitStatus(/1 query CT/);
-    await page.getByTestId("query-label-input").setInputFiles([queryLabel]);
-    await waitStatus(/1 query label map/);
+    await loadPair(query, [supportCt, supportLabel, queryCt, queryLabel]);
     await chooseOrgans([GPU_RUN.organ]);
     await page.getByTestId("mode-select").selectOption("wpl");
     const t0 = Date.now();
@@ -499,10 +497,15 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
     const ext = labelExtent(seg, GPU_RUN.organ);
     console.log(`  ${gpu}: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}; DSC ${dsc.toFixed(1)} %, ` +
       `${ext.count} voxels on slices ${ext.slices.join(",")}`);
+    // After the Run the viewer shows a slice of the result (the file's k is the canonical k here).
+    const info = await page.getByTestId("viewer-info").textContent();
+    const k = Number(/ k=(\d+)/.exec(info)?.[1]);
+    assert(ext.slices.includes(k), `the viewer shows slice ${k}, not one of the result's (${ext.slices}): ${info}`);
     return { seg, dsc };
   };
   const gpu = await runOn("", /^\s*models run on: WebGPU\s*$/, 25 * 60 * 1000);
   await page.screenshot({ path: path.join(shots, "run-webgpu.png"), fullPage: true });
+  await overlayMatchesMask(gpu.seg, GPU_RUN.organ);
   assert(gpu.dsc >= GPU_RUN.minDsc, `DSC on WebGPU ${gpu.dsc.toFixed(1)} % below ${GPU_RUN.minDsc} %`);
   const cpu = await runOn("?backend=cpu", /CPU in WebAssembly/, RUN_TIMEOUT_MS);
   const agreement = dice(gpu.seg.data, cpu.seg.data, GPU_RUN.organ);
