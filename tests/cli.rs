@@ -265,8 +265,10 @@ fn segment_and_localize_share_the_template_radius() {
         openkbp("okbp_001", "label"),
         openkbp("okbp_004", "ct"),
     );
-    let common = |out: &std::path::Path, radius: &str| -> Vec<String> {
-        [
+    let run = |cmd: &str, out: &str, radius: &str| -> serde_json::Value {
+        let out = dir.join(out);
+        let (ok, _, err) = medlsam(&[
+            cmd,
             "--support-image",
             s_img.to_str().unwrap(),
             "--support-label",
@@ -281,17 +283,7 @@ fn segment_and_localize_share_the_template_radius() {
             radius,
             "--out",
             out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let run = |cmd: &str, out: &str, radius: &str| -> serde_json::Value {
-        let out = dir.join(out);
-        let mut args = vec![cmd.to_string()];
-        args.extend(common(&out, radius));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, _, err) = medlsam(&args);
+        ]);
         assert!(ok, "{cmd}: {err}");
         let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

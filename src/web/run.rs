@@ -135,25 +135,24 @@ pub struct RunTimes {
 }
 
 impl RunTimes {
-    /// One line for the user, e.g. "atlas 3 s, localization 4 s, segmentation 98 s (encoder 94 s, decoder 4 s)".
+    /// One line for the user, e.g. "atlas 3 s, localization 4 s, segmentation 98 s (encoder 94 s,
+    /// decoder 4 s)"; without the split on WebGPU.
     pub fn summary(&self) -> String {
         let q = &self.queries;
-        if self.gpu {
-            return format!(
-                "atlas {:.0} s, localization {:.0} s, segmentation {:.0} s",
-                self.atlas.as_secs_f64(),
-                q.localize.as_secs_f64(),
-                (q.encode + q.decode).as_secs_f64(),
-            );
-        }
-        format!(
-            "atlas {:.0} s, localization {:.0} s, segmentation {:.0} s (encoder {:.0} s, decoder {:.0} s)",
+        let mut line = format!(
+            "atlas {:.0} s, localization {:.0} s, segmentation {:.0} s",
             self.atlas.as_secs_f64(),
             q.localize.as_secs_f64(),
             (q.encode + q.decode).as_secs_f64(),
-            q.encode.as_secs_f64(),
-            q.decode.as_secs_f64()
-        )
+        );
+        if !self.gpu {
+            line += &format!(
+                " (encoder {:.0} s, decoder {:.0} s)",
+                q.encode.as_secs_f64(),
+                q.decode.as_secs_f64()
+            );
+        }
+        line
     }
 }
 

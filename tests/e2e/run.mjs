@@ -181,10 +181,22 @@ await test("a corrupt file shows an error and the page stays usable", async () =
 const RUN = { support: "okbp_001", query: "okbp_004", organ: 1, name: "Brainstem", minDsc: 30 };
 const RUN_TIMEOUT_MS = 15 * 60 * 1000;
 
-/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights).
-function nativeRunDsc(kbp) {
+/// The native CLI the tests run (it writes phantoms and gives reference results).
+function medlsamBin() {
   const bin = process.env.MEDLSAM_BIN || "target/release/medlsam";
   assert(fs.existsSync(bin), `no medlsam binary at ${bin} (cargo build --release, or set MEDLSAM_BIN)`);
+  return bin;
+}
+
+/// A phantom CT and its label map written by `medlsam phantom` into `dir`: [ct, label] paths.
+function writePhantom(dir, name, ...args) {
+  execFileSync(medlsamBin(), ["phantom", "--out", dir, "--name", name, ...args], { stdio: "ignore" });
+  return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
+}
+
+/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights).
+function nativeRunDsc(kbp) {
+  const bin = medlsamBin();
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-native-run-"));
   execFileSync(bin, ["segment",
     "--support-image", kbp(`${RUN.support}.ct.nii.gz`), "--support-label", kbp(`${RUN.support}.label.nii.gz`),
@@ -421,15 +433,9 @@ await test("Demo then Run localizes and segments the phantom query (CPU in WebAs
 // The page reports its memory (WebAssembly memory only grows: the figure after the run is the peak).
 const BIG = { dims: [512, 512, 300], spacing: [0.8, 0.8, 5.0], organ: 3, name: "left_kidney", minDsc: 30, maxMiB: 2048 };
 await test("a 512×512×300 CT is segmented within the browser's memory (CPU in WebAssembly)", async () => {
-  const bin = process.env.MEDLSAM_BIN || "target/release/medlsam";
-  assert(fs.existsSync(bin), `no medlsam binary at ${bin} to write the phantoms (cargo build --release, or set MEDLSAM_BIN)`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-big-"));
-  const phantom = (name, ...args) => {
-    execFileSync(bin, ["phantom", "--out", dir, "--name", name, ...args], { stdio: "ignore" });
-    return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
-  };
-  const [supportCt, supportLabel] = phantom("support", "--seed", "1");
-  const [queryCt, queryLabel] = phantom("big_query", "--dims", BIG.dims.join(","), "--spacing", BIG.spacing.join(","), "--seed", "12");
+  const [supportCt, supportLabel] = writePhantom(dir, "support", "--seed", "1");
+  const [queryCt, queryLabel] = writePhantom(dir, "big_query", "--dims", BIG.dims.join(","), "--spacing", BIG.spacing.join(","), "--seed", "12");
   const loaded = await loadPair("?backend=cpu", [supportCt, supportLabel, queryCt, queryLabel], 120000);
   await chooseOrgans([BIG.organ]);
   await page.getByTestId("mode-select").selectOption("spl");
@@ -469,14 +475,9 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
 // The same Run on the CPU in WebAssembly must give the same segmentation.
 const GPU_RUN = { dims: [96, 96, 6], spacing: [3, 3, 32], organ: 4, minDsc: 50, minAgreement: 98 };
 await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", async () => {
-  const bin = process.env.MEDLSAM_BIN || "target/release/medlsam";
-  assert(fs.existsSync(bin), `no medlsam binary at ${bin} to write the phantoms (cargo build --release, or set MEDLSAM_BIN)`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-gpu-run-"));
-  const phantom = (name, seed) => {
-    execFileSync(bin, ["phantom", "--out", dir, "--name", name, "--dims", GPU_RUN.dims.join(","),
-      "--spacing", GPU_RUN.spacing.join(","), "--seed", String(seed)], { stdio: "ignore" });
-    return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
-  };
+  const phantom = (name, seed) => writePhantom(dir, name, "--dims", GPU_RUN.dims.join(","),
+    "--spacing", GPU_RUN.spacing.join(","), "--seed", String(seed));
   const [supportCt, supportLabel] = phantom("gpu_support", 1);
   const [queryCt, queryLabel] = phantom("gpu_query", 2);
   const truth = readNifti(fs.readFileSync(queryLabel));
