@@ -6,7 +6,9 @@
 //! query_label_ls — each a text file listing one path per line —, fg_class,
 //! bbox_mode, slice_interval, seg_save_path; `[weight]` medlam_load_path,
 //! vit_load_path). The reference's `slice_interval` counts voxels of MedLAM's
-//! 3 mm grid, so `slice_interval = 2` means 6 mm slabs; `False` means WPL.
+//! 3 mm grid, so `slice_interval = 2` means 6 mm slabs; `False` means WPL. Our
+//! localization's search widths may be added as `[localize]` search_radius,
+//! template_radius (the reference ignores that section).
 //!
 //! TOML/JSON:
 //! ```toml
@@ -16,6 +18,8 @@
 //! mode = "spl"         # or "wpl"
 //! slab_mm = 6
 //! out = "results"
+//! search_radius = 16   # MSS search half-width, 3 mm voxels (optional)
+//! template_radius = 5  # intensity-template search half-width, 0: off (optional)
 //! [weights]
 //! medlam = "weights/medlam.bpk"
 //! sam = "weights/lite_medsam.bpk"
@@ -56,6 +60,28 @@ pub struct RunConfig {
     pub out: Option<PathBuf>,
     pub medlam_weights: Option<PathBuf>,
     pub sam_weights: Option<PathBuf>,
+    /// MSS search half-width (3 mm voxels); `None`: the command line's or the default.
+    pub search_radius: Option<usize>,
+    /// Intensity-template search half-width (3 mm voxels, 0: off); `None`: the command
+    /// line's or the default.
+    pub template_radius: Option<usize>,
+}
+
+impl Default for RunConfig {
+    /// No cases; every organ, SPL with 6 mm slabs, default weights and options.
+    fn default() -> Self {
+        Self {
+            supports: Vec::new(),
+            queries: Vec::new(),
+            organs: Organs::All,
+            mode: BoxMode::Spl { slab_mm: 6.0 },
+            out: None,
+            medlam_weights: None,
+            sam_weights: None,
+            search_radius: None,
+            template_radius: None,
+        }
+    }
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -224,6 +250,17 @@ impl RunConfig {
                     * 3.0,
             ),
         };
+        let radius = |k: &str| -> Result<Option<usize>> {
+            get("localize", k)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| {
+                        bad(format!(
+                            "config: [localize] {k} {v:?} is not a whole number of 3 mm voxels"
+                        ))
+                    })
+                })
+                .transpose()
+        };
         let mode = match get("data", "bbox_mode") {
             Some(m) => parse_mode(&m, slab)?,
             None => BoxMode::Spl {
@@ -255,6 +292,8 @@ impl RunConfig {
             out: get("data", "seg_save_path").map(PathBuf::from),
             medlam_weights: get("weight", "medlam_load_path").map(|p| resolve(&p, base)),
             sam_weights: get("weight", "vit_load_path").map(|p| resolve(&p, base)),
+            search_radius: radius("search_radius")?,
+            template_radius: radius("template_radius")?,
         })
     }
 
@@ -286,6 +325,10 @@ struct FileConfig {
     out: Option<PathBuf>,
     #[serde(default)]
     weights: Option<WeightsField>,
+    #[serde(default)]
+    search_radius: Option<usize>,
+    #[serde(default)]
+    template_radius: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +370,8 @@ impl FileConfig {
             out: self.out,
             medlam_weights: medlam.map(|p| resolve(&p.to_string_lossy(), base)),
             sam_weights: sam.map(|p| resolve(&p.to_string_lossy(), base)),
+            search_radius: self.search_radius,
+            template_radius: self.template_radius,
         })
     }
 }
@@ -361,6 +406,14 @@ mod tests {
         assert_eq!(c.organs, Organs::List(vec![1, 2, 7]));
         assert_eq!(c.mode, BoxMode::Spl { slab_mm: 6.0 });
         assert_eq!(c.out, Some(PathBuf::from("result/x")));
+        assert_eq!((c.search_radius, c.template_radius), (None, None));
+        let tuned = format!("{ini}[localize]\nsearch_radius = 12\ntemplate_radius = 0\n");
+        let c = RunConfig::from_ini(&tuned, &dir).unwrap();
+        assert_eq!((c.search_radius, c.template_radius), (Some(12), Some(0)));
+        let e = RunConfig::from_ini(&tuned.replace("= 12", "= -1"), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[localize] search_radius \"-1\""), "{e}");
         let wpl = ini
             .replace("bbox_mode = SPL", "bbox_mode = WPL")
             .replace("slice_interval = 2", "slice_interval = False");
@@ -383,8 +436,12 @@ mod tests {
         assert_eq!(c.organs, Organs::All);
         assert_eq!(c.mode, BoxMode::Wpl);
         assert_eq!(c.sam_weights, Some(PathBuf::from("/base/w.bpk")));
-        let j = r#"{"supports": [{"image": "s", "label": "l"}], "queries": [{"image": "q"}], "organs": [3, 4], "slab_mm": 9}"#;
+        assert_eq!(c.template_radius, None);
+        let c = RunConfig::from_toml(&format!("template_radius = 3\n{t}"), Path::new("/")).unwrap();
+        assert_eq!((c.search_radius, c.template_radius), (None, Some(3)));
+        let j = r#"{"supports": [{"image": "s", "label": "l"}], "queries": [{"image": "q"}], "organs": [3, 4], "slab_mm": 9, "search_radius": 8}"#;
         let c = RunConfig::from_json(j, Path::new("/b")).unwrap();
+        assert_eq!(c.search_radius, Some(8));
         assert_eq!(c.organs, Organs::List(vec![3, 4]));
         assert_eq!(c.mode, BoxMode::Spl { slab_mm: 9.0 });
         let e = RunConfig::from_json(

@@ -296,13 +296,15 @@ mod cli {
         /// CT window low,high in HU mapped to the model's 0-255 input.
         #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [-160.0, 240.0])]
         window: Vec<f32>,
-        /// MSS search half-width around the UAM point (3 mm voxels).
-        #[arg(long, default_value_t = 16)]
-        search_radius: usize,
+        /// MSS search half-width around the UAM point (3 mm voxels) [default: the config's
+        /// search_radius, else 16].
+        #[arg(long)]
+        search_radius: Option<usize>,
         /// Intensity-template search half-width around each organ's centre, the last
-        /// localization step (3 mm voxels; 0: off).
-        #[arg(long, default_value_t = 5)]
-        template_radius: usize,
+        /// localization step (3 mm voxels; 0: off) [default: the config's template_radius,
+        /// else 5].
+        #[arg(long)]
+        template_radius: Option<usize>,
         /// Output folder (default: the config's seg_save_path, else medlsam_out).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -583,20 +585,12 @@ mod cli {
     }
 
     /// The run configuration of `segment` / `eval-segment`: `--config` if given, with the
-    /// command line's supports, queries, organs, mode and weights over it.
+    /// command line's supports, queries, organs, mode, weights and search widths over it.
     fn run_config(a: &SegmentArgs) -> Result<medlsam::config::RunConfig> {
-        use medlsam::config::{CasePaths, Organs, RunConfig, parse_mode, parse_organs, read_list};
+        use medlsam::config::{CasePaths, RunConfig, parse_mode, parse_organs, read_list};
         let mut cfg = match &a.config {
             Some(p) => RunConfig::load(p)?,
-            None => RunConfig {
-                supports: vec![],
-                queries: vec![],
-                organs: Organs::All,
-                mode: medlsam::pipeline::BoxMode::Spl { slab_mm: 6.0 },
-                out: None,
-                medlam_weights: None,
-                sam_weights: None,
-            },
+            None => RunConfig::default(),
         };
         let supports = pair_supports(a.support_image.clone(), a.support_label.clone())?;
         if !supports.is_empty() {
@@ -650,6 +644,8 @@ mod cli {
         cfg.out = a.out.clone().or(cfg.out);
         cfg.medlam_weights = a.medlam_weights.clone().or(cfg.medlam_weights);
         cfg.sam_weights = a.weights.clone().or(cfg.sam_weights);
+        cfg.search_radius = a.search_radius.or(cfg.search_radius);
+        cfg.template_radius = a.template_radius.or(cfg.template_radius);
         Ok(cfg)
     }
 
@@ -659,17 +655,20 @@ mod cli {
         a: &SegmentArgs,
         config: medlsam::config::RunConfig,
     ) -> Result<medlsam::batch::SupportRun> {
+        let defaults = medlsam::medlam::LocalizeOptions::default();
         Ok(medlsam::batch::SupportRun {
-            config,
             backend: a.backend,
             margin_px_1024: a.margin_px,
             window_hu: [a.window[0], a.window[1]],
             query_label_map: medlsam::config::parse_label_map(&a.query_label_map)?,
             localize: medlsam::medlam::LocalizeOptions {
-                search_radius_vox: a.search_radius,
-                template_radius_vox: a.template_radius,
-                ..Default::default()
+                search_radius_vox: config.search_radius.unwrap_or(defaults.search_radius_vox),
+                template_radius_vox: config
+                    .template_radius
+                    .unwrap_or(defaults.template_radius_vox),
+                ..defaults
             },
+            config,
         })
     }
 
@@ -1242,8 +1241,7 @@ mod cli {
                 organs: Organs::All,
                 mode: medlsam::pipeline::BoxMode::Spl { slab_mm: 6.0 },
                 out: Some(out.to_path_buf()),
-                medlam_weights: None,
-                sam_weights: None,
+                ..Default::default()
             },
             backend,
             margin_px_1024: 10.0,

@@ -255,7 +255,8 @@ fn segment_from_a_reference_ini_config_on_openkbp() {
 }
 
 /// `segment` localizes exactly as `localize` with the same options: the intensity-template
-/// step follows `--template-radius` in both (0 turns it off and moves this organ's box).
+/// step follows `--template-radius` in both (0 turns it off and moves this organ's box), and
+/// a config file's `template_radius`, which the command line overrides.
 #[test]
 fn segment_and_localize_share_the_template_radius() {
     let scratch = Scratch::new("template-radius");
@@ -296,6 +297,35 @@ fn segment_and_localize_share_the_template_radius() {
         "the template step moved nothing"
     );
     assert_eq!(run("segment", "seg0", "0"), localized_off);
+    // The same from a config file's template_radius, and the command line over it.
+    let config = dir.join("run.toml");
+    let toml_path = |p: &std::path::Path| format!("{:?}", p.to_str().unwrap());
+    std::fs::write(
+        &config,
+        format!(
+            "supports = [{{ image = {}, label = {} }}]\nqueries = [{{ image = {} }}]\n\
+             organs = [1]\nmode = \"wpl\"\ntemplate_radius = 0\n",
+            toml_path(&s_img),
+            toml_path(&s_lab),
+            toml_path(&q)
+        ),
+    )
+    .unwrap();
+    let from_config = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let out = dir.join(out);
+        let mut args = vec!["segment", "--config", config.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(["--out", out.to_str().unwrap()]);
+        let (ok, _, err) = medlsam(&args);
+        assert!(ok, "segment --config: {err}");
+        let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["organs"][0]["box"].clone()
+    };
+    assert_eq!(from_config("cfg0", &[]), localized_off);
+    assert_eq!(
+        from_config("cfg5", &["--template-radius", "5"]),
+        localized_on
+    );
 }
 
 #[test]
