@@ -266,6 +266,11 @@ fn segment_and_localize_share_the_template_radius() {
         openkbp("okbp_001", "label"),
         openkbp("okbp_004", "ct"),
     );
+    // The query's one organ box as `segment` / `localize` wrote it.
+    let organ_box = |out: &std::path::Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["organs"][0]["box"].clone()
+    };
     let run = |cmd: &str, out: &str, radius: &str| -> serde_json::Value {
         let out = dir.join(out);
         let (ok, _, err) = medlsam(&[
@@ -286,9 +291,7 @@ fn segment_and_localize_share_the_template_radius() {
             out.to_str().unwrap(),
         ]);
         assert!(ok, "{cmd}: {err}");
-        let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["organs"][0]["box"].clone()
+        organ_box(&out)
     };
     let localized_off = run("localize", "loc0", "0");
     let localized_on = run("localize", "loc5", "5");
@@ -318,8 +321,7 @@ fn segment_and_localize_share_the_template_radius() {
         args.extend(["--out", out.to_str().unwrap()]);
         let (ok, _, err) = medlsam(&args);
         assert!(ok, "segment --config: {err}");
-        let text = std::fs::read_to_string(out.join("okbp_004.boxes.json")).unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()["organs"][0]["box"].clone()
+        organ_box(&out)
     };
     assert_eq!(from_config("cfg0", &[]), localized_off);
     assert_eq!(
