@@ -574,6 +574,7 @@ async fn evaluate_query(
                     &points,
                     &layout,
                     atlas,
+                    &in_view,
                     template_radius,
                     &o.device,
                 )

@@ -493,20 +493,21 @@ pub fn apply_layout(
 /// Move each organ to where its supports' intensity templates put it: every template is
 /// matched within `radius` grid voxels of the organ's centre ([`match_template`]) and the
 /// organ's points move with its centre to the per-axis median of the matches. Organs less
-/// than [`MIN_IN_VIEW`] in the scan ([`organs_in_view`]) or without templates stay.
+/// than [`MIN_IN_VIEW`] in the scan (`in_view`: [`organs_in_view`]) or without templates stay.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_templates(
     query: &QueryState,
     located: &[[f64; 3]],
     points: &[&PointAtlas],
     layout: &[(u16, usize)],
     atlas: &Atlas,
+    in_view: &[f32],
     radius: usize,
     device: &Device,
 ) -> Result<Vec<[f64; 3]>> {
     if radius == 0 {
         return Ok(located.to_vec());
     }
-    let in_view = organs_in_view(query, points, layout);
     let centres = organ_centres(located, points, layout);
     let mut targets = centres.clone();
     for (i, &(label, _)) in layout.iter().enumerate() {
@@ -714,6 +715,7 @@ pub async fn localize_organs(
         &points,
         &layout,
         atlas,
+        &in_view,
         options.template_radius_vox,
         device,
     )

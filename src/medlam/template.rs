@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn apply_templates_moves_the_organ_to_the_supports_median_match() {
         use crate::medlam::atlas::{Atlas, AtlasMode, OrganAtlas, PointAtlas};
-        use crate::medlam::localize::{QueryState, apply_templates, organ_points};
+        use crate::medlam::localize::{QueryState, apply_templates, organ_points, organs_in_view};
         use crate::medlam::net::MedLamConfig;
         let dev = Device::flex();
         let cut = |shift: [i64; 3]| {
@@ -255,11 +255,12 @@ mod tests {
             canonical_dims: [30, 26, 22],
         };
         let (points, layout) = organ_points(&atlas, &[1]);
+        let in_view = organs_in_view(&q, &points, &layout);
         // Located 2 voxels off along each axis (all 6 points at the centre, zero offsets).
         let located = vec![[19.0, 5.0, 13.0]; 6];
         let moved = |r| {
             pollster::block_on(apply_templates(
-                &q, &located, &points, &layout, &atlas, r, &dev,
+                &q, &located, &points, &layout, &atlas, &in_view, r, &dev,
             ))
             .unwrap()
         };

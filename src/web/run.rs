@@ -34,14 +34,13 @@ use super::{BackendChoice, CPU_CHOSEN};
 const SAM_WEIGHTS: &str = WEB_WEIGHTS[0];
 const MEDLAM_WEIGHTS: &str = WEB_WEIGHTS[1];
 
-/// What the page says when the models run on WebGPU.
-const WEBGPU: &str = "WebGPU";
-
 /// The device and the two models, built once per page.
 pub struct Models {
     pub device: Device,
     /// What the user is told about the backend.
     pub backend: String,
+    /// The models run on WebGPU (else on the CPU in wasm).
+    pub webgpu: bool,
     pub sam: SamSegmenter,
     pub medlam: MedLam,
     pub medlam_config: MedLamConfig,
@@ -49,15 +48,17 @@ pub struct Models {
 
 /// WebGPU when the browser has it and an adapter comes up, else Burn's CPU backend
 /// in wasm; the CPU backend straight away when the page asked for it (`?backend=cpu`).
-pub async fn init_device(choice: BackendChoice) -> (Device, String) {
+/// Returns the device, what the user is told about it, and whether it is WebGPU.
+pub async fn init_device(choice: BackendChoice) -> (Device, String, bool) {
     if choice == BackendChoice::Cpu {
-        return (Device::flex(), CPU_CHOSEN.into());
+        return (Device::flex(), CPU_CHOSEN.into(), false);
     }
     match Device::wgpu_options().init_async().await {
-        Ok(d) => (d, WEBGPU.into()),
+        Ok(d) => (d, "WebGPU".into(), true),
         Err(e) => (
             Device::flex(),
             format!("CPU in WebAssembly (WebGPU unavailable: {e}); slower"),
+            false,
         ),
     }
 }
@@ -68,7 +69,7 @@ pub async fn load_models(
     progress: &mut dyn FnMut(&str, f64),
 ) -> Result<Models> {
     progress("starting the compute device", 0.0);
-    let (device, backend) = init_device(choice).await;
+    let (device, backend, webgpu) = init_device(choice).await;
     let manifest = fetch_manifest().await?;
     let total: u64 = [SAM_WEIGHTS, MEDLAM_WEIGHTS]
         .iter()
@@ -94,6 +95,7 @@ pub async fn load_models(
     Ok(Models {
         device,
         backend,
+        webgpu,
         sam,
         medlam,
         medlam_config,
@@ -223,7 +225,7 @@ pub async fn run(
     };
     let cases = support_cases(supports)?;
     let mut times = RunTimes {
-        gpu: models.backend == WEBGPU,
+        gpu: models.webgpu,
         ..Default::default()
     };
     let atlas = Atlas::build(
