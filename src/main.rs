@@ -328,9 +328,9 @@ mod cli {
         /// e.g. 5=1 (support organ 5 is label 1 in the query labels).
         #[arg(long, value_delimiter = ',')]
         query_label_map: Vec<String>,
-        /// Organs, e.g. 1,3 (default: every label of the supports).
-        #[arg(long, value_delimiter = ',')]
-        organs: Vec<u16>,
+        /// Organs, e.g. 1,3, or all (default: every label of the supports).
+        #[arg(long)]
+        organs: Option<String>,
         /// wpl (one box per organ) or spl (a box per slab of --slab-mm).
         #[arg(long, default_value = "wpl")]
         mode: String,
@@ -864,6 +864,7 @@ mod cli {
     }
 
     fn localize(a: LocalizeArgs) -> Result<()> {
+        use medlsam::config::{Organs, parse_organs};
         use medlsam::medlam::eval::{LocalizeRun, run_localize};
         use medlsam::medlam::{AtlasMode, LocalizeOptions};
         for (flag, v) in [
@@ -892,7 +893,10 @@ mod cli {
             queries: a.query,
             query_labels: a.query_label,
             query_label_map,
-            organs: a.organs,
+            organs: match a.organs.as_deref().map(parse_organs).transpose()? {
+                None | Some(Organs::All) => vec![],
+                Some(Organs::List(list)) => list,
+            },
             mode,
             options: LocalizeOptions {
                 search_radius_vox: a.search_radius,

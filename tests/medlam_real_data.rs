@@ -273,6 +273,18 @@ fn localize_command_writes_boxes_json_and_localization_csv() {
         e.contains("--layout-blend 1.5: give a weight between 0 and 1"),
         "{e}"
     );
+    // So is an organ that is not a label value (`all`, like `segment`'s, is one).
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_medlsam"))
+        .args(["localize", "--support-image", "a.nii.gz", "--support-label"])
+        .args([
+            "b.nii.gz", "--query", "q.nii.gz", "--organs", "1,x", "--out",
+        ])
+        .arg(&out.0)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("organ \"x\" is not a label value"), "{e}");
 }
 
 /// Small widths; patch 32 so that the bottleneck after 4 poolings is 2³ (on a 1³ bottleneck
