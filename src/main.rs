@@ -893,10 +893,12 @@ mod cli {
             queries: a.query,
             query_labels: a.query_label,
             query_label_map,
-            organs: match a.organs.as_deref().map(parse_organs).transpose()? {
-                None | Some(Organs::All) => vec![],
-                Some(Organs::List(list)) => list,
-            },
+            organs: a
+                .organs
+                .as_deref()
+                .map(parse_organs)
+                .transpose()?
+                .unwrap_or(Organs::All),
             mode,
             options: LocalizeOptions {
                 search_radius_vox: a.search_radius,

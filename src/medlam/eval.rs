@@ -19,6 +19,7 @@ use super::localize::{
     organ_localization, organ_points, organs_in_view, query_state, regularize_parts,
 };
 use super::net::{MedLam, MedLamConfig};
+use crate::config::Organs;
 use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
 use crate::output::boxes_json;
 use crate::pipeline::OrganLocalization;
@@ -159,8 +160,8 @@ pub struct LocalizeRun {
     pub query_labels: Vec<PathBuf>,
     /// `(support label, query label)` pairs where the query labels use other values.
     pub query_label_map: Vec<(u16, u16)>,
-    /// Organs (empty: every label of any support).
-    pub organs: Vec<u16>,
+    /// Organs ([`Organs::All`]: every label of any support).
+    pub organs: Organs,
     pub mode: AtlasMode,
     pub options: LocalizeOptions,
     pub weights: PathBuf,
@@ -192,7 +193,9 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
         .first()
         .and_then(|(_, l)| LabelTable::find_beside(l))
         .unwrap_or_default();
-    let organs: Vec<u16> = if run.organs.is_empty() {
+    let organs: Vec<u16> = if let Organs::List(list) = &run.organs {
+        list.clone()
+    } else {
         let mut all: Vec<u16> = supports
             .iter()
             .flat_map(|s| match &s.organs {
@@ -206,8 +209,6 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
         all.sort_unstable();
         all.dedup();
         all
-    } else {
-        run.organs.clone()
     };
     let t = Instant::now();
     let atlas = pollster::block_on(Atlas::build(
