@@ -18,7 +18,7 @@ use crate::batch::{
 };
 use crate::config::CasePaths;
 use crate::metrics::{LabelMetrics, evaluate_labels};
-use crate::output::mean_sd;
+use crate::output::{mean_sd, median};
 use crate::pipeline::{
     BoxMode, EmbeddingCache, Localizer, OracleLocalizer, Progress, SegmentOptions,
     segment_canonical,
@@ -471,18 +471,26 @@ pub fn summary_table(res: &EvalResults) -> String {
     }
     line("", "all", &|_| true);
     if !res.times.is_empty() {
-        let n = res.times.len() as f64;
-        let mean = |f: fn(&QueryTimes) -> f64| res.times.iter().map(f).sum::<f64>() / n;
+        // Medians: a query that shared the machine with other work does not skew them.
+        let med = |f: fn(&QueryTimes) -> f64| median(res.times.iter().map(f).collect());
+        let total = |t: &QueryTimes| t.total_s;
+        let (lo, hi) = res
+            .times
+            .iter()
+            .map(total)
+            .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         out += &format!(
-            "{} queries; per query: {:.0} s ({:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
+            "{} queries; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
             res.times.len(),
-            mean(|t| t.total_s),
-            mean(|t| t.slices_encoded as f64),
-            mean(|t| t.load_s),
-            mean(|t| t.localize_spl_s),
-            mean(|t| t.localize_wpl_s),
-            mean(|t| t.encode_s),
-            mean(|t| t.decode_s),
+            med(total),
+            lo,
+            hi,
+            med(|t| t.slices_encoded as f64),
+            med(|t| t.load_s),
+            med(|t| t.localize_spl_s),
+            med(|t| t.localize_wpl_s),
+            med(|t| t.encode_s),
+            med(|t| t.decode_s),
         );
     }
     out
@@ -520,17 +528,19 @@ mod tests {
             rows.iter().map(EvalRow::to_csv),
         )
         .unwrap();
-        let t = QueryTimes {
-            case: "a".into(),
-            slices_encoded: 7,
+        let t = |case: &str, slices: usize, total_s: f64| QueryTimes {
+            case: case.into(),
+            slices_encoded: slices,
             boxes: [9, 8, 7],
-            total_s: 12.5,
+            total_s,
             ..Default::default()
         };
+        // "z" has no rows (no organ present): it counts for the times only.
+        let times = [t("a", 7, 12.5), t("y", 9, 20.0), t("z", 30, 900.0)];
         rewrite(
             &dir.join("times.csv"),
             TIMES_CSV_HEADER,
-            [t.to_csv()].into_iter(),
+            times.iter().map(QueryTimes::to_csv),
         )
         .unwrap();
         // A query cut short while its rows were written: a partial eval.csv line.
@@ -544,10 +554,14 @@ mod tests {
         assert_eq!(back.times[0].boxes, [9, 8, 7]);
         // A times.csv line cut short: that query is not counted.
         append(&dir.join("times.csv"), &["b,7,9".into()]).unwrap();
-        assert_eq!(read_results(&dir).unwrap().times.len(), 1);
+        assert_eq!(read_results(&dir).unwrap().times.len(), 3);
         let table = summary_table(&back);
         assert!(table.contains("70.0 ± 0.0"), "{table}");
-        assert!(table.contains("1 queries; per query: 12 s"), "{table}");
+        // Medians, so the 900 s query does not move the figures; the range shows it.
+        assert!(
+            table.contains("3 queries; per query, medians: 20 s (range 12-900 s; 9 slices;"),
+            "{table}"
+        );
         std::fs::write(dir.join("times.csv"), "case,other\n").unwrap();
         let e = read_results(&dir).unwrap_err().to_string();
         assert!(e.contains("another header"), "{e}");

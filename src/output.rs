@@ -134,6 +134,16 @@ pub fn mean_sd(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, sd))
 }
 
+/// Median of values (mean of the middle two for an even count; 0 for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// A distinct colour per label value.
 pub fn label_colour(label: u16) -> [u8; 3] {
     const P: [[u8; 3]; 10] = [

@@ -27,6 +27,7 @@ use super::features::{FeatureFrame, Search, WINDOWS, frame_for};
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::{Prepared, SPACING_MM};
 use super::template::match_template;
+use crate::output::median;
 use crate::pipeline::{Localizer, MIN_IN_VIEW, OrganLocalization, wpl_slice_boxes};
 use crate::volume::CtVolume;
 use crate::volume::labels::BoxVox;
@@ -397,16 +398,6 @@ pub fn part_centre(located: &[[f64; 3]], points: &[&PointAtlas]) -> [f64; 3] {
                 .collect(),
         )
     })
-}
-
-/// Median of values (mean of the middle two for an even count; 0 for none).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Shape regularisation of one part's 6 located points (grid voxels): the prior points are
