@@ -31,7 +31,7 @@ pub const MODES: [&str; 3] = ["spl", "wpl", "oracle"];
 
 pub const EVAL_CSV_HEADER: &str =
     "mode,case,label,name,truth_voxels,pred_voxels,dsc,hd95,box_iou,wd,ale";
-pub const TIMES_CSV_HEADER: &str = "case,slices_encoded,boxes_spl,boxes_wpl,boxes_oracle,load_s,localize_spl_s,localize_wpl_s,encode_s,decode_s,total_s";
+pub const TIMES_CSV_HEADER: &str = "case,slices_encoded,boxes_spl,boxes_wpl,boxes_oracle,load_s,localize_spl_s,localize_wpl_s,encode_s,decode_s,total_s,backend";
 
 /// One row of `eval.csv`.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,12 +126,14 @@ pub struct QueryTimes {
     pub encode_s: f64,
     pub decode_s: f64,
     pub total_s: f64,
+    /// The backend the query ran on (`cpu`, `wgpu`): times are summarised per backend.
+    pub backend: String,
 }
 
 impl QueryTimes {
     fn to_csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}",
+            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{}",
             self.case,
             self.slices_encoded,
             self.boxes[0],
@@ -142,14 +144,15 @@ impl QueryTimes {
             self.localize_wpl_s,
             self.encode_s,
             self.decode_s,
-            self.total_s
+            self.total_s,
+            self.backend
         )
     }
 
     fn parse(line: &str) -> Result<Self> {
         let c: Vec<&str> = line.split(',').collect();
         let bad = || Error::InvalidArgument(format!("not a times.csv row: {line:?}"));
-        if c.len() != 11 {
+        if c.len() != 12 || c[11].is_empty() {
             return Err(bad());
         }
         let u = |s: &str| s.parse::<usize>().map_err(|_| bad());
@@ -164,6 +167,7 @@ impl QueryTimes {
             encode_s: f(c[8])?,
             decode_s: f(c[9])?,
             total_s: f(c[10])?,
+            backend: c[11].into(),
         })
     }
 }
@@ -397,6 +401,7 @@ where
     let mut times = QueryTimes {
         case: case.into(),
         load_s: t0.elapsed().as_secs_f64(),
+        backend: run.backend.name().into(),
         ..Default::default()
     };
     let (canon, r) = ct.to_canonical();
@@ -470,18 +475,22 @@ pub fn summary_table(res: &EvalResults) -> String {
         line(&l.to_string(), name, &|r| r.label == *l);
     }
     line("", "all", &|_| true);
-    if !res.times.is_empty() {
-        // Medians: a query that shared the machine with other work does not skew them.
-        let med = |f: fn(&QueryTimes) -> f64| median(res.times.iter().map(f).collect());
+    // Times per backend (a run may be continued on another machine); medians, so a
+    // query that shared the machine with other work does not skew them.
+    let mut backends: Vec<&str> = res.times.iter().map(|t| t.backend.as_str()).collect();
+    backends.sort();
+    backends.dedup();
+    for backend in backends {
+        let times: Vec<&QueryTimes> = res.times.iter().filter(|t| t.backend == backend).collect();
+        let med = |f: fn(&QueryTimes) -> f64| median(times.iter().map(|t| f(t)).collect());
         let total = |t: &QueryTimes| t.total_s;
-        let (lo, hi) = res
-            .times
+        let (lo, hi) = times
             .iter()
-            .map(total)
+            .map(|t| total(t))
             .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         out += &format!(
-            "{} queries; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
-            res.times.len(),
+            "{} queries on {backend}; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
+            times.len(),
             med(total),
             lo,
             hi,
@@ -528,15 +537,22 @@ mod tests {
             rows.iter().map(EvalRow::to_csv),
         )
         .unwrap();
-        let t = |case: &str, slices: usize, total_s: f64| QueryTimes {
+        let t = |case: &str, slices: usize, total_s: f64, backend: &str| QueryTimes {
             case: case.into(),
             slices_encoded: slices,
             boxes: [9, 8, 7],
             total_s,
+            backend: backend.into(),
             ..Default::default()
         };
-        // "z" has no rows (no organ present): it counts for the times only.
-        let times = [t("a", 7, 12.5), t("y", 9, 20.0), t("z", 30, 900.0)];
+        // "z" has no rows (no organ present): it counts for the times only. "g" ran on
+        // another backend: its time is summarised apart.
+        let times = [
+            t("a", 7, 12.5, "cpu"),
+            t("y", 9, 20.0, "cpu"),
+            t("z", 30, 900.0, "cpu"),
+            t("g", 40, 3.0, "wgpu"),
+        ];
         rewrite(
             &dir.join("times.csv"),
             TIMES_CSV_HEADER,
@@ -554,14 +570,19 @@ mod tests {
         assert_eq!(back.times[0].boxes, [9, 8, 7]);
         // A times.csv line cut short: that query is not counted.
         append(&dir.join("times.csv"), &["b,7,9".into()]).unwrap();
-        assert_eq!(read_results(&dir).unwrap().times.len(), 3);
+        assert_eq!(read_results(&dir).unwrap().times.len(), 4);
         let table = summary_table(&back);
         assert!(table.contains("70.0 ± 0.0"), "{table}");
         // Medians, so the 900 s query does not move the figures; the range shows it.
         assert!(
-            table.contains("3 queries; per query, medians: 20 s (range 12-900 s; 9 slices;"),
+            table.contains("3 queries on cpu; per query, medians: 20 s (range 12-900 s; 9 slices;"),
             "{table}"
         );
+        assert!(
+            table.contains("1 queries on wgpu; per query, medians: 3 s (range 3-3 s; 40 slices;"),
+            "{table}"
+        );
+        assert_eq!(back.times[3].backend, "wgpu");
         std::fs::write(dir.join("times.csv"), "case,other\n").unwrap();
         let e = read_results(&dir).unwrap_err().to_string();
         assert!(e.contains("another header"), "{e}");

@@ -409,6 +409,7 @@ fn eval_segment_writes_all_three_modes_resumes_and_reports() {
     }
     let times = std::fs::read_to_string(out.join("times.csv")).unwrap();
     assert_eq!(times.lines().count(), 2, "{times}");
+    assert!(times.trim_end().ends_with(",cpu"), "{times}");
     // Run again: the query is skipped, the files are unchanged.
     let (ok, second, err) = medlsam(&args);
     assert!(
