@@ -482,16 +482,15 @@ pub fn summary_table(res: &EvalResults) -> String {
     backends.dedup();
     for backend in backends {
         let times: Vec<&QueryTimes> = res.times.iter().filter(|t| t.backend == backend).collect();
-        let med = |f: fn(&QueryTimes) -> f64| median(times.iter().map(|t| f(t)).collect());
-        let total = |t: &QueryTimes| t.total_s;
+        let med = |f: fn(&QueryTimes) -> f64| median(times.iter().copied().map(f).collect());
         let (lo, hi) = times
             .iter()
-            .map(|t| total(t))
+            .map(|t| t.total_s)
             .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         out += &format!(
             "{} queries on {backend}; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
             times.len(),
-            med(total),
+            med(|t| t.total_s),
             lo,
             hi,
             med(|t| t.slices_encoded as f64),
