@@ -5,6 +5,9 @@
 //! `cpu` is Burn's pure-Rust Flex backend (native and wasm), `wgpu` the GPU
 //! through wgpu (Vulkan/Metal/DX12 natively, WebGPU in the browser). CUDA is
 //! not built (its build script downloads LLVM, which these machines cannot).
+//!
+//! Also the device-dependent helpers the models call: how many patches to batch,
+//! yielding to the browser between passes, and reading tensors back.
 
 pub use burn::tensor::Device;
 
@@ -60,6 +63,61 @@ impl std::str::FromStr for BackendChoice {
     fn from_str(s: &str) -> Result<Self> {
         Self::parse(s)
     }
+}
+
+/// In the browser, let the page paint and take input (a Cancel click), e.g. between
+/// slices; natively nothing.
+pub async fn yield_to_page() {
+    #[cfg(target_arch = "wasm32")]
+    yield_to_browser().await;
+}
+
+/// How many MedLAM patches to stack in one forward pass: `native` (better use of a GPU or
+/// of the CPU's threads), but 2 in the browser on the CPU backend, where a pass blocks the
+/// page until it ends (~0.3 s per 48³ patch, wasm running on one thread); [`yield_on_cpu`]
+/// follows each pass.
+pub fn patch_batch(device: &burn::tensor::Device, native: usize) -> usize {
+    #[cfg(target_arch = "wasm32")]
+    if *device == burn::tensor::Device::flex() {
+        return native.min(2);
+    }
+    let _ = device;
+    native
+}
+
+/// In the browser on the CPU backend, where every tensor operation computes
+/// synchronously, let the page run (see [`yield_to_page`]); elsewhere nothing (on
+/// WebGPU the work is queued on the GPU and the page is not blocked).
+pub async fn yield_on_cpu(device: &burn::tensor::Device) {
+    #[cfg(target_arch = "wasm32")]
+    if *device == burn::tensor::Device::flex() {
+        yield_to_browser().await;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = device;
+}
+
+/// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.
+#[cfg(target_arch = "wasm32")]
+pub async fn yield_to_browser() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Read a tensor back as `f32` values (async: the browser allows no blocking reads).
+pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    yield_on_cpu(&t.device()).await;
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec()
+        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))
 }
 
 #[cfg(test)]

@@ -2,13 +2,21 @@
 //!
 //! The modules follow the data flow:
 //! volume I/O → preprocessing → support atlas → localization → boxes →
-//! segmentation → outputs. The CLI (`src/main.rs`) and the web app are thin
-//! shells over this library.
+//! segmentation → outputs. The run layer ([`run`]) drives whole runs for the
+//! CLI (`src/main.rs`, `src/cli/`) and the web app, thin shells over it.
+//!
+//! Layers, bottom up: [`types`] and [`device`] (shared types and traits, the
+//! compute device) → [`volume`] → the models ([`medlam`], [`sam`]) → [`oracle`]
+//! and [`pipeline`] (segmenting one query) → [`metrics`], [`output`] → [`run`] →
+//! [`web`] / the CLI.
 
 // Geometry and image code indexes several arrays by one axis variable; index loops read best there.
 #![allow(clippy::needless_range_loop)]
 
 pub mod error;
+
+// The types every layer shares: box modes, localizations, the stage traits.
+pub mod types;
 
 // Deterministic random numbers (training samples, synthetic phantoms).
 pub mod rng;
@@ -25,6 +33,9 @@ pub mod sam;
 // The 3-D localizer (network, training, atlas, localization, boxes).
 pub mod medlam;
 
+// Localizers from known boxes (label maps, a user's boxes).
+pub mod oracle;
+
 // Localize → segment each slice → label map on the file grid.
 pub mod pipeline;
 
@@ -32,14 +43,8 @@ pub mod pipeline;
 pub mod metrics;
 pub mod output;
 
-// Native batch runs and their configuration files.
-#[cfg(not(target_arch = "wasm32"))]
-pub mod batch;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod config;
-// Whole-pipeline evaluation on labelled queries (`medlsam eval-segment`).
-#[cfg(not(target_arch = "wasm32"))]
-pub mod evaluate;
+// Whole runs: inputs, the models built once, command drivers, output files.
+pub mod run;
 
 // The browser app.
 pub mod web;

@@ -6,7 +6,8 @@
 
 use serde::Serialize;
 
-use crate::volume::labels::{BoxVox, bounding_box, extreme_points, mask_of};
+use crate::types::OrganLocalization;
+use crate::volume::labels::{BoxVox, SliceBox, bounding_box, extreme_points, mask_of, slice_boxes};
 use crate::volume::{Affine, LabelVolume, Volume};
 use crate::{Error, Result};
 
@@ -288,6 +289,59 @@ pub fn evaluate_labels(
         .collect()
 }
 
+/// Box IoU (%), WD (mm) and ALE (mm) of one organ.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BoxScores {
+    pub iou: f64,
+    pub wd: f64,
+    pub ale: f64,
+}
+
+/// Score a localization against the truth (both on the query's canonical grid).
+pub fn score(pred: &OrganLocalization, truth: &LabelVolume) -> Option<BoxScores> {
+    let tb = bounding_box(truth, pred.label)?;
+    let te = extreme_points(truth, pred.label)?;
+    Some(BoxScores {
+        iou: box_iou_pct(&pred.bbox, &tb),
+        wd: wall_distance_mm(&pred.bbox, &tb, truth.spacing_mm()),
+        ale: ale_mm(&pred.extreme_points, &te, &truth.affine),
+    })
+}
+
+/// Mean 2-D IoU (%) of the per-slice boxes against the true per-slice boxes, over every
+/// slice that has either (a slice with only one of them counts 0).
+pub fn slice_box_iou(pred: &OrganLocalization, truth: &LabelVolume) -> Option<f64> {
+    let true_boxes = slice_boxes(truth, pred.label);
+    if true_boxes.is_empty() {
+        return None;
+    }
+    let mut ks: Vec<usize> = true_boxes
+        .iter()
+        .map(|b| b.k)
+        .chain(pred.slice_boxes.iter().map(|b| b.k))
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let area = |b: &SliceBox| ((b.max[0] - b.min[0] + 1) * (b.max[1] - b.min[1] + 1)) as f64;
+    let total: f64 = ks
+        .iter()
+        .map(|&k| {
+            let (Some(p), Some(t)) = (
+                pred.slice_boxes.iter().find(|b| b.k == k),
+                true_boxes.iter().find(|b| b.k == k),
+            ) else {
+                return 0.0;
+            };
+            let w = |a: usize| {
+                (p.max[a].min(t.max[a]) + 1).saturating_sub(p.min[a].max(t.min[a])) as f64
+            };
+            let inter = w(0) * w(1);
+            100.0 * inter / (area(p) + area(t) - inter)
+        })
+        .sum();
+    Some(total / ks.len() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +445,42 @@ mod tests {
         p[0] = [3, 2, 0]; // (3 mm, 4 mm) → 5 mm
         p[5] = [0, 0, 2]; // 6 mm
         assert!((ale_mm(&p, &t, &aff) - 11.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn slice_box_iou_counts_missing_slices_as_zero() {
+        let mut lab = Volume::filled([10, 10, 4], 0u16, Affine::identity()).unwrap();
+        for k in 1..=2 {
+            for j in 2..=5 {
+                for i in 2..=3 {
+                    let idx = lab.index(i, j, k);
+                    lab.data[idx] = 5;
+                }
+            }
+        }
+        let sb = |k, min, max| SliceBox { k, min, max };
+        let pred = |boxes: Vec<SliceBox>| OrganLocalization {
+            label: 5,
+            confidence: 0.0,
+            in_view: 1.0,
+            extreme_points: [[0; 3]; 6],
+            bbox: BoxVox {
+                min: [0; 3],
+                max: [0; 3],
+            },
+            slice_boxes: boxes,
+        };
+        let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
+        assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));
+        // Slice 2 half as wide (IoU 50 %), and an extra slice 3 (0): (100 + 50 + 0) / 3.
+        let off = pred(vec![
+            sb(1, [2, 2], [3, 5]),
+            sb(2, [2, 2], [2, 5]),
+            sb(3, [2, 2], [3, 5]),
+        ]);
+        assert!((slice_box_iou(&off, &lab).unwrap() - 50.0).abs() < 1e-9);
+        let mut other = lab.clone();
+        other.data.iter_mut().for_each(|v| *v = 0);
+        assert_eq!(slice_box_iou(&exact, &other), None);
     }
 }

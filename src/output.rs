@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::metrics::LabelMetrics;
-use crate::pipeline::OrganLocalization;
+use crate::types::OrganLocalization;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::BoxVox;
 use crate::volume::{CtVolume, LabelVolume, Reorientation};
@@ -298,7 +298,8 @@ fn encode_png(cv: &Canvas) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{BoxMode, Localizer, OracleLocalizer};
+    use crate::oracle::OracleLocalizer;
+    use crate::types::{BoxMode, Localizer};
     use crate::volume::synthetic::{PhantomOptions, phantom};
 
     #[test]

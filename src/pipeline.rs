@@ -8,219 +8,17 @@
 //! Which slices are segmented comes from the localizer's boxes only, never from
 //! query labels. Work happens on the canonical LPS grid (axial slices along
 //! axis 2, rows `j`, columns `i`); results are returned on the file grid.
-//!
-//! The traits are `async` because in the browser every GPU read-back is
-//! asynchronous; native callers drive them with `pollster::block_on`.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::volume::labels::{BoxVox, SliceBox, bounding_box, extreme_points, slice_boxes};
+use crate::device::yield_to_page;
+use crate::oracle::GivenBoxes;
+use crate::types::{
+    Localizer, OrganBoxes, OrganLocalization, Progress, SliceSegmenter, StageTimes,
+};
+use crate::volume::labels::SliceBox;
 use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume};
 use crate::{Error, Result};
-
-/// Where one organ is in a query, in **canonical** voxel indices of the query.
-#[derive(Clone, Debug, Serialize)]
-pub struct OrganLocalization {
-    pub label: u16,
-    /// Higher is more certain; 0 when the organ could not be found.
-    pub confidence: f32,
-    /// Fraction of the organ's predicted box inside the scan (1 for given boxes).
-    /// Below [`MIN_IN_VIEW`] the organ is outside the field of view: no slice
-    /// boxes, confidence 0, no mask.
-    pub in_view: f32,
-    pub extreme_points: [[usize; 3]; 6],
-    pub bbox: BoxVox,
-    /// One 2-D box per axial slice to segment (inclusive, `[i, j]`).
-    pub slice_boxes: Vec<SliceBox>,
-}
-
-/// Organs whose predicted box lies less than this fraction inside the query scan
-/// are reported as outside its field of view and not segmented.
-pub const MIN_IN_VIEW: f32 = 0.5;
-
-impl OrganLocalization {
-    /// Whether the organ was predicted (mostly) outside the query's field of view.
-    pub fn outside_view(&self) -> bool {
-        self.in_view < MIN_IN_VIEW
-    }
-}
-
-/// Finds organs in a query CT given on the canonical grid.
-#[allow(async_fn_in_trait)] // used through generics only, never as `dyn`
-pub trait Localizer {
-    /// Localize `organs` in `query` (canonical grid); organs not found are left out.
-    async fn localize(
-        &mut self,
-        query: &CtVolume,
-        organs: &[u16],
-    ) -> Result<Vec<OrganLocalization>>;
-}
-
-/// Segments one 2-D slice from a box prompt.
-#[allow(async_fn_in_trait)] // used through generics only, never as `dyn`
-pub trait SliceSegmenter {
-    type Embedding;
-    /// Encode an axial slice: HU values row-major `[j][i]`, `width` = columns (i), `height` = rows (j).
-    async fn encode(
-        &mut self,
-        slice_hu: &[f32],
-        width: usize,
-        height: usize,
-    ) -> Result<Self::Embedding>;
-    /// Slices worth encoding together with [`Self::encode_many`] (1: one at a time).
-    fn slices_in_flight(&self) -> usize {
-        1
-    }
-    /// Encode several slices of one size (default: one after the other).
-    async fn encode_many(
-        &mut self,
-        slices: &[Vec<f32>],
-        width: usize,
-        height: usize,
-    ) -> Result<Vec<Self::Embedding>> {
-        let mut out = Vec::with_capacity(slices.len());
-        for s in slices {
-            out.push(self.encode(s, width, height).await?);
-        }
-        Ok(out)
-    }
-    /// Foreground probability per slice pixel (row-major, slice size) for the box
-    /// `[i_min, j_min, i_max, j_max]` in slice pixel coordinates (inclusive corners).
-    async fn decode_box(&mut self, embedding: &Self::Embedding, bbox: [f32; 4])
-    -> Result<Vec<f32>>;
-    /// Probabilities for several boxes of one slice, in order (default: one
-    /// [`Self::decode_box`] each; segmenters may decode them as one batch).
-    async fn decode_boxes(
-        &mut self,
-        embedding: &Self::Embedding,
-        boxes: &[[f32; 4]],
-    ) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(boxes.len());
-        for &b in boxes {
-            out.push(self.decode_box(embedding, b).await?);
-        }
-        Ok(out)
-    }
-}
-
-/// A [`SliceSegmenter`] that keeps every slice embedding it computes, so several runs
-/// over one query (SPL, WPL and true boxes in an evaluation) encode each slice once.
-/// A slice is recognised by its size and pixel values; make one per query (it holds
-/// every embedding until dropped).
-pub struct EmbeddingCache<'a, S: SliceSegmenter> {
-    inner: &'a mut S,
-    cache: HashMap<u64, S::Embedding>,
-}
-
-impl<'a, S: SliceSegmenter> EmbeddingCache<'a, S> {
-    pub fn new(inner: &'a mut S) -> Self {
-        Self {
-            inner,
-            cache: HashMap::new(),
-        }
-    }
-
-    /// Slices encoded (and kept) since the last [`Self::clear`].
-    pub fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
-    }
-}
-
-fn slice_key(slice: &[f32], width: usize, height: usize) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (width, height).hash(&mut h);
-    for v in slice {
-        v.to_bits().hash(&mut h);
-    }
-    h.finish()
-}
-
-impl<S: SliceSegmenter> SliceSegmenter for EmbeddingCache<'_, S>
-where
-    S::Embedding: Clone,
-{
-    type Embedding = S::Embedding;
-
-    async fn encode(
-        &mut self,
-        slice_hu: &[f32],
-        width: usize,
-        height: usize,
-    ) -> Result<Self::Embedding> {
-        Ok(self
-            .encode_many(&[slice_hu.to_vec()], width, height)
-            .await?
-            .remove(0))
-    }
-
-    fn slices_in_flight(&self) -> usize {
-        self.inner.slices_in_flight()
-    }
-
-    async fn encode_many(
-        &mut self,
-        slices: &[Vec<f32>],
-        width: usize,
-        height: usize,
-    ) -> Result<Vec<Self::Embedding>> {
-        let keys: Vec<u64> = slices.iter().map(|s| slice_key(s, width, height)).collect();
-        let mut missing: Vec<usize> = Vec::new();
-        for (n, key) in keys.iter().enumerate() {
-            if !self.cache.contains_key(key) && !missing.iter().any(|&m| keys[m] == *key) {
-                missing.push(n);
-            }
-        }
-        if !missing.is_empty() {
-            let todo: Vec<Vec<f32>> = missing.iter().map(|&n| slices[n].clone()).collect();
-            let new = self.inner.encode_many(&todo, width, height).await?;
-            if new.len() != todo.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "segmenter returned {} embeddings for {} slices",
-                    new.len(),
-                    todo.len()
-                )));
-            }
-            for (&n, e) in missing.iter().zip(new) {
-                self.cache.insert(keys[n], e);
-            }
-        }
-        Ok(keys.iter().map(|k| self.cache[k].clone()).collect())
-    }
-
-    async fn decode_box(
-        &mut self,
-        embedding: &Self::Embedding,
-        bbox: [f32; 4],
-    ) -> Result<Vec<f32>> {
-        self.inner.decode_box(embedding, bbox).await
-    }
-
-    async fn decode_boxes(
-        &mut self,
-        embedding: &Self::Embedding,
-        boxes: &[[f32; 4]],
-    ) -> Result<Vec<Vec<f32>>> {
-        self.inner.decode_boxes(embedding, boxes).await
-    }
-}
-
-/// How 2-D boxes are derived from a localization.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub enum BoxMode {
-    /// Whole-patch: the organ's 3-D box on every slice it spans.
-    Wpl,
-    /// Sub-patch: a box per slab of this many mm along the slice axis.
-    Spl { slab_mm: f64 },
-}
 
 /// Options of [`segment_query`].
 #[derive(Clone, Debug)]
@@ -238,30 +36,6 @@ impl Default for SegmentOptions {
             margin_px_1024: 10.0,
             threshold: 0.5,
         }
-    }
-}
-
-/// Progress of one query.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    pub stage: &'static str,
-    pub done: usize,
-    pub total: usize,
-}
-
-/// Time spent per stage.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct StageTimes {
-    pub localize: Duration,
-    pub encode: Duration,
-    pub decode: Duration,
-}
-
-impl std::ops::AddAssign for StageTimes {
-    fn add_assign(&mut self, o: Self) {
-        self.localize += o.localize;
-        self.encode += o.encode;
-        self.decode += o.decode;
     }
 }
 
@@ -437,107 +211,6 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     })
 }
 
-/// In the browser, let the page paint and take input (a Cancel click), e.g. between
-/// slices; natively nothing.
-pub async fn yield_to_page() {
-    #[cfg(target_arch = "wasm32")]
-    crate::web::yield_to_browser().await;
-}
-
-/// How many MedLAM patches to stack in one forward pass: `native` (better use of a GPU or
-/// of the CPU's threads), but 2 in the browser on the CPU backend, where a pass blocks the
-/// page until it ends (~0.3 s per 48³ patch, wasm running on one thread); [`yield_on_cpu`]
-/// follows each pass.
-pub fn patch_batch(device: &burn::tensor::Device, native: usize) -> usize {
-    #[cfg(target_arch = "wasm32")]
-    if *device == burn::tensor::Device::flex() {
-        return native.min(2);
-    }
-    let _ = device;
-    native
-}
-
-/// In the browser on the CPU backend, where every tensor operation computes
-/// synchronously, let the page run (see [`yield_to_page`]); elsewhere nothing (on
-/// WebGPU the work is queued on the GPU and the page is not blocked).
-pub async fn yield_on_cpu(device: &burn::tensor::Device) {
-    #[cfg(target_arch = "wasm32")]
-    if *device == burn::tensor::Device::flex() {
-        crate::web::yield_to_browser().await;
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    let _ = device;
-}
-
-/// 2-D boxes of one organ on axial slices, in **canonical** voxel indices (e.g. drawn by a user).
-#[derive(Clone, Debug)]
-pub struct OrganBoxes {
-    pub label: u16,
-    pub boxes: Vec<SliceBox>,
-}
-
-/// A localizer that returns boxes it was given (canonical indices).
-struct GivenBoxes(Vec<OrganBoxes>);
-
-impl Localizer for GivenBoxes {
-    async fn localize(
-        &mut self,
-        query: &CtVolume,
-        organs: &[u16],
-    ) -> Result<Vec<OrganLocalization>> {
-        let [nx, ny, nz] = query.dims;
-        let mut out = Vec::new();
-        for o in self.0.iter().filter(|o| organs.contains(&o.label)) {
-            if let Some(b) = o.boxes.iter().find(|b| {
-                b.k >= nz
-                    || b.max[0] >= nx
-                    || b.max[1] >= ny
-                    || b.min[0] > b.max[0]
-                    || b.min[1] > b.max[1]
-            }) {
-                return Err(Error::InvalidArgument(format!(
-                    "box {b:?} of organ {} is not inside the {nx}×{ny}×{nz} canonical grid",
-                    o.label
-                )));
-            }
-            let (Some(k0), Some(k1)) = (
-                o.boxes.iter().map(|b| b.k).min(),
-                o.boxes.iter().map(|b| b.k).max(),
-            ) else {
-                continue;
-            };
-            let bbox = BoxVox {
-                min: [
-                    o.boxes.iter().map(|b| b.min[0]).min().unwrap_or(0),
-                    o.boxes.iter().map(|b| b.min[1]).min().unwrap_or(0),
-                    k0,
-                ],
-                max: [
-                    o.boxes.iter().map(|b| b.max[0]).max().unwrap_or(0),
-                    o.boxes.iter().map(|b| b.max[1]).max().unwrap_or(0),
-                    k1,
-                ],
-            };
-            // No extreme points are known: use the centres of the 3-D box's faces.
-            let c = [0, 1, 2].map(|a| (bbox.min[a] + bbox.max[a]) / 2);
-            let mut extreme = [c; 6];
-            for a in 0..3 {
-                extreme[2 * a][a] = bbox.min[a];
-                extreme[2 * a + 1][a] = bbox.max[a];
-            }
-            out.push(OrganLocalization {
-                label: o.label,
-                confidence: 1.0,
-                in_view: 1.0,
-                extreme_points: extreme,
-                bbox,
-                slice_boxes: o.boxes.clone(),
-            });
-        }
-        Ok(out)
-    }
-}
-
 /// Segment given per-slice boxes (canonical indices, used as they are: no margin)
 /// on a query CT (file grid in, file grid out): each slice is encoded once and
 /// all boxes on it decoded against that embedding; `progress` reports slices done / total.
@@ -564,112 +237,14 @@ pub async fn segment_slices<S: SliceSegmenter>(
     .await
 }
 
-/// Per-slice 2-D boxes of a 3-D localization: WPL repeats the 3-D box on each
-/// slice; SPL uses the given slab boxes (canonical indices).
-pub fn wpl_slice_boxes(bbox: &BoxVox) -> Vec<SliceBox> {
-    (bbox.min[2]..=bbox.max[2])
-        .map(|k| SliceBox {
-            k,
-            min: [bbox.min[0], bbox.min[1]],
-            max: [bbox.max[0], bbox.max[1]],
-        })
-        .collect()
-}
-
-/// Localizer that reads the true organ boxes from a label map on the query's grid:
-/// the "manual prompt" ceiling of the paper (never used for unlabeled queries).
-pub struct OracleLocalizer {
-    labels: LabelVolume,
-    mode: BoxMode,
-}
-
-impl OracleLocalizer {
-    /// `labels` must be on the query file's grid.
-    pub fn new(query: &CtVolume, labels: &LabelVolume, mode: BoxMode) -> Result<Self> {
-        query.check_same_grid(labels, "query image and label")?;
-        Ok(Self {
-            labels: labels.to_canonical().0,
-            mode,
-        })
-    }
-}
-
-impl Localizer for OracleLocalizer {
-    async fn localize(
-        &mut self,
-        query: &CtVolume,
-        organs: &[u16],
-    ) -> Result<Vec<OrganLocalization>> {
-        if query.dims != self.labels.dims {
-            return Err(Error::Mismatch(
-                "oracle labels are not on the query's grid".into(),
-            ));
-        }
-        let mut out = Vec::new();
-        for &label in organs {
-            let (Some(bbox), Some(extreme)) = (
-                bounding_box(&self.labels, label),
-                extreme_points(&self.labels, label),
-            ) else {
-                continue;
-            };
-            let slice_boxes = match self.mode {
-                BoxMode::Wpl => wpl_slice_boxes(&bbox),
-                BoxMode::Spl { slab_mm } => spl_true_boxes(&self.labels, label, &bbox, slab_mm),
-            };
-            out.push(OrganLocalization {
-                label,
-                confidence: 1.0,
-                in_view: 1.0,
-                extreme_points: extreme,
-                bbox,
-                slice_boxes,
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// True per-slab boxes: slabs of `slab_mm` along axis 2 starting at the organ's first
-/// slice; each slab's 2-D box on each of its slices. `slab_mm = 0` gives per-slice boxes.
-pub fn spl_true_boxes(
-    labels: &LabelVolume,
-    label: u16,
-    bbox: &BoxVox,
-    slab_mm: f64,
-) -> Vec<SliceBox> {
-    let per = slice_boxes(labels, label);
-    let sz = labels.spacing_mm()[2];
-    let slab = ((slab_mm / sz).round() as usize).max(1);
-    let mut out = Vec::new();
-    let mut k0 = bbox.min[2];
-    while k0 <= bbox.max[2] {
-        let k1 = (k0 + slab - 1).min(bbox.max[2]);
-        let in_slab: Vec<&SliceBox> = per.iter().filter(|s| s.k >= k0 && s.k <= k1).collect();
-        if let (Some(i0), Some(j0), Some(i1), Some(j1)) = (
-            in_slab.iter().map(|s| s.min[0]).min(),
-            in_slab.iter().map(|s| s.min[1]).min(),
-            in_slab.iter().map(|s| s.max[0]).max(),
-            in_slab.iter().map(|s| s.max[1]).max(),
-        ) {
-            for k in k0..=k1 {
-                out.push(SliceBox {
-                    k,
-                    min: [i0, j0],
-                    max: [i1, j1],
-                });
-            }
-        }
-        k0 = k1 + 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::dice_pct;
-    use crate::volume::labels::mask_of;
+    use crate::oracle::OracleLocalizer;
+    use crate::sam::cache::EmbeddingCache;
+    use crate::types::BoxMode;
+    use crate::volume::labels::{mask_of, slice_boxes};
     use crate::volume::synthetic::{PhantomOptions, phantom};
 
     /// A stand-in segmenter for testing the pipeline's mechanics: soft-tissue pixels
@@ -869,23 +444,5 @@ mod tests {
             &mut |_| {},
         ));
         assert!(e.err().unwrap().to_string().contains("cancelled"));
-    }
-
-    #[test]
-    fn spl_boxes_are_tighter_than_wpl() {
-        let (_, lab) = phantom(&PhantomOptions::default()).unwrap();
-        let (c, _) = lab.to_canonical();
-        let bb = bounding_box(&c, 1).unwrap();
-        let wpl = wpl_slice_boxes(&bb);
-        let spl = spl_true_boxes(&c, 1, &bb, 6.0);
-        assert_eq!(wpl.len(), spl.len());
-        let area = |v: &[SliceBox]| -> usize {
-            v.iter()
-                .map(|s| (s.max[0] - s.min[0] + 1) * (s.max[1] - s.min[1] + 1))
-                .sum()
-        };
-        assert!(area(&spl) < area(&wpl));
-        // Two slices per 6 mm slab at 3 mm: neighbours in a slab share a box.
-        assert_eq!(spl[0].min, spl[1].min);
     }
 }

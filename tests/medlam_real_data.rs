@@ -10,11 +10,13 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use common::{Scratch, data_dir, openkbp};
-use medlsam::medlam::eval::{baseline_localization, load_weights, read_support, score};
 use medlsam::medlam::localize::{localize_organs, query_state};
 use medlsam::medlam::sample::SamplingOptions;
 use medlsam::medlam::train::{TrainOptions, batch_loss, draw_batch, load_volumes, train};
-use medlsam::medlam::{Atlas, AtlasMode, LocalizeOptions, MedLam, MedLamConfig, SupportCase};
+use medlsam::medlam::{Atlas, LocalizeOptions, MedLam, MedLamConfig, SupportCase};
+use medlsam::run::eval_localize::{baseline_localization, load_weights, score};
+use medlsam::run::inputs::read_support;
+use medlsam::types::BoxMode;
 use medlsam::volume::{Volume, read_nifti_path};
 
 fn weights() -> PathBuf {
@@ -39,15 +41,8 @@ fn wpl_atlas(
         .iter()
         .map(|c| read_support(&openkbp(c, "ct"), &openkbp(c, "label")).unwrap())
         .collect();
-    let atlas = pollster::block_on(Atlas::build(
-        net,
-        cfg,
-        &supports,
-        organs,
-        AtlasMode::Wpl,
-        dev,
-    ))
-    .unwrap();
+    let atlas =
+        pollster::block_on(Atlas::build(net, cfg, &supports, organs, BoxMode::Wpl, dev)).unwrap();
     (supports, atlas)
 }
 
@@ -59,7 +54,7 @@ fn localize(
     canon: &Volume<i16>,
     organs: &[u16],
     dev: &Device,
-) -> Vec<medlsam::pipeline::OrganLocalization> {
+) -> Vec<medlsam::types::OrganLocalization> {
     let q = pollster::block_on(query_state(net, cfg, canon, dev)).unwrap();
     pollster::block_on(localize_organs(
         net,

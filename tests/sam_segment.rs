@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use medlsam::metrics::dice_pct;
-use medlsam::pipeline::{OrganBoxes, segment_slices};
-use medlsam::sam::commands::{TrueBoxRun, lite_medsam_segmenter, segment_true_boxes};
+use medlsam::pipeline::segment_slices;
+use medlsam::run::segment::{TrueBoxRun, segment_true_boxes};
+use medlsam::run::session::lite_medsam_segmenter;
 use medlsam::sam::preprocess::SOFT_TISSUE_WINDOW_HU;
+use medlsam::types::OrganBoxes;
 use medlsam::volume::labels::{mask_of, slice_boxes};
 use medlsam::volume::{LabelVolume, Volume, read_nifti_path};
 

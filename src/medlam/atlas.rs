@@ -17,6 +17,8 @@ use super::features::{WINDOWS, centre_windows};
 use super::net::{MedLam, MedLamConfig};
 use super::prep::Prepared;
 use super::template::Template;
+use crate::device::{patch_batch, read_f32};
+use crate::types::BoxMode;
 use crate::volume::labels::{bounding_box, extreme_points};
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
@@ -36,13 +38,6 @@ pub struct SupportCase {
     pub name: String,
     pub ct: CtVolume,
     pub organs: SupportOrgans,
-}
-
-/// Whole-organ or slab-wise localization.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum AtlasMode {
-    Wpl,
-    Spl { slab_mm: f64 },
 }
 
 /// Running sums of one point over supports: latent position and windows per scale.
@@ -90,7 +85,7 @@ pub struct OrganAtlas {
 #[derive(Clone, Debug)]
 pub struct Atlas {
     pub config: MedLamConfig,
-    pub mode: AtlasMode,
+    pub mode: BoxMode,
     pub organs: Vec<OrganAtlas>,
 }
 
@@ -119,7 +114,7 @@ impl Atlas {
         config: &MedLamConfig,
         supports: &[SupportCase],
         organs: &[u16],
-        mode: AtlasMode,
+        mode: BoxMode,
         device: &Device,
     ) -> Result<Self> {
         if supports.is_empty() {
@@ -155,7 +150,7 @@ impl Atlas {
                 )));
             }
             part_counts.push(match mode {
-                AtlasMode::Spl { slab_mm } if !by_points => {
+                BoxMode::Spl { slab_mm } if !by_points => {
                     slab_count(&extents, slab_mm, MAX_SLABS).min(slices)
                 }
                 _ => 1,
@@ -236,7 +231,7 @@ impl Atlas {
                     templates[o].extend(organ_template(&prep, &b));
                 }
             }
-            for chunk in jobs.chunks(crate::pipeline::patch_batch(device, 6)) {
+            for chunk in jobs.chunks(patch_batch(device, 6)) {
                 let centres: Vec<[i64; 3]> = chunk.iter().map(|job| job.3).collect();
                 let out = net.forward(prep.patches(&centres, config.patch, device));
                 let windows = centre_windows(out.features);
@@ -321,18 +316,6 @@ fn organ_template(prep: &Prepared, b: &crate::volume::labels::BoxVox) -> Option<
     )
 }
 
-/// Read a tensor back (async: the browser allows no blocking reads).
-pub(crate) async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    crate::pipeline::yield_on_cpu(&t.device()).await;
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))?;
-    data.convert::<f32>()
-        .try_into_vec()
-        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,8 +365,8 @@ mod tests {
         let build = |s: &[SupportCase], mode| {
             pollster::block_on(Atlas::build(&net, &cfg, s, &[1, 2], mode, &dev)).unwrap()
         };
-        let from_labels = build(&supports(false), AtlasMode::Wpl);
-        let from_points = build(&supports(true), AtlasMode::Wpl);
+        let from_labels = build(&supports(false), BoxMode::Wpl);
+        let from_points = build(&supports(true), BoxMode::Wpl);
         assert_eq!(from_labels.organs.len(), 2);
         for (a, b) in from_labels.organs.iter().zip(&from_points.organs) {
             assert_eq!(a.supports, 2);
@@ -400,9 +383,9 @@ mod tests {
             }
         }
         // SPL cuts labelled organs into slabs; organs given by points stay whole.
-        let spl = build(&supports(false), AtlasMode::Spl { slab_mm: 6.0 });
+        let spl = build(&supports(false), BoxMode::Spl { slab_mm: 6.0 });
         assert!(spl.organs.iter().all(|o| o.parts.len() > 1));
-        let spl_pts = build(&supports(true), AtlasMode::Spl { slab_mm: 6.0 });
+        let spl_pts = build(&supports(true), BoxMode::Spl { slab_mm: 6.0 });
         assert!(spl_pts.organs.iter().all(|o| o.parts.len() == 1));
         // An organ no support has is a clear error.
         let e = pollster::block_on(Atlas::build(
@@ -410,7 +393,7 @@ mod tests {
             &cfg,
             &supports(false),
             &[9],
-            AtlasMode::Wpl,
+            BoxMode::Wpl,
             &dev,
         ))
         .err()

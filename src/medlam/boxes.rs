@@ -22,6 +22,18 @@ pub const DEFAULT_SLAB_MM: f64 = 6.0;
 /// Largest number of SPL slabs per organ (as the reference).
 pub const MAX_SLABS: usize = 6;
 
+/// Per-slice 2-D boxes of a whole-organ (WPL) localization: its 3-D box on every
+/// slice it spans (canonical indices).
+pub fn wpl_slice_boxes(bbox: &BoxVox) -> Vec<SliceBox> {
+    (bbox.min[2]..=bbox.max[2])
+        .map(|k| SliceBox {
+            k,
+            min: [bbox.min[0], bbox.min[1]],
+            max: [bbox.max[0], bbox.max[1]],
+        })
+        .collect()
+}
+
 /// The inclusive box spanned by 6 extreme points `[i_min, i_max, j_min, j_max, k_min, k_max]`
 /// (each axis from its own pair of points, ordered).
 pub fn box_from_points(points: &[[usize; 3]; 6]) -> BoxVox {

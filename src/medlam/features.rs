@@ -168,13 +168,13 @@ impl FeatureFrame {
                 }
             }
         }
-        for chunk in todo.chunks(crate::pipeline::patch_batch(device, 4)) {
+        for chunk in todo.chunks(crate::device::patch_batch(device, 4)) {
             let centres: Vec<[i64; 3]> = chunk
                 .iter()
                 .map(|t| [0, 1, 2].map(|a| origin[a] + (t[a] * half + half) as i64))
                 .collect();
             let out = net.forward(vol.patches(&centres, p, device));
-            crate::pipeline::yield_on_cpu(device).await;
+            crate::device::yield_on_cpu(device).await;
             for (s, feat) in out.features.into_iter().enumerate() {
                 let feat = normalize_channels(feat);
                 let c = channels[s];
@@ -234,12 +234,12 @@ impl FeatureFrame {
         let channels = config.feature_channels();
         let margins = [0, 1, 2].map(|s| WINDOWS[s] / 2 + 1);
         let mut out = Vec::with_capacity(centres.len());
-        for chunk in centres.chunks(crate::pipeline::patch_batch(device, 4)) {
+        for chunk in centres.chunks(crate::device::patch_batch(device, 4)) {
             let feats = net
                 .forward(vol.patches(chunk, p, device))
                 .features
                 .map(normalize_channels);
-            crate::pipeline::yield_on_cpu(device).await;
+            crate::device::yield_on_cpu(device).await;
             for (b, c) in chunk.iter().enumerate() {
                 let maps = (0..3)
                     .map(|s| {

@@ -21,14 +21,17 @@
 
 use burn::tensor::Device;
 
-use super::atlas::{Atlas, AtlasMode, PointAtlas, read_f32};
+use super::atlas::{Atlas, PointAtlas};
+use super::boxes::wpl_slice_boxes;
 use super::boxes::{box_from_points, merge_extreme_points, spl_slice_boxes, union_box};
 use super::features::{FeatureFrame, Search, WINDOWS, frame_for};
 use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
 use super::prep::{Prepared, SPACING_MM};
 use super::template::match_template;
+use crate::device::read_f32;
 use crate::output::median;
-use crate::pipeline::{Localizer, MIN_IN_VIEW, OrganLocalization, wpl_slice_boxes};
+use crate::types::BoxMode;
+use crate::types::{Localizer, MIN_IN_VIEW, OrganLocalization};
 use crate::volume::CtVolume;
 use crate::volume::labels::BoxVox;
 use crate::{Error, Result};
@@ -205,7 +208,7 @@ impl QueryState {
             })
             .collect();
         let mut out = Vec::with_capacity(groups.len());
-        let batch = crate::pipeline::patch_batch(device, 8);
+        let batch = crate::device::patch_batch(device, 8);
         for (gs, cs) in groups.chunks(batch).zip(centres.chunks(batch)) {
             let pos = read_f32(net.position(self.prep.patches(cs, p, device))).await?;
             for (b, (g, c)) in gs.iter().zip(cs).enumerate() {
@@ -349,7 +352,7 @@ pub async fn refine_centred(
                 refine(frame, atlas, &[*p], &[*s], radius, device).await?
             };
             out.extend(found);
-            crate::pipeline::yield_on_cpu(device).await;
+            crate::device::yield_on_cpu(device).await;
         }
     }
     Ok(out)
@@ -575,14 +578,14 @@ fn move_organs(
 pub fn organ_localization(
     label: u16,
     parts: &[[[usize; 3]; 6]],
-    mode: AtlasMode,
+    mode: BoxMode,
     confidence: f32,
 ) -> Option<OrganLocalization> {
     let boxes: Vec<BoxVox> = parts.iter().map(box_from_points).collect();
     let bbox = union_box(&boxes)?;
     let extreme_points = merge_extreme_points(parts)?;
     let slice_boxes = match mode {
-        AtlasMode::Spl { .. } if parts.len() > 1 => spl_slice_boxes(&boxes),
+        BoxMode::Spl { .. } if parts.len() > 1 => spl_slice_boxes(&boxes),
         _ => wpl_slice_boxes(&bbox),
     };
     Some(OrganLocalization {
@@ -740,34 +743,14 @@ pub async fn localize_organs(
     Ok(out)
 }
 
-/// MedLAM as the pipeline's [`Localizer`]: a network, a support atlas and options.
+/// MedLAM as the pipeline's [`Localizer`]: a network, a support atlas and options
+/// (built by `run::session::medlam_localizer`).
 #[derive(Clone)]
 pub struct MedLamLocalizer {
     pub net: MedLam,
     pub atlas: Atlas,
     pub device: Device,
     pub options: LocalizeOptions,
-}
-
-impl MedLamLocalizer {
-    /// Load weights (burnpack bytes) and build the atlas of `organs` from the supports.
-    pub async fn from_supports(
-        weights: &[u8],
-        supports: &[super::atlas::SupportCase],
-        organs: &[u16],
-        mode: AtlasMode,
-        options: LocalizeOptions,
-        device: &Device,
-    ) -> Result<Self> {
-        let (net, config) = MedLam::from_bytes(weights, device)?;
-        let atlas = Atlas::build(&net, &config, supports, organs, mode, device).await?;
-        Ok(Self {
-            net,
-            atlas,
-            device: device.clone(),
-            options,
-        })
-    }
 }
 
 impl Localizer for MedLamLocalizer {
@@ -884,7 +867,7 @@ mod tests {
         };
         let atlas = Atlas {
             config: MedLamConfig::new(16, [2, 2, 4, 4, 8], [4, 4, 4, 2], [8, 4]),
-            mode: AtlasMode::Wpl,
+            mode: BoxMode::Wpl,
             organs: vec![
                 organ(1, [[100.0, 100.0, 100.0], [200.0, 50.0, 80.0]]),
                 organ(2, [[133.0, 100.0, 100.0], [227.0, 50.0, 80.0]]),
@@ -936,10 +919,10 @@ mod tests {
             ]
         };
         let parts = [slab(10, 12, 3, 6), slab(13, 15, 5, 9)];
-        let wpl = organ_localization(3, &parts[..1], AtlasMode::Wpl, 0.5).unwrap();
+        let wpl = organ_localization(3, &parts[..1], BoxMode::Wpl, 0.5).unwrap();
         assert_eq!(wpl.bbox.min, [3, 2, 10]);
         assert_eq!(wpl.slice_boxes.len(), 3);
-        let spl = organ_localization(3, &parts, AtlasMode::Spl { slab_mm: 6.0 }, 0.5).unwrap();
+        let spl = organ_localization(3, &parts, BoxMode::Spl { slab_mm: 6.0 }, 0.5).unwrap();
         assert_eq!(spl.bbox.min, [3, 2, 10]);
         assert_eq!(spl.bbox.max, [9, 8, 15]);
         assert_eq!(spl.slice_boxes.len(), 6);

@@ -7,8 +7,6 @@
 
 pub mod atlas;
 pub mod boxes;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod eval;
 pub mod features;
 pub mod localize;
 pub mod net;
@@ -19,6 +17,6 @@ pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
-pub use atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
+pub use atlas::{Atlas, SupportCase, SupportOrgans};
 pub use localize::{LocalizeOptions, MedLamLocalizer};
 pub use net::{MedLam, MedLamConfig, MedLamOutput};

@@ -17,9 +17,9 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::atlas::read_f32;
 use super::prep::Prepared;
 use crate::Result;
+use crate::device::read_f32;
 
 /// One support's template of one organ.
 #[derive(Clone, Debug, PartialEq)]
@@ -211,9 +211,10 @@ mod tests {
 
     #[test]
     fn apply_templates_moves_the_organ_to_the_supports_median_match() {
-        use crate::medlam::atlas::{Atlas, AtlasMode, OrganAtlas, PointAtlas};
+        use crate::medlam::atlas::{Atlas, OrganAtlas, PointAtlas};
         use crate::medlam::localize::{QueryState, apply_templates, organ_points, organs_in_view};
         use crate::medlam::net::MedLamConfig;
+        use crate::types::BoxMode;
         let dev = Device::flex();
         let cut = |shift: [i64; 3]| {
             let s = grid([30, 26, 22], shift);
@@ -236,7 +237,7 @@ mod tests {
         };
         let atlas = Atlas {
             config: MedLamConfig::new(16, [2, 2, 4, 4, 8], [4, 4, 4, 2], [8, 4]),
-            mode: AtlasMode::Wpl,
+            mode: BoxMode::Wpl,
             organs: vec![OrganAtlas {
                 label: 1,
                 parts: vec![std::array::from_fn(|_| pt.clone())],

@@ -426,7 +426,7 @@ pub fn export_prepared(images: &[PathBuf], dir: &Path) -> Result<(Vec<PathBuf>, 
     for path in images {
         match prepared_volume(path) {
             Ok(v) => {
-                let out = dir.join(format!("{}.medlam", crate::batch::case_name(path)));
+                let out = dir.join(format!("{}.medlam", crate::volume::case_name(path)));
                 write_cache(&out, &v)?;
                 written.push(out);
             }
@@ -450,7 +450,7 @@ pub fn load_volumes(
     let loaded: Vec<Result<std::result::Result<TrainVolume, String>>> = images
         .par_iter()
         .map(|path| {
-            let name = crate::batch::case_name(path);
+            let name = crate::volume::case_name(path);
             // Prepared files are read as they are; CTs go through the cache.
             let cached = cache_dir
                 .filter(|_| !is_prepared(path))

@@ -7,8 +7,7 @@
 //! [`mask_decoder`], [`model`] (the assembled model). Model code takes a
 //! [`Device`](burn::tensor::Device) and never names a backend.
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod commands;
+pub mod cache;
 pub mod common;
 pub mod mask_decoder;
 pub mod model;

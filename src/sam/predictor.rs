@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::model::{PromptBatch, Sam};
 use super::preprocess::{PreparedSlice, Preprocess, prepare_slice};
 use super::prompt_encoder::{PointBatch, PointLabel};
-use crate::pipeline::SliceSegmenter;
+use crate::types::SliceSegmenter;
 use crate::{Error, Result};
 
 /// Most prompts decoded in one batch.
@@ -136,7 +136,7 @@ impl SamSegmenter {
         let embedding = self
             .model
             .image_encoder
-            .forward_pausing(image, &mut move || crate::pipeline::yield_on_cpu(device))
+            .forward_pausing(image, &mut move || crate::device::yield_on_cpu(device))
             .await;
         Ok(SliceEmbedding { embedding, prep })
     }

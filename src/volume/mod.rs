@@ -220,6 +220,15 @@ pub fn checked_voxel_count(dims: [usize; 3]) -> Result<usize> {
     }
 }
 
+/// Case name of a file: its name up to the first dot (`okbp_001.ct.nii.gz` → `okbp_001`).
+pub fn case_name(path: &std::path::Path) -> String {
+    let n = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    n.split('.').next().unwrap_or(&n).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

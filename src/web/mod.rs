@@ -37,16 +37,8 @@ impl BackendChoice {
 pub const CPU_CHOSEN: &str =
     "CPU in WebAssembly (chosen by ?backend=cpu in the address; WebGPU not used); slower";
 
-/// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.
 #[cfg(target_arch = "wasm32")]
-pub async fn yield_to_browser() {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
-        }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-}
+pub use crate::device::yield_to_browser;
 
 /// The page's WebAssembly memory in MiB. It only grows, so this is the peak so far.
 #[cfg(target_arch = "wasm32")]

@@ -12,18 +12,17 @@ use std::time::Duration;
 use burn::tensor::Device;
 
 use super::fetch::{fetch_manifest, fetch_weights};
-use crate::medlam::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
-use crate::medlam::localize::{LocalizeOptions, MedLamLocalizer};
+use crate::medlam::atlas::{SupportCase, SupportOrgans};
+use crate::medlam::localize::LocalizeOptions;
 use crate::medlam::net::{MedLam, MedLamConfig};
 use crate::metrics::{LabelMetrics, evaluate_labels};
-use crate::pipeline::{
-    BoxMode, CanonicalResult, OrganLocalization, Progress, SegmentOptions, SliceSegmenter,
-    StageTimes, segment_canonical,
-};
+use crate::pipeline::{CanonicalResult, SegmentOptions, segment_canonical};
+use crate::run::session::medlam_localizer;
 use crate::sam::model::SamConfig;
 use crate::sam::predictor::{SamSegmenter, SlicePrompt};
 use crate::sam::preprocess::Preprocess;
 use crate::sam::weights::load_bpk_bytes;
+use crate::types::{BoxMode, OrganLocalization, Progress, SliceSegmenter, StageTimes};
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
 
@@ -219,21 +218,18 @@ pub async fn run(
     });
     // Let the page paint the progress (the CPU backend's work never yields by itself).
     super::yield_to_browser().await;
-    let mode = match settings.mode {
-        BoxMode::Wpl => AtlasMode::Wpl,
-        BoxMode::Spl { slab_mm } => AtlasMode::Spl { slab_mm },
-    };
     let cases = support_cases(supports)?;
     let mut times = RunTimes {
         gpu: models.webgpu,
         ..Default::default()
     };
-    let atlas = Atlas::build(
+    let mut localizer = medlam_localizer(
         &models.medlam,
         &models.medlam_config,
         &cases,
         &settings.organs,
-        mode,
+        settings.mode,
+        LocalizeOptions::default(),
         &models.device,
     )
     .await?;
@@ -242,12 +238,6 @@ pub async fn run(
     // The atlas takes a share of the run; each query an equal share of the rest.
     let atlas_share = 0.1;
     let n = queries.len() as f64;
-    let mut localizer = MedLamLocalizer {
-        net: models.medlam.clone(),
-        atlas,
-        device: models.device.clone(),
-        options: LocalizeOptions::default(),
-    };
     for (qi, (ct, truth)) in queries.iter().enumerate() {
         let mut report = |p: Progress| {
             let within = match p.stage {

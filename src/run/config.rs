@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::BoxMode;
+use crate::types::BoxMode;
 use crate::{Error, Result};
 
 /// Which organs to process.
@@ -131,20 +131,6 @@ pub fn parse_label_map(pairs: &[String]) -> Result<Vec<(u16, u16)>> {
             })
         })
         .collect()
-}
-
-pub fn parse_mode(mode: &str, slab_mm: Option<f64>) -> Result<BoxMode> {
-    match mode.trim().to_ascii_lowercase().as_str() {
-        "wpl" => Ok(BoxMode::Wpl),
-        "spl" => {
-            let s = slab_mm.unwrap_or(6.0);
-            if !(s > 0.0 && s.is_finite()) {
-                return Err(bad(format!("slab thickness must be positive, got {s} mm")));
-            }
-            Ok(BoxMode::Spl { slab_mm: s })
-        }
-        m => Err(bad(format!("box mode {m:?} is neither spl nor wpl"))),
-    }
 }
 
 fn resolve(p: &str, base: &Path) -> PathBuf {
@@ -262,7 +248,7 @@ impl RunConfig {
                 .transpose()
         };
         let mode = match get("data", "bbox_mode") {
-            Some(m) => parse_mode(&m, slab)?,
+            Some(m) => BoxMode::parse(&m, slab)?,
             None => BoxMode::Spl {
                 slab_mm: slab.unwrap_or(6.0),
             },
@@ -366,7 +352,7 @@ impl FileConfig {
             supports: self.supports.into_iter().map(fix).collect(),
             queries: self.queries.into_iter().map(fix).collect(),
             organs,
-            mode: parse_mode(self.mode.as_deref().unwrap_or("spl"), self.slab_mm)?,
+            mode: BoxMode::parse(self.mode.as_deref().unwrap_or("spl"), self.slab_mm)?,
             out: self.out,
             medlam_weights: medlam.map(|p| resolve(&p.to_string_lossy(), base)),
             sam_weights: sam.map(|p| resolve(&p.to_string_lossy(), base)),

@@ -1,7 +1,7 @@
-//! Native runs of MedLAM localization: `medlsam localize` (support scans with
-//! label maps → `<case>.boxes.json` per query, `localization.csv` with query
-//! labels), the few-shot evaluation on OpenKBP (`medlsam eval-localize`) and
-//! the CPU benchmark (`medlsam bench medlam`).
+//! The few-shot localization evaluation on OpenKBP (`medlsam eval-localize`):
+//! the no-learning baseline and MedLAM's variants (UAM, MSS, shape, layout,
+//! templates) on random draws of supports and queries, and the box scores that
+//! `localize` and `bench medlam` also report.
 //!
 //! Metrics are computed on the query's canonical grid (a permutation of its
 //! file grid, so the values are those of the file grid): 3-D box IoU (%), WD
@@ -13,19 +13,19 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::atlas::{Atlas, AtlasMode, SupportCase, SupportOrgans};
-use super::localize::{
-    LocalizeOptions, QueryState, apply_layout, apply_templates, localize_organs, locate_points,
-    organ_localization, organ_points, organs_in_view, query_state, regularize_parts,
+use super::inputs::{load_ct, load_labels, read_support};
+use super::outputs::csv_field;
+use crate::medlam::atlas::{Atlas, SupportCase, SupportOrgans};
+use crate::medlam::localize::{
+    LocalizeOptions, QueryState, apply_layout, apply_templates, locate_points, organ_localization,
+    organ_points, organs_in_view, query_state, regularize_parts,
 };
-use super::net::{MedLam, MedLamConfig};
-use crate::config::Organs;
-use crate::metrics::{ale_mm, box_iou_pct, wall_distance_mm};
-use crate::output::boxes_json;
-use crate::pipeline::OrganLocalization;
+use crate::medlam::net::{MedLam, MedLamConfig};
+pub use crate::metrics::{BoxScores, score, slice_box_iou};
+use crate::types::{BoxMode, OrganLocalization};
+use crate::volume::CtVolume;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::{BoxVox, bounding_box, bounding_box_where, extreme_points};
-use crate::volume::{CtVolume, LabelVolume, read_nifti_path};
 use crate::{Error, Result};
 
 /// Load MedLAM weights from a file onto a device.
@@ -37,61 +37,6 @@ pub fn load_weights(path: &Path, device: &Device) -> Result<(MedLam, MedLamConfi
         ))
     })?;
     MedLam::from_bytes(&bytes, device)
-}
-
-/// Box IoU (%), WD (mm) and ALE (mm) of one organ.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct BoxScores {
-    pub iou: f64,
-    pub wd: f64,
-    pub ale: f64,
-}
-
-/// Score a localization against the truth (both on the query's canonical grid).
-pub fn score(pred: &OrganLocalization, truth: &LabelVolume) -> Option<BoxScores> {
-    let tb = bounding_box(truth, pred.label)?;
-    let te = extreme_points(truth, pred.label)?;
-    Some(BoxScores {
-        iou: box_iou_pct(&pred.bbox, &tb),
-        wd: wall_distance_mm(&pred.bbox, &tb, truth.spacing_mm()),
-        ale: ale_mm(&pred.extreme_points, &te, &truth.affine),
-    })
-}
-
-/// Mean 2-D IoU (%) of the per-slice boxes against the true per-slice boxes, over every
-/// slice that has either (a slice with only one of them counts 0).
-pub fn slice_box_iou(pred: &OrganLocalization, truth: &LabelVolume) -> Option<f64> {
-    let true_boxes = crate::volume::labels::slice_boxes(truth, pred.label);
-    if true_boxes.is_empty() {
-        return None;
-    }
-    let mut ks: Vec<usize> = true_boxes
-        .iter()
-        .map(|b| b.k)
-        .chain(pred.slice_boxes.iter().map(|b| b.k))
-        .collect();
-    ks.sort_unstable();
-    ks.dedup();
-    let area = |b: &crate::volume::labels::SliceBox| {
-        ((b.max[0] - b.min[0] + 1) * (b.max[1] - b.min[1] + 1)) as f64
-    };
-    let total: f64 = ks
-        .iter()
-        .map(|&k| {
-            let (Some(p), Some(t)) = (
-                pred.slice_boxes.iter().find(|b| b.k == k),
-                true_boxes.iter().find(|b| b.k == k),
-            ) else {
-                return 0.0;
-            };
-            let w = |a: usize| {
-                (p.max[a].min(t.max[a]) + 1).saturating_sub(p.min[a].max(t.min[a])) as f64
-            };
-            let inter = w(0) * w(1);
-            100.0 * inter / (area(p) + area(t) - inter)
-        })
-        .sum();
-    Some(total / ks.len() as f64)
 }
 
 /// Body box (HU > −500) of a canonical CT, in canonical voxels.
@@ -134,165 +79,7 @@ pub fn baseline_localization(
     let pts: [[usize; 3]; 6] = std::array::from_fn(|k| {
         [0, 1, 2].map(|a| ((sum[k][a] / n).round().max(0.0) as usize).min(query.dims[a] - 1))
     });
-    Ok(organ_localization(label, &[pts], AtlasMode::Wpl, f32::NAN))
-}
-
-/// Read a support (CT and label map, same grid) into canonical space.
-pub fn read_support(image: &Path, label: &Path) -> Result<SupportCase> {
-    let ct = read_nifti_path(image)?.into_ct()?;
-    let lab = read_nifti_path(label)?.into_labels()?;
-    ct.check_same_grid(
-        &lab,
-        &format!("support {} and {}", image.display(), label.display()),
-    )?;
-    Ok(SupportCase {
-        name: crate::batch::case_name(image),
-        ct: ct.to_canonical().0,
-        organs: SupportOrgans::Labels(lab.to_canonical().0),
-    })
-}
-
-/// Options of `medlsam localize`.
-pub struct LocalizeRun {
-    pub supports: Vec<(PathBuf, PathBuf)>,
-    pub queries: Vec<PathBuf>,
-    /// Query label maps (same order as `queries`), for `localization.csv`.
-    pub query_labels: Vec<PathBuf>,
-    /// `(support label, query label)` pairs where the query labels use other values.
-    pub query_label_map: Vec<(u16, u16)>,
-    /// Organs ([`Organs::All`]: every label of any support).
-    pub organs: Organs,
-    pub mode: AtlasMode,
-    pub options: LocalizeOptions,
-    pub weights: PathBuf,
-    pub device: Device,
-    pub out: PathBuf,
-}
-
-/// `medlsam localize`: write `<case>.boxes.json` for every query (and `localization.csv`
-/// with query labels). Returns a short report per query.
-pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()> {
-    if !run.query_labels.is_empty() && run.query_labels.len() != run.queries.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} --query-label for {} --query: give one label map per query, in the same order",
-            run.query_labels.len(),
-            run.queries.len()
-        )));
-    }
-    if run.queries.is_empty() {
-        return Err(Error::InvalidArgument("no --query given".into()));
-    }
-    let (net, config) = load_weights(&run.weights, &run.device)?;
-    let supports = run
-        .supports
-        .iter()
-        .map(|(i, l)| read_support(i, l))
-        .collect::<Result<Vec<_>>>()?;
-    let names = run
-        .supports
-        .first()
-        .and_then(|(_, l)| LabelTable::find_beside(l))
-        .unwrap_or_default();
-    let organs: Vec<u16> = if let Organs::List(list) = &run.organs {
-        list.clone()
-    } else {
-        let mut all: Vec<u16> = supports
-            .iter()
-            .flat_map(|s| match &s.organs {
-                SupportOrgans::Labels(l) => crate::volume::labels::classes(l)
-                    .into_iter()
-                    .map(|(v, _)| v)
-                    .collect::<Vec<_>>(),
-                SupportOrgans::Points(p) => p.iter().map(|(v, _)| *v).collect(),
-            })
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all
-    };
-    let t = Instant::now();
-    let atlas = pollster::block_on(Atlas::build(
-        &net,
-        &config,
-        &supports,
-        &organs,
-        run.mode,
-        &run.device,
-    ))?;
-    log(format!(
-        "atlas of {} organs from {} supports in {:.1} s",
-        atlas.organs.len(),
-        supports.len(),
-        t.elapsed().as_secs_f64()
-    ));
-    std::fs::create_dir_all(&run.out)?;
-    let mut csv = String::from("case,label,name,iou,wd,ale\n");
-    for (qi, qpath) in run.queries.iter().enumerate() {
-        let case = crate::batch::case_name(qpath);
-        let t = Instant::now();
-        let ct = read_nifti_path(qpath)?.into_ct()?;
-        let (canon, r) = ct.to_canonical();
-        let q = pollster::block_on(query_state(&net, &config, &canon, &run.device))?;
-        let found = pollster::block_on(localize_organs(
-            &net,
-            &atlas,
-            &q,
-            &organs,
-            &run.options,
-            &run.device,
-        ))?;
-        let json = boxes_json(&case, &found, &r, &names);
-        std::fs::write(
-            run.out.join(format!("{case}.boxes.json")),
-            serde_json::to_string_pretty(&json).expect("serialisable"),
-        )?;
-        let mut line = format!(
-            "{case}: {} organs in {:.1} s",
-            found.len(),
-            t.elapsed().as_secs_f64()
-        );
-        if let Some(lp) = run.query_labels.get(qi) {
-            let lab = read_nifti_path(lp)?.into_labels()?;
-            ct.check_same_grid(
-                &lab,
-                &format!("query {} and its label map", qpath.display()),
-            )?;
-            let lab = crate::volume::labels::to_support_values(
-                lab.to_canonical().0,
-                &run.query_label_map,
-            );
-            for o in &found {
-                if let Some(s) = score(o, &lab) {
-                    let name = names.name(o.label);
-                    csv.push_str(&format!(
-                        "{case},{},{},{:.4},{:.4},{:.4}\n",
-                        o.label,
-                        csv_field(&name),
-                        s.iou,
-                        s.wd,
-                        s.ale
-                    ));
-                    line.push_str(&format!(
-                        " | {name} IoU {:.1} % WD {:.1} mm ALE {:.1} mm",
-                        s.iou, s.wd, s.ale
-                    ));
-                }
-            }
-        }
-        log(line);
-    }
-    if !run.query_labels.is_empty() {
-        std::fs::write(run.out.join("localization.csv"), csv)?;
-    }
-    Ok(())
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains(',') || s.contains('"') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    Ok(organ_localization(label, &[pts], BoxMode::Wpl, f32::NAN))
 }
 
 /// The localization methods compared by the evaluation: the no-learning baseline, UAM
@@ -337,7 +124,7 @@ pub struct EvalRow {
 }
 
 /// OpenKBP cases with the organs each has (from `index.tsv`).
-fn openkbp_index(data: &Path) -> Result<Vec<(String, Vec<String>)>> {
+pub fn openkbp_index(data: &Path) -> Result<Vec<(String, Vec<String>)>> {
     let text = std::fs::read_to_string(data.join("openkbp/index.tsv")).map_err(|e| {
         Error::InvalidArgument(format!(
             "{}: {e} (the OpenKBP data are needed for the evaluation)",
@@ -410,7 +197,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             &config,
             &supports,
             &o.organs,
-            AtlasMode::Wpl,
+            BoxMode::Wpl,
             &o.device,
         ))?;
         log(format!(
@@ -421,8 +208,8 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
         ));
         for case in &query_names {
             let t = Instant::now();
-            let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
-            let lab = read_nifti_path(path(case, "label"))?.into_labels()?;
+            let ct = load_ct(&path(case, "ct"))?;
+            let lab = load_labels(&path(case, "label"))?;
             let (canon, _) = ct.to_canonical();
             let lab = lab.to_canonical().0;
             let present: Vec<u16> = o
@@ -732,151 +519,4 @@ pub fn summarize(rows: &[EvalRow], organs: &[u16], names: &LabelTable, query_s: 
         "mean time per query (all methods, one feature pass): {query_s:.1} s\n"
     ));
     t
-}
-
-/// `medlsam bench medlam`: time the atlas (5 supports, 7 organs) and the localization of
-/// a few OpenKBP queries, WPL and SPL, on a device. Returns the report.
-pub fn bench_medlam(
-    data_dir: &Path,
-    weights: &Path,
-    queries: usize,
-    device: &Device,
-    log: &mut dyn FnMut(String),
-) -> Result<String> {
-    let (net, config) = load_weights(weights, device)?;
-    let index = openkbp_index(data_dir)?;
-    let organs: Vec<u16> = (1..=7).collect();
-    let all = [
-        "Brainstem",
-        "SpinalCord",
-        "RightParotid",
-        "LeftParotid",
-        "Esophagus",
-        "Larynx",
-        "Mandible",
-    ];
-    let complete: Vec<&String> = index
-        .iter()
-        .filter(|(_, o)| all.iter().all(|w| o.iter().any(|x| x == w)))
-        .map(|(c, _)| c)
-        .collect();
-    if complete.len() < 5 + queries {
-        return Err(Error::InvalidArgument(
-            "not enough complete OpenKBP cases for the benchmark".into(),
-        ));
-    }
-    let path = |case: &str, kind: &str| data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"));
-    let supports = complete[..5]
-        .iter()
-        .map(|c| read_support(&path(c, "ct"), &path(c, "label")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut report = format!(
-        "MedLAM benchmark: {} (patch {}), 5 supports ({}), 7 organs\n",
-        weights.display(),
-        config.patch,
-        complete[..5]
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    for mode in [
-        AtlasMode::Wpl,
-        AtlasMode::Spl {
-            slab_mm: super::boxes::DEFAULT_SLAB_MM,
-        },
-    ] {
-        let t = Instant::now();
-        let atlas = pollster::block_on(Atlas::build(
-            &net, &config, &supports, &organs, mode, device,
-        ))?;
-        let atlas_s = t.elapsed().as_secs_f64();
-        let points: usize = atlas.organs.iter().map(|o| 6 * o.parts.len()).sum();
-        let mut times = Vec::new();
-        let (mut ious, mut slice_ious) = (Vec::new(), Vec::new());
-        for case in &complete[5..5 + queries] {
-            let ct = read_nifti_path(path(case, "ct"))?.into_ct()?;
-            let (canon, _) = ct.to_canonical();
-            let lab = read_nifti_path(path(case, "label"))?
-                .into_labels()?
-                .to_canonical()
-                .0;
-            let t = Instant::now();
-            let q = pollster::block_on(query_state(&net, &config, &canon, device))?;
-            let found = pollster::block_on(localize_organs(
-                &net,
-                &atlas,
-                &q,
-                &organs,
-                &LocalizeOptions::default(),
-                device,
-            ))?;
-            times.push(t.elapsed().as_secs_f64());
-            for o in &found {
-                ious.extend(score(o, &lab).map(|s| s.iou));
-                slice_ious.extend(slice_box_iou(o, &lab));
-            }
-            log(format!(
-                "{mode:?} {case}: {} organs in {:.2} s",
-                found.len(),
-                times.last().unwrap()
-            ));
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        report.push_str(&format!(
-            "{:<28} atlas {:>6.1} s ({points} support points) | per query (7 organs): mean {:.2} s, min {:.2} s over {} queries | 3-D box IoU {:.1} %, 2-D slice-box IoU {:.1} %\n",
-            format!("{mode:?}"),
-            atlas_s,
-            mean(&times),
-            times.iter().copied().fold(f64::INFINITY, f64::min),
-            times.len(),
-            mean(&ious),
-            mean(&slice_ious)
-        ));
-    }
-    Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::volume::labels::SliceBox;
-    use crate::volume::{Affine, Volume};
-
-    #[test]
-    fn slice_box_iou_counts_missing_slices_as_zero() {
-        let mut lab = Volume::filled([10, 10, 4], 0u16, Affine::identity()).unwrap();
-        for k in 1..=2 {
-            for j in 2..=5 {
-                for i in 2..=3 {
-                    let idx = lab.index(i, j, k);
-                    lab.data[idx] = 5;
-                }
-            }
-        }
-        let sb = |k, min, max| SliceBox { k, min, max };
-        let pred = |boxes: Vec<SliceBox>| OrganLocalization {
-            label: 5,
-            confidence: 0.0,
-            in_view: 1.0,
-            extreme_points: [[0; 3]; 6],
-            bbox: BoxVox {
-                min: [0; 3],
-                max: [0; 3],
-            },
-            slice_boxes: boxes,
-        };
-        let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
-        assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));
-        // Slice 2 half as wide (IoU 50 %), and an extra slice 3 (0): (100 + 50 + 0) / 3.
-        let off = pred(vec![
-            sb(1, [2, 2], [3, 5]),
-            sb(2, [2, 2], [2, 5]),
-            sb(3, [2, 2], [3, 5]),
-        ]);
-        assert!((slice_box_iou(&off, &lab).unwrap() - 50.0).abs() < 1e-9);
-        let mut other = lab.clone();
-        other.data.iter_mut().for_each(|v| *v = 0);
-        assert_eq!(slice_box_iou(&exact, &other), None);
-    }
 }

@@ -12,18 +12,17 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::batch::{
-    SupportRun, case_name, load_query, load_supports, medlam_localizer, read_medlam_weights,
-    resolve_organs, support_label_table,
-};
-use crate::config::CasePaths;
+use super::config::CasePaths;
+use super::inputs::load_query;
+use super::segment::SupportRun;
 use crate::metrics::{LabelMetrics, evaluate_labels};
+use crate::oracle::OracleLocalizer;
 use crate::output::{mean_sd, median};
-use crate::pipeline::{
-    BoxMode, EmbeddingCache, Localizer, OracleLocalizer, Progress, SegmentOptions,
-    segment_canonical,
-};
+use crate::pipeline::{CanonicalResult, SegmentOptions, segment_canonical};
+use crate::sam::cache::EmbeddingCache;
+use crate::types::{BoxMode, Localizer, Progress, SliceSegmenter};
 use crate::volume::label_table::LabelTable;
+use crate::volume::{CtVolume, case_name};
 use crate::{Error, Result};
 
 /// The box sources compared, in the order they run.
@@ -298,28 +297,14 @@ pub fn evaluate_pipeline(
     let mut failures = Vec::new();
     if !todo.is_empty() {
         let t = web_time::Instant::now();
-        let supports = load_supports(&cfg.supports)?;
-        let (organs, warnings) = resolve_organs(&supports, &cfg.organs)?;
-        warnings.into_iter().for_each(&mut *log);
-        let names = support_label_table(cfg);
-        let weights = read_medlam_weights(cfg)?;
-        let build = |mode| {
-            medlam_localizer(
-                &weights,
-                &supports,
-                &organs,
-                mode,
-                run.localize,
-                run.backend,
-            )
-        };
-        let mut spl = build(BoxMode::Spl { slab_mm })?;
-        let mut wpl = build(BoxMode::Wpl)?;
-        drop(supports);
+        let mut session = run.session(log)?;
+        let mut spl = session.localizer(BoxMode::Spl { slab_mm })?;
+        let mut wpl = session.localizer(BoxMode::Wpl)?;
+        session.release_supports();
         log(format!(
             "{} supports, atlases (SPL {slab_mm} mm, WPL) of {} organs in {:.1} s",
             cfg.supports.len(),
-            organs.len(),
+            session.organs.len(),
             t.elapsed().as_secs_f64()
         ));
         let mut segmenter = run.segmenter()?;
@@ -330,8 +315,8 @@ pub fn evaluate_pipeline(
             let result = evaluate_query(
                 q,
                 &case,
-                &organs,
-                &names,
+                &session.organs,
+                &session.names,
                 (&mut spl, &mut wpl),
                 &mut cache,
                 run,
@@ -367,21 +352,21 @@ pub fn evaluate_pipeline(
 }
 
 /// One mode of a query: [`segment_canonical`] with `localizer`, not cancellable.
-fn segment_with<L: Localizer, S: crate::pipeline::SliceSegmenter>(
-    canon: &crate::volume::CtVolume,
+fn segment_with<L: Localizer, S: SliceSegmenter>(
+    canon: &CtVolume,
     organs: &[u16],
     localizer: &mut L,
     segmenter: &mut S,
     opt: &SegmentOptions,
     report: &mut dyn FnMut(Progress),
-) -> Result<crate::pipeline::CanonicalResult> {
+) -> Result<CanonicalResult> {
     pollster::block_on(segment_canonical(
         canon, organs, localizer, segmenter, opt, None, report,
     ))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn evaluate_query<L: Localizer, S: crate::pipeline::SliceSegmenter>(
+fn evaluate_query<L: Localizer, S: SliceSegmenter>(
     q: &CasePaths,
     case: &str,
     organs: &[u16],
