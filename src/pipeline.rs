@@ -115,86 +115,37 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
 
     let [nx, ny, nz] = canon.dims;
     let margin = opt.margin_px_1024 * nx.max(ny) as f64 / 1024.0;
-    // Slices to segment, each with the (organ index, box) pairs on it.
-    let mut per_slice: Vec<Vec<(usize, SliceBox)>> = vec![Vec::new(); nz];
-    for (o, loc) in found.iter().enumerate() {
-        for sb in &loc.slice_boxes {
-            if sb.k < nz {
-                per_slice[sb.k].push((o, *sb));
-            }
-        }
-    }
+    let per_slice = boxes_per_slice(&found, nz);
     let todo: Vec<usize> = (0..nz).filter(|&k| !per_slice[k].is_empty()).collect();
     let mut out = Volume::filled(canon.dims, 0u16, canon.affine)?;
-    let mut best = vec![0f32; nx * ny];
     let (mut slices_encoded, mut boxes_decoded) = (0, 0);
     let chunk = segmenter.slices_in_flight().max(1);
-    let mut n = 0;
-    for group in todo.chunks(chunk) {
+    for (n, group) in todo.chunks(chunk).enumerate() {
         yield_to_page().await;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::InvalidArgument("cancelled".into()));
         }
         progress(Progress {
             stage: "segment",
-            done: n,
+            done: n * chunk,
             total: todo.len(),
         });
-        let slices: Vec<Vec<f32>> = group
-            .iter()
-            .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
-            .collect();
         let t = web_time::Instant::now();
-        let embeddings = segmenter.encode_many(&slices, nx, ny).await?;
+        let embeddings = encode_slices(segmenter, canon, group).await?;
         times.encode += t.elapsed();
-        if embeddings.len() != group.len() {
-            return Err(Error::InvalidArgument(format!(
-                "segmenter returned {} embeddings for {} slices",
-                embeddings.len(),
-                group.len()
-            )));
-        }
         slices_encoded += group.len();
-        n += group.len();
         for (&k, emb) in group.iter().zip(embeddings) {
-            best.iter_mut().for_each(|b| *b = opt.threshold);
-            let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
             let boxes: Vec<[f32; 4]> = per_slice[k]
                 .iter()
-                .map(|&(_, sb)| {
-                    [
-                        (sb.min[0] as f64 - margin).max(0.0) as f32,
-                        (sb.min[1] as f64 - margin).max(0.0) as f32,
-                        (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
-                        (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
-                    ]
-                })
+                .map(|(_, sb)| prompt_box(sb, margin, nx, ny))
                 .collect();
             let t = web_time::Instant::now();
             let probs = segmenter.decode_boxes(&emb, &boxes).await?;
             times.decode += t.elapsed();
             boxes_decoded += boxes.len();
-            if probs.len() != boxes.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "segmenter returned {} masks for {} boxes",
-                    probs.len(),
-                    boxes.len()
-                )));
-            }
-            for (&(o, _), prob) in per_slice[k].iter().zip(&probs) {
-                if prob.len() != nx * ny {
-                    return Err(Error::InvalidArgument(format!(
-                        "segmenter returned {} probabilities for a {nx}×{ny} slice",
-                        prob.len()
-                    )));
-                }
-                for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
-                    if *p > *b {
-                        *b = *p;
-                        *l = found[o].label;
-                    }
-                }
-            }
+            let labels: Vec<u16> = per_slice[k].iter().map(|&(o, _)| found[o].label).collect();
+            let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
+            paint_slice(plane, &labels, &probs, opt.threshold, [nx, ny])?;
         }
     }
     progress(Progress {
@@ -209,6 +160,86 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         slices_encoded,
         boxes_decoded,
     })
+}
+
+/// The boxes on each axial slice (`nz` slices): `(organ index, box)` pairs.
+fn boxes_per_slice(found: &[OrganLocalization], nz: usize) -> Vec<Vec<(usize, SliceBox)>> {
+    let mut per_slice: Vec<Vec<(usize, SliceBox)>> = vec![Vec::new(); nz];
+    for (o, loc) in found.iter().enumerate() {
+        for sb in &loc.slice_boxes {
+            if sb.k < nz {
+                per_slice[sb.k].push((o, *sb));
+            }
+        }
+    }
+    per_slice
+}
+
+/// A slice box enlarged by `margin` pixels, clamped to the `nx`×`ny` slice: the
+/// segmenter's prompt `[i_min, j_min, i_max, j_max]`.
+fn prompt_box(sb: &SliceBox, margin: f64, nx: usize, ny: usize) -> [f32; 4] {
+    [
+        (sb.min[0] as f64 - margin).max(0.0) as f32,
+        (sb.min[1] as f64 - margin).max(0.0) as f32,
+        (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
+        (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
+    ]
+}
+
+/// Encode the axial slices `ks` of a canonical CT together (one embedding each).
+async fn encode_slices<S: SliceSegmenter>(
+    segmenter: &mut S,
+    canon: &CtVolume,
+    ks: &[usize],
+) -> Result<Vec<S::Embedding>> {
+    let [nx, ny, _] = canon.dims;
+    let slices: Vec<Vec<f32>> = ks
+        .iter()
+        .map(|&k| canon.axial_slice(k).iter().map(|&v| v as f32).collect())
+        .collect();
+    let embeddings = segmenter.encode_many(&slices, nx, ny).await?;
+    if embeddings.len() != ks.len() {
+        return Err(Error::InvalidArgument(format!(
+            "segmenter returned {} embeddings for {} slices",
+            embeddings.len(),
+            ks.len()
+        )));
+    }
+    Ok(embeddings)
+}
+
+/// Write one slice's masks into its label plane: each pixel takes the label whose
+/// probability is highest and above `threshold` (`labels[n]` for `probs[n]`).
+fn paint_slice(
+    plane: &mut [u16],
+    labels: &[u16],
+    probs: &[Vec<f32>],
+    threshold: f32,
+    [nx, ny]: [usize; 2],
+) -> Result<()> {
+    if probs.len() != labels.len() {
+        return Err(Error::InvalidArgument(format!(
+            "segmenter returned {} masks for {} boxes",
+            probs.len(),
+            labels.len()
+        )));
+    }
+    let mut best = vec![threshold; nx * ny];
+    for (&label, prob) in labels.iter().zip(probs) {
+        if prob.len() != nx * ny {
+            return Err(Error::InvalidArgument(format!(
+                "segmenter returned {} probabilities for a {nx}×{ny} slice",
+                prob.len()
+            )));
+        }
+        for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
+            if *p > *b {
+                *b = *p;
+                *l = label;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Segment given per-slice boxes (canonical indices, used as they are: no margin)

@@ -9,13 +9,12 @@ use burn::tensor::Device;
 use super::eval_localize::{load_weights, openkbp_index, score, slice_box_iou};
 use super::inputs::{load_ct, load_labels, read_support};
 use super::peak_memory_mib;
-use super::session::lite_medsam_segmenter;
+use super::session::{lite_medsam_segmenter, medlam_localizer};
 use crate::device::BackendChoice;
-use crate::medlam::atlas::Atlas;
-use crate::medlam::localize::{LocalizeOptions, localize_organs, query_state};
+use crate::medlam::LocalizeOptions;
 use crate::sam::predictor::{SliceEmbedding, SlicePrompt};
 use crate::sam::preprocess::SOFT_TISSUE_WINDOW_HU;
-use crate::types::{BoxMode, SliceSegmenter};
+use crate::types::{BoxMode, Localizer, SliceSegmenter};
 use crate::{Error, Result};
 
 /// Options of `medlsam bench sam`.
@@ -239,11 +238,22 @@ pub fn bench_medlam(
         },
     ] {
         let t = Instant::now();
-        let atlas = pollster::block_on(Atlas::build(
-            &net, &config, &supports, &organs, mode, device,
+        let mut localizer = pollster::block_on(medlam_localizer(
+            &net,
+            &config,
+            &supports,
+            &organs,
+            mode,
+            LocalizeOptions::default(),
+            device,
         ))?;
         let atlas_s = t.elapsed().as_secs_f64();
-        let points: usize = atlas.organs.iter().map(|o| 6 * o.parts.len()).sum();
+        let points: usize = localizer
+            .atlas
+            .organs
+            .iter()
+            .map(|o| 6 * o.parts.len())
+            .sum();
         let mut times = Vec::new();
         let (mut ious, mut slice_ious) = (Vec::new(), Vec::new());
         for case in &complete[5..5 + queries] {
@@ -251,15 +261,7 @@ pub fn bench_medlam(
             let (canon, _) = ct.to_canonical();
             let lab = load_labels(&path(case, "label"))?.to_canonical().0;
             let t = Instant::now();
-            let q = pollster::block_on(query_state(&net, &config, &canon, device))?;
-            let found = pollster::block_on(localize_organs(
-                &net,
-                &atlas,
-                &q,
-                &organs,
-                &LocalizeOptions::default(),
-                device,
-            ))?;
+            let found = pollster::block_on(localizer.localize(&canon, &organs))?;
             times.push(t.elapsed().as_secs_f64());
             for o in &found {
                 ious.extend(score(o, &lab).map(|s| s.iou));

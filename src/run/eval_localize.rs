@@ -23,9 +23,9 @@ use crate::medlam::localize::{
 use crate::medlam::net::{MedLam, MedLamConfig};
 pub use crate::metrics::{BoxScores, score, slice_box_iou};
 use crate::types::{BoxMode, OrganLocalization};
-use crate::volume::CtVolume;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::{BoxVox, bounding_box, bounding_box_where, extreme_points};
+use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
 
 /// Load MedLAM weights from a file onto a device.
@@ -172,21 +172,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     let mut rows = Vec::new();
     let mut query_seconds = Vec::new();
     for draw in 0..o.draws {
-        let mut rng = crate::rng::Rng::stream(o.seed, draw as u64);
-        let mut pool: Vec<&String> = complete.clone();
-        let mut supports_names = Vec::new();
-        for _ in 0..o.supports {
-            supports_names.push(pool.remove(rng.below(pool.len())).clone());
-        }
-        let mut others: Vec<&String> = index
-            .iter()
-            .map(|(c, _)| c)
-            .filter(|c| !supports_names.contains(c))
-            .collect();
-        let mut query_names = Vec::new();
-        for _ in 0..o.queries.min(others.len()) {
-            query_names.push(others.remove(rng.below(others.len())).clone());
-        }
+        let (supports_names, query_names) = draw_cases(o, &index, &complete, draw);
         let supports = supports_names
             .iter()
             .map(|c| read_support(&path(c, "ct"), &path(c, "label")))
@@ -237,32 +223,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
                 "uam+mss/med@{}~0+layout+tmpl",
                 o.radii.first().unwrap_or(&16)
             );
-            let diag: Vec<(String, Vec<OrganLocalization>)> = results
-                .iter()
-                .filter(|(m, _)| *m == default_name)
-                .flat_map(|(m, locs)| {
-                    let moved = |keep_size: bool| -> Vec<OrganLocalization> {
-                        locs.iter()
-                            .filter_map(|l| {
-                                let t = bounding_box(&lab, l.label)?;
-                                let (c, size) = if keep_size { (t, l.bbox) } else { (l.bbox, t) };
-                                let mut out = l.clone();
-                                for a in 0..3 {
-                                    let s = size.max[a] - size.min[a];
-                                    let c2 = c.min[a] + c.max[a];
-                                    out.bbox.min[a] = c2.saturating_sub(s) / 2;
-                                    out.bbox.max[a] = out.bbox.min[a] + s;
-                                }
-                                Some(out)
-                            })
-                            .collect()
-                    };
-                    [
-                        (format!("{m}@true-centre"), moved(true)),
-                        (format!("{m}@true-size"), moved(false)),
-                    ]
-                })
-                .collect();
+            let diag = true_box_diagnostics(&results, &default_name, &lab);
             results.extend(diag);
             for (method, locs) in results {
                 let mut ious = Vec::new();
@@ -280,9 +241,81 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             log(line);
         }
     }
-    std::fs::create_dir_all(&o.out)?;
+    write_rows(&o.out, &rows, &names)?;
+    let mean_s = query_seconds.iter().sum::<f64>() / query_seconds.len().max(1) as f64;
+    let summary = summarize(&rows, &o.organs, &names, mean_s);
+    std::fs::write(o.out.join("eval_localize.txt"), &summary)?;
+    log(summary);
+    Ok(rows)
+}
+
+/// One draw's supports (from the cases having every evaluated organ) and queries (from
+/// the other cases), drawn from the draw's own random stream.
+fn draw_cases(
+    o: &EvalOptions,
+    index: &[(String, Vec<String>)],
+    complete: &[&String],
+    draw: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut rng = crate::rng::Rng::stream(o.seed, draw as u64);
+    let mut pool: Vec<&String> = complete.to_vec();
+    let mut supports_names = Vec::new();
+    for _ in 0..o.supports {
+        supports_names.push(pool.remove(rng.below(pool.len())).clone());
+    }
+    let mut others: Vec<&String> = index
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !supports_names.contains(c))
+        .collect();
+    let mut query_names = Vec::new();
+    for _ in 0..o.queries.min(others.len()) {
+        query_names.push(others.remove(rng.below(others.len())).clone());
+    }
+    (supports_names, query_names)
+}
+
+/// The `default_name` method's boxes moved to the true centre (`@true-centre`: what
+/// remains is the size error) and the true box size at their centre (`@true-size`: the
+/// centre error); `lab` is the true label map on the query's canonical grid.
+fn true_box_diagnostics(
+    results: &[(String, Vec<OrganLocalization>)],
+    default_name: &str,
+    lab: &LabelVolume,
+) -> Vec<(String, Vec<OrganLocalization>)> {
+    results
+        .iter()
+        .filter(|(m, _)| m == default_name)
+        .flat_map(|(m, locs)| {
+            let moved = |keep_size: bool| -> Vec<OrganLocalization> {
+                locs.iter()
+                    .filter_map(|l| {
+                        let t = bounding_box(lab, l.label)?;
+                        let (c, size) = if keep_size { (t, l.bbox) } else { (l.bbox, t) };
+                        let mut out = l.clone();
+                        for a in 0..3 {
+                            let s = size.max[a] - size.min[a];
+                            let c2 = c.min[a] + c.max[a];
+                            out.bbox.min[a] = c2.saturating_sub(s) / 2;
+                            out.bbox.max[a] = out.bbox.min[a] + s;
+                        }
+                        Some(out)
+                    })
+                    .collect()
+            };
+            [
+                (format!("{m}@true-centre"), moved(true)),
+                (format!("{m}@true-size"), moved(false)),
+            ]
+        })
+        .collect()
+}
+
+/// `eval_localize.csv`: one row per draw, query, organ and method.
+fn write_rows(out: &Path, rows: &[EvalRow], names: &LabelTable) -> Result<()> {
+    std::fs::create_dir_all(out)?;
     let mut csv = String::from("draw,case,label,name,method,iou,wd,ale\n");
-    for r in &rows {
+    for r in rows {
         csv.push_str(&format!(
             "{},{},{},{},{},{:.4},{:.4},{:.4}\n",
             r.draw,
@@ -295,12 +328,8 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             r.ale
         ));
     }
-    std::fs::write(o.out.join("eval_localize.csv"), csv)?;
-    let mean_s = query_seconds.iter().sum::<f64>() / query_seconds.len().max(1) as f64;
-    let summary = summarize(&rows, &o.organs, &names, mean_s);
-    std::fs::write(o.out.join("eval_localize.txt"), &summary)?;
-    log(summary);
-    Ok(rows)
+    std::fs::write(out.join("eval_localize.csv"), csv)?;
+    Ok(())
 }
 
 fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalRow {

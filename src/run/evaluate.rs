@@ -268,24 +268,7 @@ pub fn evaluate_pipeline(
             q.image.display()
         )));
     }
-    std::fs::create_dir_all(&out)?;
-    let before = read_results(&out)?;
-    let done: Vec<String> = before.times.iter().map(|t| t.case.clone()).collect();
-    rewrite(
-        &out.join("times.csv"),
-        TIMES_CSV_HEADER,
-        before.times.iter().map(QueryTimes::to_csv),
-    )?;
-    rewrite(
-        &out.join("eval.csv"),
-        EVAL_CSV_HEADER,
-        before.rows.iter().map(EvalRow::to_csv),
-    )?;
-    let todo: Vec<&CasePaths> = cfg
-        .queries
-        .iter()
-        .filter(|q| !done.contains(&case_name(&q.image)))
-        .collect();
+    let todo = resume(&out, &cfg.queries)?;
     if todo.len() < cfg.queries.len() {
         log(format!(
             "{} of {} queries already evaluated in {}: skipped",
@@ -349,6 +332,28 @@ pub fn evaluate_pipeline(
         }
     }
     Ok((read_results(&out)?, failures))
+}
+
+/// Start or continue an evaluation in `out`: rewrite the finished queries' rows (a cut
+/// last line is dropped) and return the queries still to evaluate.
+fn resume<'a>(out: &Path, queries: &'a [CasePaths]) -> Result<Vec<&'a CasePaths>> {
+    std::fs::create_dir_all(out)?;
+    let before = read_results(out)?;
+    let done: Vec<String> = before.times.iter().map(|t| t.case.clone()).collect();
+    rewrite(
+        &out.join("times.csv"),
+        TIMES_CSV_HEADER,
+        before.times.iter().map(QueryTimes::to_csv),
+    )?;
+    rewrite(
+        &out.join("eval.csv"),
+        EVAL_CSV_HEADER,
+        before.rows.iter().map(EvalRow::to_csv),
+    )?;
+    Ok(queries
+        .iter()
+        .filter(|q| !done.contains(&case_name(&q.image)))
+        .collect())
 }
 
 /// One mode of a query: [`segment_canonical`] with `localizer`, not cancellable.
