@@ -39,6 +39,9 @@ pub mod oracle;
 // Localize → segment each slice → label map on the file grid.
 pub mod pipeline;
 
+// Registration of supports to a query, label warping and fusion (multi-atlas prior).
+pub mod register;
+
 // Evaluation and outputs.
 pub mod metrics;
 pub mod output;

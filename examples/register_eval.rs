@@ -1,0 +1,115 @@
+//! Registration-only accuracy on OpenKBP: every support registered to every query,
+//! warped labels fused, DSC per organ on the query's own grid (see `medlsam::register::eval`).
+//!
+//! ```sh
+//! cargo run --release --example register_eval -- [--supports 1-5] [--queries 6-15] \
+//!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...]
+//! ```
+//! `--set` keys: margin, z, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
+//! lncc, deformable (true/false). Default weighted fusion: 7,2.
+
+use std::path::PathBuf;
+
+use medlsam::register::eval::{EvalOptions, query_line, run, summary_table};
+use medlsam::register::{FuseMode, RegisterOptions};
+use medlsam::volume::label_table::LabelTable;
+
+fn cases(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.trim().parse().expect("case number"),
+            b.trim().parse().expect("case number"),
+        );
+        out.extend((a..=b).map(|n| format!("okbp_{n:03}")));
+    }
+    out
+}
+
+fn pair(v: &str) -> [usize; 2] {
+    let (a, b) = v.split_once(',').expect("two numbers a,b");
+    [a.parse().expect("number"), b.parse().expect("number")]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut supports = cases("1-5");
+    let mut queries = cases("6-15");
+    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let mut opts = RegisterOptions::default();
+    let mut weighted = Vec::new();
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--supports" => supports = cases(&val()),
+            "--queries" => queries = cases(&val()),
+            "--data" => data = PathBuf::from(val()),
+            "--weighted" => {
+                let [w, p] = {
+                    let v = val();
+                    let (w, p) = v.split_once(',').expect("WINDOW,POWER");
+                    [w.to_string(), p.to_string()]
+                };
+                weighted.push(FuseMode::LocalNcc {
+                    window: w.parse().expect("window"),
+                    power: p.parse().expect("power"),
+                });
+            }
+            "--set" => {
+                let kv = val();
+                let (k, v) = kv.split_once('=').expect("key=value");
+                let f = || v.parse::<f64>().expect("number");
+                match k {
+                    "margin" => opts.margin_mm = f(),
+                    "z" => opts.z_search_mm = f(),
+                    "affine" => opts.affine_steps = pair(v),
+                    "affine_lr" => opts.affine_lr = f(),
+                    "grid" => opts.grid_mm = f(),
+                    "deform" => opts.deform_steps = pair(v),
+                    "deform_lr" => opts.deform_lr = f(),
+                    "bending" => opts.bending = f(),
+                    "lncc" => opts.lncc_window = v.parse().expect("window"),
+                    "deformable" => opts.deformable = v.parse().expect("true/false"),
+                    _ => panic!("unknown --set key {k}"),
+                }
+            }
+            _ => panic!("unknown argument {a}"),
+        }
+    }
+    if weighted.is_empty() {
+        weighted.push(FuseMode::LocalNcc {
+            window: 7,
+            power: 2.0,
+        });
+    }
+    let dir = data.join("openkbp");
+    assert!(
+        dir.join("index.tsv").is_file(),
+        "OpenKBP data not found at {} (use --data DIR)",
+        dir.display()
+    );
+    let names = std::fs::read_to_string(dir.join("labels.json"))
+        .ok()
+        .and_then(|t| LabelTable::from_json(&t).ok());
+    println!("supports {supports:?}\nqueries {queries:?}\n{opts:?}\nweighted {weighted:?}");
+    let eval = EvalOptions {
+        openkbp_dir: dir,
+        supports,
+        queries,
+        organs: (1..=7).collect(),
+        register: opts,
+        weighted,
+    };
+    let t0 = std::time::Instant::now();
+    let results = run(&eval, &burn::tensor::Device::flex(), |r| {
+        println!("{}", query_line(r))
+    })
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    let name = |o: u16| names.as_ref().map_or(o.to_string(), |t| t.name(o));
+    println!("{}", summary_table(&results, &name));
+    println!("total {:.0} s", t0.elapsed().as_secs_f64());
+}

@@ -1,0 +1,243 @@
+//! Registration-only accuracy on labelled OpenKBP cases: each support registered to
+//! each query, the warped labels fused, thresholded at 0.5 on the query's own grid
+//! and compared with its label map (DSC per organ present in the query).
+//!
+//! Three results per organ: (a) affine only, majority vote; (b) affine + B-spline,
+//! majority vote; (c) affine + B-spline, votes weighted by local similarity (one
+//! column per weighted mode asked for).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+use super::{
+    FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
+};
+use crate::metrics::dice_pct;
+use crate::volume::labels::mask_of;
+use crate::volume::{LabelVolume, Reorientation, Volume, read_nifti_path};
+use crate::{Error, Result};
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Folder with `okbp_NNN.ct.nii.gz` and `okbp_NNN.label.nii.gz`.
+    pub openkbp_dir: PathBuf,
+    /// Support case ids (e.g. `okbp_001`).
+    pub supports: Vec<String>,
+    /// Query case ids.
+    pub queries: Vec<String>,
+    /// Organ labels (1..=7 on OpenKBP).
+    pub organs: Vec<u16>,
+    pub register: RegisterOptions,
+    /// The weighted fusion modes (column c, one per mode).
+    pub weighted: Vec<FuseMode>,
+}
+
+/// One query's result.
+#[derive(Clone, Debug)]
+pub struct QueryResult {
+    pub case: String,
+    /// Per organ present in the query: (label, DSC % of a, b, then each weighted mode).
+    pub dsc: Vec<(u16, Vec<f64>)>,
+    /// Registration seconds for all supports (affine + deformable).
+    pub register_s: f64,
+    /// Warping and fusion seconds.
+    pub fuse_s: f64,
+    /// Mean NCC over supports after init, affine, deformable.
+    pub ncc: [f64; 3],
+    /// Supports whose registration failed (with the message).
+    pub failures: Vec<String>,
+}
+
+struct Case {
+    image: RegImage,
+    labels: LabelVolume,
+    reorientation: Reorientation,
+}
+
+fn load(dir: &Path, case: &str) -> Result<Case> {
+    let ct = read_nifti_path(dir.join(format!("{case}.ct.nii.gz")))?.into_ct()?;
+    let labels = read_nifti_path(dir.join(format!("{case}.label.nii.gz")))?.into_labels()?;
+    ct.check_same_grid(&labels, case)?;
+    let (ct_c, reorientation) = ct.to_canonical();
+    Ok(Case {
+        image: RegImage::from_canonical(&ct_c)?,
+        labels,
+        reorientation,
+    })
+}
+
+/// Run the evaluation; `log` gets one line per query as it finishes.
+pub fn run(
+    opts: &EvalOptions,
+    device: &Device,
+    mut log: impl FnMut(&QueryResult),
+) -> Result<Vec<QueryResult>> {
+    let dir = &opts.openkbp_dir;
+    let mut supports = Vec::new();
+    for s in &opts.supports {
+        let c = load(dir, s)?;
+        let canon = c.labels.reoriented(&c.reorientation);
+        let maps = OrganMaps::from_canonical_labels(&canon, &c.image, &opts.organs)?;
+        supports.push((c.image, maps));
+    }
+    let mut out = Vec::new();
+    for q in &opts.queries {
+        let query = load(dir, q)?;
+        let fixed = &query.image;
+        let t0 = Instant::now();
+        let mut regs = Vec::new();
+        let mut failures = Vec::new();
+        for (si, (img, _)) in supports.iter().enumerate() {
+            match register(fixed, img, None, &opts.register, device) {
+                Ok(r) => regs.push((si, r)),
+                Err(e) => failures.push(format!("{}: {e}", opts.supports[si])),
+            }
+        }
+        let register_s = t0.elapsed().as_secs_f64();
+        if regs.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{q}: every registration failed: {failures:?}"
+            )));
+        }
+        let t1 = Instant::now();
+        let mut warped_aff = Vec::new();
+        let mut warped_def = Vec::new();
+        for (si, r) in &regs {
+            let (img, maps) = &supports[*si];
+            warped_aff.push(warp_labels(fixed, img, maps, &r.affine_only())?);
+            warped_def.push(warp_labels(fixed, img, maps, r)?);
+        }
+        let mut priors = vec![
+            fuse(fixed, &warped_aff, FuseMode::Mean)?,
+            fuse(fixed, &warped_def, FuseMode::Mean)?,
+        ];
+        for m in &opts.weighted {
+            priors.push(fuse(fixed, &warped_def, *m)?);
+        }
+        let present: Vec<u16> = opts
+            .organs
+            .iter()
+            .copied()
+            .filter(|o| query.labels.data.contains(o))
+            .collect();
+        let mut dsc: Vec<(u16, Vec<f64>)> = present.iter().map(|&o| (o, Vec::new())).collect();
+        for prior in &priors {
+            let canon = prior_to_canonical(fixed, prior)?;
+            for (o, row) in dsc.iter_mut() {
+                let (_, p) = canon
+                    .iter()
+                    .find(|(l, _)| l == o)
+                    .ok_or_else(|| Error::InvalidArgument(format!("organ {o} not fused")))?;
+                let mask: Volume<bool> =
+                    p.map(|v| v >= 0.5).from_canonical(&query.reorientation)?;
+                let truth = mask_of(&query.labels, *o);
+                row.push(dice_pct(&mask, &truth)?.unwrap_or(0.0));
+            }
+        }
+        let nr = regs.len() as f64;
+        let ncc = [0, 1, 2].map(|i| regs.iter().map(|(_, r)| r.ncc[i]).sum::<f64>() / nr);
+        let res = QueryResult {
+            case: q.clone(),
+            dsc,
+            register_s,
+            fuse_s: t1.elapsed().as_secs_f64(),
+            ncc,
+            failures,
+        };
+        log(&res);
+        out.push(res);
+    }
+    Ok(out)
+}
+
+/// One line per query: case, seconds, NCC, mean DSC per column.
+pub fn query_line(r: &QueryResult) -> String {
+    let cols = r.dsc.first().map_or(0, |d| d.1.len());
+    let means: Vec<String> = (0..cols)
+        .map(|c| {
+            let v: f64 = r.dsc.iter().map(|d| d.1[c]).sum::<f64>() / r.dsc.len().max(1) as f64;
+            format!("{v:5.1}")
+        })
+        .collect();
+    format!(
+        "{}  reg {:5.1} s  fuse {:4.1} s  ncc {:.3}/{:.3}/{:.3}  mean DSC {}{}",
+        r.case,
+        r.register_s,
+        r.fuse_s,
+        r.ncc[0],
+        r.ncc[1],
+        r.ncc[2],
+        means.join(" "),
+        if r.failures.is_empty() {
+            String::new()
+        } else {
+            format!("  FAILED: {}", r.failures.join("; "))
+        }
+    )
+}
+
+/// The per-organ table (mean DSC over the queries that have the organ) and the overall
+/// mean over (query, organ) pairs; `names` gives organ names.
+pub fn summary_table(results: &[QueryResult], names: &dyn Fn(u16) -> String) -> String {
+    let cols = results
+        .iter()
+        .find_map(|r| r.dsc.first().map(|d| d.1.len()))
+        .unwrap_or(0);
+    let mut header = format!("{:<14}{:>4}", "organ", "n");
+    let labels = ["(a) affine", "(b) +bspline"];
+    for c in 0..cols {
+        let name = labels
+            .get(c)
+            .map_or(format!("(c{}) weighted", c - 1), |s| s.to_string());
+        header.push_str(&format!("{name:>15}"));
+    }
+    let mut lines = vec![header];
+    let mut organs: Vec<u16> = results
+        .iter()
+        .flat_map(|r| r.dsc.iter().map(|d| d.0))
+        .collect();
+    organs.sort_unstable();
+    organs.dedup();
+    let mut all = vec![Vec::new(); cols];
+    for o in organs {
+        let rows: Vec<&Vec<f64>> = results
+            .iter()
+            .flat_map(|r| r.dsc.iter().filter(|d| d.0 == o).map(|d| &d.1))
+            .collect();
+        let mut line = format!("{:<14}{:>4}", names(o), rows.len());
+        for c in 0..cols {
+            let v: Vec<f64> = rows.iter().map(|r| r[c]).collect();
+            all[c].extend(v.iter().copied());
+            line.push_str(&format!(
+                "{:>15.1}",
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            ));
+        }
+        lines.push(line);
+    }
+    let mut line = format!(
+        "{:<14}{:>4}",
+        "mean (pairs)",
+        all.first().map_or(0, Vec::len)
+    );
+    for v in &all {
+        line.push_str(&format!(
+            "{:>15.1}",
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        ));
+    }
+    lines.push(line);
+    let n = results.len().max(1) as f64;
+    let reg: Vec<f64> = results.iter().map(|r| r.register_s).collect();
+    lines.push(format!(
+        "registration per query: mean {:.1} s (max {:.1} s); warping+fusion mean {:.1} s; {} queries",
+        reg.iter().sum::<f64>() / n,
+        reg.iter().copied().fold(0.0, f64::max),
+        results.iter().map(|r| r.fuse_s).sum::<f64>() / n,
+        results.len()
+    ));
+    lines.join("\n")
+}

@@ -1,0 +1,592 @@
+//! 3-D registration of support CTs to a query CT, label warping and label fusion
+//! (multi-atlas segmentation), on the 3 mm MedLAM grid.
+//!
+//! Grids: every image here is a [`RegImage`], a **canonical** (LPS) CT resampled
+//! to 3 mm isotropic with the MedLAM intensity mapping (HU → [0, 1],
+//! [`crate::medlam::prep::Prepared`]). Its `affine` takes its voxel indices to world
+//! (RAS mm) and its `grid` says how it sits on the canonical grid it came from.
+//! Organ label maps of a support are brought onto the support's own 3 mm grid as
+//! one-hot probabilities ([`OrganMaps`]).
+//!
+//! Flow, per query (the *fixed* image) and support (the *moving* image):
+//! 1. [`register`] finds the map fixed world → moving world: an affine (12
+//!    parameters, initialised from the body boxes or a given affine, e.g. from
+//!    point correspondences with [`affine_from_points`]; multi-resolution 6 mm →
+//!    3 mm, global normalised cross-correlation) and then a cubic B-spline
+//!    free-form deformation (control points every `grid_mm`, local NCC plus a
+//!    bending penalty). Both are optimised with Burn's autodiff and Adam.
+//! 2. [`warp_labels`] brings the support's one-hot organ maps onto the query's 3 mm
+//!    grid (trilinear on the probabilities) and the support image with them.
+//! 3. [`fuse`] votes the warped maps of all supports into one prior probability per
+//!    organ: plain average (majority vote at 0.5) or weighted by local similarity
+//!    of each warped support image to the query.
+//! 4. [`prior_to_canonical`] resamples a fused prior onto the query's canonical
+//!    full-resolution grid (the grid LiteMedSAM's axial slices live on).
+//!
+//! Failures (no body, flat image, no overlap, loss not finite) are `Err` with a
+//! message, never a panic: the caller falls back to MedLAM boxes.
+//!
+//! The optimisation needs Burn's `autodiff` feature, which this crate enables only
+//! natively (see `Cargo.toml`): in the browser build [`register`] returns an error
+//! saying so, everything else (warping, fusion, resampling) works there too.
+
+mod bspline;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+mod fuse;
+#[cfg(not(target_arch = "wasm32"))]
+mod optimize;
+pub mod sample;
+
+pub use bspline::BsplineGrid;
+pub use fuse::{FuseMode, FusedPrior, WarpedSupport, fuse, prior_to_canonical, warp_labels};
+
+use crate::medlam::prep::Prepared;
+use crate::volume::labels::BoxVox;
+use crate::volume::resample::{ResampleGrid, sample_linear};
+use crate::volume::{Affine, CtVolume, LabelVolume, Volume};
+use crate::{Error, Result};
+use burn::tensor::Device;
+
+/// Voxel size of the registration grid (the MedLAM grid), mm.
+pub const SPACING_MM: f64 = crate::medlam::prep::SPACING_MM;
+
+/// A canonical CT on the 3 mm grid, intensities mapped to [0, 1].
+#[derive(Clone, Debug)]
+pub struct RegImage {
+    /// Grid size (canonical axis order).
+    pub dims: [usize; 3],
+    /// Mapped intensities in NIfTI order (`i` fastest).
+    pub data: Vec<f32>,
+    /// Voxel index of this grid → world (RAS mm).
+    pub affine: Affine,
+    /// How this grid sits on the canonical grid it was resampled from.
+    pub grid: ResampleGrid,
+    /// Dimensions of that canonical grid.
+    pub canonical_dims: [usize; 3],
+    /// Affine of that canonical grid.
+    pub canonical_affine: Affine,
+}
+
+/// Intensity above which a voxel counts as body (the MedLAM mapping of −400 HU).
+pub const BODY_THRESHOLD: f32 = 0.15;
+
+impl RegImage {
+    /// Resample a **canonical** CT (see [`Volume::to_canonical`]) to 3 mm and map its intensities.
+    pub fn from_canonical(ct: &CtVolume) -> Result<Self> {
+        Self::from_prepared(Prepared::from_canonical(ct)?, ct.dims, ct.affine)
+    }
+
+    /// Reuse a prepared MedLAM grid of the canonical CT with these dims and affine.
+    pub fn from_prepared(
+        p: Prepared,
+        canonical_dims: [usize; 3],
+        canonical_affine: Affine,
+    ) -> Result<Self> {
+        if p.grid.new_dims != p.dims {
+            return Err(Error::Mismatch(
+                "prepared grid and its resampling grid differ".into(),
+            ));
+        }
+        Ok(Self {
+            dims: p.dims,
+            affine: canonical_affine.compose(&p.grid.new_to_old_affine()),
+            data: p.data,
+            grid: p.grid,
+            canonical_dims,
+            canonical_affine,
+        })
+    }
+
+    /// An image from raw parts on a grid with this affine (tests, phantoms): its
+    /// canonical grid is itself.
+    pub fn from_parts(dims: [usize; 3], data: Vec<f32>, affine: Affine) -> Result<Self> {
+        let n = crate::volume::checked_voxel_count(dims)?;
+        if data.len() != n {
+            return Err(Error::InvalidVolume(format!(
+                "{} intensities for a {dims:?} grid",
+                data.len()
+            )));
+        }
+        let sp = affine.spacing_mm();
+        Ok(Self {
+            dims,
+            data,
+            affine,
+            grid: ResampleGrid::new(dims, sp, sp)?,
+            canonical_dims: dims,
+            canonical_affine: affine,
+        })
+    }
+
+    /// Number of voxels.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the image has no voxels (never true for a valid image).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The body box (inclusive voxel indices of this grid): the bounding box of the
+    /// largest 6-connected component above [`BODY_THRESHOLD`]. `Err` when there is no
+    /// body (an empty or flat image).
+    pub fn body_box(&self) -> Result<BoxVox> {
+        let (lo, hi) = self
+            .data
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        if hi - lo <= 0.05 || hi.is_nan() || lo.is_nan() {
+            return Err(Error::InvalidVolume(format!(
+                "registration: the image is flat (intensities {lo}..{hi}): nothing to register"
+            )));
+        }
+        let mask: Vec<bool> = self.data.iter().map(|&v| v > BODY_THRESHOLD).collect();
+        largest_component_box(&mask, self.dims)
+            .ok_or_else(|| Error::InvalidVolume("registration: no body found in the image".into()))
+    }
+}
+
+/// Bounding box of the largest 6-connected component of a mask (NIfTI order).
+fn largest_component_box(mask: &[bool], d: [usize; 3]) -> Option<BoxVox> {
+    let mut seen = vec![false; mask.len()];
+    let mut best: Option<(usize, BoxVox)> = None;
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let mut count = 0usize;
+        let mut min = [usize::MAX; 3];
+        let mut max = [0usize; 3];
+        while let Some(idx) = stack.pop() {
+            count += 1;
+            let p = [idx % d[0], (idx / d[0]) % d[1], idx / (d[0] * d[1])];
+            for a in 0..3 {
+                min[a] = min[a].min(p[a]);
+                max[a] = max[a].max(p[a]);
+            }
+            let stride = [1, d[0], d[0] * d[1]];
+            for a in 0..3 {
+                if p[a] > 0 && mask[idx - stride[a]] && !seen[idx - stride[a]] {
+                    seen[idx - stride[a]] = true;
+                    stack.push(idx - stride[a]);
+                }
+                if p[a] + 1 < d[a] && mask[idx + stride[a]] && !seen[idx + stride[a]] {
+                    seen[idx + stride[a]] = true;
+                    stack.push(idx + stride[a]);
+                }
+            }
+        }
+        if best.as_ref().is_none_or(|b| count > b.0) {
+            best = Some((count, BoxVox { min, max }));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// A support's organs as one-hot probability maps on the support's 3 mm grid.
+#[derive(Clone, Debug)]
+pub struct OrganMaps {
+    /// Grid size (the support's [`RegImage`] dims).
+    pub dims: [usize; 3],
+    /// Organ label values, one per map.
+    pub organs: Vec<u16>,
+    /// One probability map per organ in NIfTI order; empty when the support lacks the organ.
+    pub maps: Vec<Vec<f32>>,
+}
+
+impl OrganMaps {
+    /// The one-hot maps of `organs` in a **canonical** label map (same grid as the
+    /// canonical CT `image` came from), linearly resampled onto `image`'s 3 mm grid.
+    /// An organ absent from the label map gets an empty map (it does not vote).
+    pub fn from_canonical_labels(
+        labels: &LabelVolume,
+        image: &RegImage,
+        organs: &[u16],
+    ) -> Result<Self> {
+        if labels.dims != image.canonical_dims {
+            return Err(Error::Mismatch(format!(
+                "label map {:?} is not on the canonical grid {:?} of its image",
+                labels.dims, image.canonical_dims
+            )));
+        }
+        let d = image.dims;
+        let mut maps = Vec::with_capacity(organs.len());
+        for &o in organs {
+            if !labels.data.contains(&o) {
+                maps.push(Vec::new());
+                continue;
+            }
+            let onehot: Volume<u8> = labels.map(|v| (v == o) as u8);
+            let mut m = Vec::with_capacity(image.len());
+            for k in 0..d[2] {
+                for j in 0..d[1] {
+                    for i in 0..d[0] {
+                        let p = image.grid.new_to_old([i as f64, j as f64, k as f64]);
+                        m.push(sample_linear(&onehot, p));
+                    }
+                }
+            }
+            maps.push(m);
+        }
+        Ok(Self {
+            dims: d,
+            organs: organs.to_vec(),
+            maps,
+        })
+    }
+}
+
+/// Registration settings (defaults chosen on OpenKBP dev queries okbp_006–015).
+#[derive(Clone, Debug)]
+pub struct RegisterOptions {
+    /// Margin around the query's body box that is registered, mm.
+    pub margin_mm: f64,
+    /// Search the initial shift along the body axis (z) within ± this many mm (0: no search).
+    pub z_search_mm: f64,
+    /// Adam steps of the affine at 6 mm, then at 3 mm.
+    pub affine_steps: [usize; 2],
+    /// Adam learning rate of the affine (mm of translation per step; linear terms in %).
+    pub affine_lr: f64,
+    /// Run the deformable step.
+    pub deformable: bool,
+    /// B-spline control point spacing, mm.
+    pub grid_mm: f64,
+    /// Adam steps of the deformable stage at 6 mm, then at 3 mm.
+    pub deform_steps: [usize; 2],
+    /// Adam learning rate of the control point displacements, mm per step.
+    pub deform_lr: f64,
+    /// Weight of the bending penalty (squared second differences of control displacements, per mm²).
+    pub bending: f64,
+    /// Local NCC window edge of the deformable stage, voxels (odd; 0: global NCC).
+    pub lncc_window: usize,
+}
+
+impl Default for RegisterOptions {
+    fn default() -> Self {
+        Self {
+            margin_mm: 15.0,
+            z_search_mm: 45.0,
+            affine_steps: [80, 30],
+            affine_lr: 1.0,
+            deformable: true,
+            grid_mm: 21.0,
+            deform_steps: [40, 40],
+            deform_lr: 0.5,
+            bending: 0.05,
+            lncc_window: 7,
+        }
+    }
+}
+
+/// The result of [`register`]: fixed (query) world → moving (support) world.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The affine part: fixed world (RAS mm) → moving world.
+    pub affine: Affine,
+    /// The deformable part, added to the affine's output (world mm); `None` when affine only.
+    pub deform: Option<BsplineGrid>,
+    /// The registered region of the fixed grid (the query's body box plus the margin):
+    /// warped labels are computed inside it only.
+    pub region: BoxVox,
+    /// NCC of the fixed and warped moving image over the registered region: after the
+    /// initialisation, after the affine, after the deformable step.
+    pub ncc: [f64; 3],
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+impl Registration {
+    /// The moving world position of a fixed world position, affine part only.
+    pub fn map_affine(&self, w: [f64; 3]) -> [f64; 3] {
+        self.affine.voxel_to_world(w)
+    }
+
+    /// The same registration without its deformable part.
+    pub fn affine_only(&self) -> Registration {
+        Registration {
+            deform: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// The affine (fixed world → moving world) that lines up the centres of the body boxes,
+/// scaled in x and y by the ratio of body widths (z by their geometric mean: the field of
+/// view along z differs between scans).
+pub fn body_box_init(fixed: &RegImage, moving: &RegImage) -> Result<Affine> {
+    let (fc, fe) = world_box(fixed)?;
+    let (mc, me) = world_box(moving)?;
+    let sx = (me[0] / fe[0]).clamp(0.7, 1.4);
+    let sy = (me[1] / fe[1]).clamp(0.7, 1.4);
+    let s = [sx, sy, (sx * sy).sqrt()];
+    let mut m = [[0.0; 4]; 4];
+    for a in 0..3 {
+        m[a][a] = s[a];
+        m[a][3] = mc[a] - s[a] * fc[a];
+    }
+    m[3][3] = 1.0;
+    Ok(Affine { m })
+}
+
+/// Centre and extent (world mm, per world axis) of an image's body box.
+fn world_box(img: &RegImage) -> Result<([f64; 3], [f64; 3])> {
+    let b = img.body_box()?;
+    let mut lo = [f64::INFINITY; 3];
+    let mut hi = [f64::NEG_INFINITY; 3];
+    for c in 0..8 {
+        let v = [0, 1, 2].map(|a| {
+            if c >> a & 1 == 0 {
+                b.min[a] as f64 - 0.5
+            } else {
+                b.max[a] as f64 + 0.5
+            }
+        });
+        let w = img.affine.voxel_to_world(v);
+        for a in 0..3 {
+            lo[a] = lo[a].min(w[a]);
+            hi[a] = hi[a].max(w[a]);
+        }
+    }
+    Ok((
+        [0, 1, 2].map(|a| 0.5 * (lo[a] + hi[a])),
+        [0, 1, 2].map(|a| (hi[a] - lo[a]).max(1.0)),
+    ))
+}
+
+/// The least-squares affine taking `fixed` world points to `moving` world points (e.g.
+/// MedLAM's located organ points in the query and the same points in a support). With
+/// fewer than 4 points, or points that span no volume, it falls back to a translation
+/// and an isotropic scale fitted to them (one point: translation only).
+pub fn affine_from_points(fixed: &[[f64; 3]], moving: &[[f64; 3]]) -> Result<Affine> {
+    let n = fixed.len();
+    if n == 0 || n != moving.len() {
+        return Err(Error::InvalidArgument(format!(
+            "affine_from_points: {} fixed and {} moving points",
+            fixed.len(),
+            moving.len()
+        )));
+    }
+    let mean = |p: &[[f64; 3]]| [0, 1, 2].map(|a| p.iter().map(|q| q[a]).sum::<f64>() / n as f64);
+    let (cf, cm) = (mean(fixed), mean(moving));
+    let mut m = [[0.0; 4]; 4];
+    m[3][3] = 1.0;
+    // Normal equations: (Σ f fᵀ) Aᵀ = Σ f mᵀ on centred points.
+    let mut ff = [[0.0; 3]; 3];
+    let mut fm = [[0.0; 3]; 3];
+    for (f, g) in fixed.iter().zip(moving) {
+        for r in 0..3 {
+            for c in 0..3 {
+                ff[r][c] += (f[r] - cf[r]) * (f[c] - cf[c]);
+                fm[r][c] += (f[r] - cf[r]) * (g[c] - cm[c]);
+            }
+        }
+    }
+    let full = n >= 4 && {
+        let inv = Affine {
+            m: [
+                [ff[0][0], ff[0][1], ff[0][2], 0.0],
+                [ff[1][0], ff[1][1], ff[1][2], 0.0],
+                [ff[2][0], ff[2][1], ff[2][2], 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        };
+        let tr = ff[0][0] + ff[1][1] + ff[2][2];
+        let det = inv.determinant();
+        if det.abs() > 1e-6 * tr.powi(3).max(1e-12) {
+            let inv = inv.inverse()?;
+            for r in 0..3 {
+                for c in 0..3 {
+                    // A[r][c] = Σ_k fm[k][r] · inv[k][c]
+                    m[r][c] = (0..3).map(|k| fm[k][r] * inv.m[k][c]).sum();
+                }
+            }
+            true
+        } else {
+            false
+        }
+    };
+    if !full {
+        let sf: f64 = fixed
+            .iter()
+            .map(|f| (0..3).map(|a| (f[a] - cf[a]).powi(2)).sum::<f64>())
+            .sum();
+        let sm: f64 = moving
+            .iter()
+            .map(|g| (0..3).map(|a| (g[a] - cm[a]).powi(2)).sum::<f64>())
+            .sum();
+        let s = if sf > 1.0 && sm > 1.0 {
+            (sm / sf).sqrt().clamp(0.7, 1.4)
+        } else {
+            1.0
+        };
+        for a in 0..3 {
+            m[a][a] = s;
+        }
+    }
+    for r in 0..3 {
+        m[r][3] = cm[r] - (0..3).map(|c| m[r][c] * cf[c]).sum::<f64>();
+    }
+    let a = Affine { m };
+    if !a.is_finite() {
+        return Err(Error::InvalidArgument(
+            "affine_from_points: the points give no finite affine".into(),
+        ));
+    }
+    Ok(a)
+}
+
+/// Register `moving` (a support) to `fixed` (the query): the map fixed world → moving
+/// world. `init` is the starting affine (fixed world → moving world); `None` starts from
+/// the body boxes ([`body_box_init`]). Runs on `device` (its autodiff version).
+pub fn register(
+    fixed: &RegImage,
+    moving: &RegImage,
+    init: Option<&Affine>,
+    opts: &RegisterOptions,
+    device: &Device,
+) -> Result<Registration> {
+    let init = match init {
+        Some(a) if a.is_finite() && a.determinant().abs() > 1e-6 => *a,
+        Some(_) => {
+            return Err(Error::InvalidArgument(
+                "registration: the initial affine is singular or not finite".into(),
+            ));
+        }
+        None => body_box_init(fixed, moving)?,
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        optimize::register(fixed, moving, init, opts, device)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (opts, device, init);
+        Err(Error::InvalidArgument(
+            "registration needs Burn's autodiff, which the browser build does not include: \
+             use MedLAM boxes"
+                .into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_from_points_recovers_an_affine_and_falls_back_to_translation() {
+        let truth = Affine {
+            m: [
+                [1.1, 0.05, 0.0, 4.0],
+                [-0.02, 0.95, 0.1, -7.0],
+                [0.0, 0.03, 1.05, 12.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        };
+        let f: Vec<[f64; 3]> = (0..8)
+            .map(|c| [0, 1, 2].map(|a| if c >> a & 1 == 1 { 40.0 } else { -30.0 } + a as f64))
+            .collect();
+        let m: Vec<[f64; 3]> = f.iter().map(|&p| truth.voxel_to_world(p)).collect();
+        let a = affine_from_points(&f, &m).unwrap();
+        for r in 0..3 {
+            for c in 0..4 {
+                assert!((a.m[r][c] - truth.m[r][c]).abs() < 1e-9, "{a:?}");
+            }
+        }
+        let one = affine_from_points(&[[1.0, 2.0, 3.0]], &[[4.0, 4.0, 4.0]]).unwrap();
+        assert_eq!(one.voxel_to_world([1.0, 2.0, 3.0]), [4.0, 4.0, 4.0]);
+        assert_eq!(one.spacing_mm(), [1.0, 1.0, 1.0]);
+        assert!(affine_from_points(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn flat_and_empty_images_are_errors() {
+        let flat = RegImage::from_parts([8, 8, 8], vec![0.5; 512], Affine::identity()).unwrap();
+        let e = flat.body_box().unwrap_err().to_string();
+        assert!(e.contains("flat"), "{e}");
+        let mut data = vec![0.0; 512];
+        data[0] = 0.1; // not flat, but nothing above the body threshold
+        let empty = RegImage::from_parts([8, 8, 8], data, Affine::identity()).unwrap();
+        let e = empty.body_box().unwrap_err().to_string();
+        assert!(e.contains("no body"), "{e}");
+        let e = register(
+            &flat,
+            &flat,
+            None,
+            &RegisterOptions::default(),
+            &Device::flex(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("flat"), "{e}");
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn recovers_a_known_affine_on_a_phantom() {
+        use crate::volume::synthetic::{PhantomOptions, phantom};
+        let (ct, _) = phantom(&PhantomOptions {
+            dims: [56, 56, 40],
+            spacing_mm: [4.0, 4.0, 4.0],
+            seed: 3,
+            ras: false,
+        })
+        .unwrap();
+        let (ct, _) = ct.to_canonical();
+        let fixed = RegImage::from_canonical(&ct).unwrap();
+        // The same voxels placed elsewhere: moving world = S·fixed world + t.
+        let truth = Affine {
+            m: [
+                [1.04, 0.0, 0.0, 6.0],
+                [0.0, 1.0, 0.0, -9.0],
+                [0.0, 0.0, 1.0, 12.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        };
+        let mut moved = ct.clone();
+        moved.affine = truth.compose(&ct.affine);
+        let moving = RegImage::from_canonical(&moved).unwrap();
+        let opts = RegisterOptions {
+            deformable: false,
+            ..Default::default()
+        };
+        let reg = register(
+            &fixed,
+            &moving,
+            Some(&Affine::identity()),
+            &opts,
+            &Device::flex(),
+        )
+        .unwrap();
+        let b = fixed.body_box().unwrap();
+        for c in 0..8 {
+            let v = [0, 1, 2].map(|a| {
+                let (lo, hi) = (b.min[a] as f64, b.max[a] as f64);
+                if c >> a & 1 == 0 {
+                    0.75 * lo + 0.25 * hi
+                } else {
+                    0.25 * lo + 0.75 * hi
+                }
+            });
+            let w = fixed.affine.voxel_to_world(v);
+            let (got, want) = (reg.map_affine(w), truth.voxel_to_world(w));
+            let err = (0..3)
+                .map(|a| (got[a] - want[a]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(err < 2.0, "error {err:.2} mm at {w:?}: {got:?} vs {want:?}");
+        }
+        assert!(
+            reg.ncc[1] > 0.95 && reg.ncc[1] > reg.ncc[0],
+            "{:?}",
+            reg.ncc
+        );
+    }
+}
