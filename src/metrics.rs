@@ -469,6 +469,9 @@ mod tests {
                 max: [0; 3],
             },
             slice_boxes: boxes,
+            source: "given",
+            warning: None,
+            prior: None,
         };
         let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
         assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));

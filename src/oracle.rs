@@ -64,9 +64,31 @@ impl Localizer for GivenBoxes {
                 extreme_points: extreme,
                 bbox,
                 slice_boxes: o.boxes.clone(),
+                source: "given",
+                warning: None,
+                prior: None,
             });
         }
         Ok(out)
+    }
+}
+
+/// A localizer that returns localizations made before (e.g. one registration shared by
+/// several evaluation modes), restricted to the organs asked for.
+pub struct Found(pub Vec<OrganLocalization>);
+
+impl Localizer for Found {
+    async fn localize(
+        &mut self,
+        _query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|o| organs.contains(&o.label))
+            .cloned()
+            .collect())
     }
 }
 
@@ -99,29 +121,48 @@ impl Localizer for OracleLocalizer {
                 "oracle labels are not on the query's grid".into(),
             ));
         }
-        let mut out = Vec::new();
-        for &label in organs {
-            let (Some(bbox), Some(extreme)) = (
-                bounding_box(&self.labels, label),
-                extreme_points(&self.labels, label),
-            ) else {
-                continue;
-            };
-            let slice_boxes = match self.mode {
-                BoxMode::Wpl => wpl_slice_boxes(&bbox),
-                BoxMode::Spl { slab_mm } => spl_true_boxes(&self.labels, label, &bbox, slab_mm),
-            };
-            out.push(OrganLocalization {
-                label,
-                confidence: 1.0,
-                in_view: 1.0,
-                extreme_points: extreme,
-                bbox,
-                slice_boxes,
-            });
-        }
-        Ok(out)
+        Ok(localize_from_labels(
+            &self.labels,
+            organs,
+            self.mode,
+            "oracle",
+        ))
     }
+}
+
+/// The localization of each of `organs` present in a **canonical** label map: its
+/// extreme points, 3-D box and per-slice boxes for `mode` (SPL: true boxes per slab),
+/// tagged with `source`. Organs absent from the map are left out.
+pub fn localize_from_labels(
+    labels: &LabelVolume,
+    organs: &[u16],
+    mode: BoxMode,
+    source: &'static str,
+) -> Vec<OrganLocalization> {
+    let mut out = Vec::new();
+    for &label in organs {
+        let (Some(bbox), Some(extreme)) =
+            (bounding_box(labels, label), extreme_points(labels, label))
+        else {
+            continue;
+        };
+        let slice_boxes = match mode {
+            BoxMode::Wpl => wpl_slice_boxes(&bbox),
+            BoxMode::Spl { slab_mm } => spl_true_boxes(labels, label, &bbox, slab_mm),
+        };
+        out.push(OrganLocalization {
+            label,
+            confidence: 1.0,
+            in_view: 1.0,
+            extreme_points: extreme,
+            bbox,
+            slice_boxes,
+            source,
+            warning: None,
+            prior: None,
+        });
+    }
+    out
 }
 
 /// True per-slab boxes: slabs of `slab_mm` along axis 2 starting at the organ's first

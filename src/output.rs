@@ -26,6 +26,11 @@ pub struct BoxesJson {
 pub struct OrganBoxesJson {
     pub label: u16,
     pub name: String,
+    /// What placed the organ: `medlam`, `register`, `oracle` or `given`.
+    pub localizer: &'static str,
+    /// Why the preferred localizer was not used for this organ, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     pub confidence: f32,
     /// Fraction of the predicted box inside the scan.
     pub in_view: f32,
@@ -67,6 +72,8 @@ pub fn boxes_json(
         .map(|o| OrganBoxesJson {
             label: o.label,
             name: names.name(o.label),
+            localizer: o.source,
+            warning: o.warning.clone(),
             confidence: o.confidence,
             in_view: o.in_view,
             outside_field_of_view: o.outside_view(),

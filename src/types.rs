@@ -6,12 +6,13 @@
 //! The traits are `async` because in the browser every GPU read-back is
 //! asynchronous; native callers drive them with `pollster::block_on`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::volume::CtVolume;
 use crate::volume::labels::{BoxVox, SliceBox};
+use crate::volume::{CtVolume, Volume};
 use crate::{Error, Result};
 
 /// Where one organ is in a query, in **canonical** voxel indices of the query.
@@ -28,6 +29,17 @@ pub struct OrganLocalization {
     pub bbox: BoxVox,
     /// One 2-D box per axial slice to segment (inclusive, `[i, j]`).
     pub slice_boxes: Vec<SliceBox>,
+    /// What placed the organ: `medlam`, `register` (registered supports), `oracle`
+    /// (true boxes) or `given` (boxes from the user).
+    pub source: &'static str,
+    /// Why the preferred localizer was not used for this organ (e.g. registration failed
+    /// and MedLAM took over), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// The organ's prior probability on the query's canonical grid (registered supports'
+    /// labels, fused); the segmentation combines it with the segmenter's probabilities.
+    #[serde(skip)]
+    pub prior: Option<Arc<Volume<f32>>>,
 }
 
 /// Organs whose predicted box lies less than this fraction inside the query scan
@@ -127,6 +139,43 @@ impl BoxMode {
             m => Err(Error::InvalidArgument(format!(
                 "box mode {m:?} is neither spl nor wpl"
             ))),
+        }
+    }
+}
+
+/// Which localizer places the organs of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalizerChoice {
+    /// MedLAM (landmark search with the support atlas).
+    Medlam,
+    /// The supports registered to the query, their labels fused into organ priors;
+    /// the priors give the boxes and are combined with the segmenter's masks.
+    Register,
+    /// Registration, with MedLAM for what it cannot place (registration failed, an
+    /// organ the registered supports do not agree on, supports given as points).
+    Both,
+}
+
+impl LocalizerChoice {
+    /// Parse `medlam`, `register` or `both` (any case).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "medlam" => Ok(Self::Medlam),
+            "register" => Ok(Self::Register),
+            "both" => Ok(Self::Both),
+            t => Err(Error::InvalidArgument(format!(
+                "localizer {t:?} is none of medlam, register, both"
+            ))),
+        }
+    }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Medlam => "medlam",
+            Self::Register => "register",
+            Self::Both => "both",
         }
     }
 }

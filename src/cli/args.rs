@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use medlsam::run::config::CasePaths;
-use medlsam::types::BoxMode;
+use medlsam::types::{BoxMode, LocalizerChoice};
 use medlsam::{Error, Result};
 
 /// Labelled support scans.
@@ -91,6 +91,25 @@ impl ModeArg {
         match self {
             Self::Wpl => Ok(BoxMode::Wpl),
             Self::Spl => BoxMode::spl(slab_mm.unwrap_or(6.0)),
+        }
+    }
+}
+
+/// What places the organs (see [`LocalizerChoice`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalizerArg {
+    Medlam,
+    Register,
+    Both,
+}
+
+impl LocalizerArg {
+    /// The library's choice.
+    pub fn choice(self) -> LocalizerChoice {
+        match self {
+            Self::Medlam => LocalizerChoice::Medlam,
+            Self::Register => LocalizerChoice::Register,
+            Self::Both => LocalizerChoice::Both,
         }
     }
 }

@@ -132,6 +132,7 @@ pub fn demo(out: &Path, seed: u64, backend: BackendChoice) -> Result<()> {
         window_hu: medlsam::sam::preprocess::SOFT_TISSUE_WINDOW_HU,
         query_label_map: Vec::new(),
         localize: Default::default(),
+        prior_weight: medlsam::pipeline::DEFAULT_PRIOR_WEIGHT,
     };
     println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");
     let reports =

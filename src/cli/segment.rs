@@ -15,7 +15,7 @@ use medlsam::types::{BoxMode, Progress};
 use medlsam::volume::label_table::LabelTable;
 use medlsam::{Error, Result};
 
-use super::args::{ModeArg, QueryArgs, SearchArgs, SupportArgs};
+use super::args::{LocalizerArg, ModeArg, QueryArgs, SearchArgs, SupportArgs, check_weight};
 use super::progress::{SliceBar, print_slice_progress};
 
 #[derive(clap::Args)]
@@ -59,6 +59,17 @@ pub struct SegmentArgs {
     window: Vec<f32>,
     #[command(flatten)]
     search: SearchArgs,
+    /// What places the organs: medlam, register (the supports registered to each query,
+    /// their labels fused into priors that give the boxes and join LiteMedSAM's masks) or
+    /// both (registration, MedLAM where it fails) [default: the config's, else both].
+    /// eval-segment: medlam evaluates SPL, WPL and true boxes; register the
+    /// registration modes and true boxes; both all of them.
+    #[arg(long, value_enum, ignore_case = true)]
+    localizer: Option<LocalizerArg>,
+    /// Weight of the registration prior against LiteMedSAM's probability per pixel
+    /// (0: LiteMedSAM alone in the prior's boxes, 1: the prior alone).
+    #[arg(long, default_value_t = medlsam::pipeline::DEFAULT_PRIOR_WEIGHT)]
+    prior_weight: f32,
     /// Output folder (default: the config's seg_save_path, else medlsam_out).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -121,6 +132,7 @@ impl SegmentArgs {
         cfg.sam_weights = self.weights.clone().or(cfg.sam_weights);
         cfg.search_radius = self.search.search_radius.or(cfg.search_radius);
         cfg.template_radius = self.search.template_radius.or(cfg.template_radius);
+        cfg.localizer = self.localizer.map(LocalizerArg::choice).or(cfg.localizer);
         Ok(cfg)
     }
 
@@ -128,7 +140,9 @@ impl SegmentArgs {
     fn support_run(&self) -> Result<SupportRun> {
         let config = self.run_config()?;
         let defaults = LocalizeOptions::default();
+        check_weight("--prior-weight", self.prior_weight as f64)?;
         Ok(SupportRun {
+            prior_weight: self.prior_weight,
             backend: self.backend,
             margin_px_1024: self.margin_px,
             window_hu: [self.window[0], self.window[1]],

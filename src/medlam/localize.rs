@@ -595,6 +595,9 @@ pub fn organ_localization(
         extreme_points,
         bbox,
         slice_boxes,
+        source: "medlam",
+        warning: None,
+        prior: None,
     })
 }
 

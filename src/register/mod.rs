@@ -34,12 +34,14 @@ mod bspline;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 mod fuse;
+pub mod localizer;
 #[cfg(not(target_arch = "wasm32"))]
 mod optimize;
 pub mod sample;
 
 pub use bspline::BsplineGrid;
 pub use fuse::{FuseMode, FusedPrior, WarpedSupport, fuse, prior_to_canonical, warp_labels};
+pub use localizer::{RegisterLocalizer, prior_labels};
 
 use crate::medlam::prep::Prepared;
 use crate::volume::labels::BoxVox;

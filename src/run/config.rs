@@ -7,8 +7,8 @@
 //! bbox_mode, slice_interval, seg_save_path; `[weight]` medlam_load_path,
 //! vit_load_path). The reference's `slice_interval` counts voxels of MedLAM's
 //! 3 mm grid, so `slice_interval = 2` means 6 mm slabs; `False` means WPL. Our
-//! localization's search widths may be added as `[localize]` search_radius,
-//! template_radius (the reference ignores that section).
+//! localization's options may be added as `[localize]` search_radius,
+//! template_radius, localizer (the reference ignores that section).
 //!
 //! TOML/JSON:
 //! ```toml
@@ -20,6 +20,7 @@
 //! out = "results"
 //! search_radius = 16   # MSS search half-width, 3 mm voxels (optional)
 //! template_radius = 5  # intensity-template search half-width, 0: off (optional)
+//! localizer = "both"   # medlam, register or both (optional)
 //! [weights]
 //! medlam = "weights/medlam.bpk"
 //! sam = "weights/lite_medsam.bpk"
@@ -32,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::types::BoxMode;
+use crate::types::{BoxMode, LocalizerChoice};
 use crate::{Error, Result};
 
 /// Which organs to process.
@@ -65,6 +66,8 @@ pub struct RunConfig {
     /// Intensity-template search half-width (3 mm voxels, 0: off); `None`: the command
     /// line's or the default.
     pub template_radius: Option<usize>,
+    /// Which localizer places the organs; `None`: the command line's or the default.
+    pub localizer: Option<LocalizerChoice>,
 }
 
 impl Default for RunConfig {
@@ -80,6 +83,7 @@ impl Default for RunConfig {
             sam_weights: None,
             search_radius: None,
             template_radius: None,
+            localizer: None,
         }
     }
 }
@@ -280,6 +284,9 @@ impl RunConfig {
             sam_weights: get("weight", "vit_load_path").map(|p| resolve(&p, base)),
             search_radius: radius("search_radius")?,
             template_radius: radius("template_radius")?,
+            localizer: get("localize", "localizer")
+                .map(|v| LocalizerChoice::parse(&v))
+                .transpose()?,
         })
     }
 
@@ -315,6 +322,8 @@ struct FileConfig {
     search_radius: Option<usize>,
     #[serde(default)]
     template_radius: Option<usize>,
+    #[serde(default)]
+    localizer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +367,11 @@ impl FileConfig {
             sam_weights: sam.map(|p| resolve(&p.to_string_lossy(), base)),
             search_radius: self.search_radius,
             template_radius: self.template_radius,
+            localizer: self
+                .localizer
+                .as_deref()
+                .map(LocalizerChoice::parse)
+                .transpose()?,
         })
     }
 }
@@ -393,9 +407,12 @@ mod tests {
         assert_eq!(c.mode, BoxMode::Spl { slab_mm: 6.0 });
         assert_eq!(c.out, Some(PathBuf::from("result/x")));
         assert_eq!((c.search_radius, c.template_radius), (None, None));
-        let tuned = format!("{ini}[localize]\nsearch_radius = 12\ntemplate_radius = 0\n");
+        assert_eq!(c.localizer, None);
+        let tuned =
+            format!("{ini}[localize]\nsearch_radius = 12\ntemplate_radius = 0\nlocalizer = Both\n");
         let c = RunConfig::from_ini(&tuned, &dir).unwrap();
         assert_eq!((c.search_radius, c.template_radius), (Some(12), Some(0)));
+        assert_eq!(c.localizer, Some(LocalizerChoice::Both));
         let e = RunConfig::from_ini(&tuned.replace("= 12", "= -1"), &dir)
             .unwrap_err()
             .to_string();
@@ -423,8 +440,17 @@ mod tests {
         assert_eq!(c.mode, BoxMode::Wpl);
         assert_eq!(c.sam_weights, Some(PathBuf::from("/base/w.bpk")));
         assert_eq!(c.template_radius, None);
-        let c = RunConfig::from_toml(&format!("template_radius = 3\n{t}"), Path::new("/")).unwrap();
+        let c = RunConfig::from_toml(
+            &format!("template_radius = 3\nlocalizer = \"register\"\n{t}"),
+            Path::new("/"),
+        )
+        .unwrap();
         assert_eq!((c.search_radius, c.template_radius), (None, Some(3)));
+        assert_eq!(c.localizer, Some(LocalizerChoice::Register));
+        let e = RunConfig::from_toml(&format!("localizer = \"atlas\"\n{t}"), Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none of medlam, register, both"), "{e}");
         let j = r#"{"supports": [{"image": "s", "label": "l"}], "queries": [{"image": "q"}], "organs": [3, 4], "slab_mm": 9, "search_radius": 8}"#;
         let c = RunConfig::from_json(j, Path::new("/b")).unwrap();
         assert_eq!(c.search_radius, Some(8));

@@ -15,22 +15,73 @@ use std::path::Path;
 use super::config::CasePaths;
 use super::inputs::load_query;
 use super::segment::SupportRun;
+use super::session::RunLocalizer;
 use crate::metrics::{LabelMetrics, evaluate_labels};
-use crate::oracle::OracleLocalizer;
+use crate::oracle::{Found, OracleLocalizer};
 use crate::output::{mean_sd, median};
 use crate::pipeline::{CanonicalResult, SegmentOptions, segment_canonical};
 use crate::sam::cache::EmbeddingCache;
-use crate::types::{BoxMode, Localizer, Progress, SliceSegmenter};
+use crate::types::{
+    BoxMode, Localizer, LocalizerChoice, OrganLocalization, Progress, SliceSegmenter,
+};
 use crate::volume::label_table::LabelTable;
 use crate::volume::{CtVolume, case_name};
 use crate::{Error, Result};
 
-/// The box sources compared, in the order they run.
+/// The modes of `--localizer medlam`: MedLAM's SPL and WPL boxes and the true boxes.
 pub const MODES: [&str; 3] = ["spl", "wpl", "oracle"];
+/// The modes of `--localizer register`: the registration prior alone (`reg`), LiteMedSAM
+/// in the prior's boxes (`reg_box`), the two combined (`reg_sam`, what `segment` does),
+/// and the true boxes.
+pub const REGISTER_MODES: [&str; 4] = ["reg", "reg_box", "reg_sam", "oracle"];
+/// The modes of `--localizer both`.
+pub const ALL_MODES: [&str; 6] = ["spl", "wpl", "reg", "reg_box", "reg_sam", "oracle"];
+
+/// The modes an evaluation with `choice` runs, in order.
+pub fn modes_for(choice: LocalizerChoice) -> &'static [&'static str] {
+    match choice {
+        LocalizerChoice::Medlam => &MODES,
+        LocalizerChoice::Register => &REGISTER_MODES,
+        LocalizerChoice::Both => &ALL_MODES,
+    }
+}
+
+/// Whether a mode runs a localizer of its own (the others reuse one: `reg_box` and
+/// `reg_sam` reuse `reg`'s, `oracle` reads the labels).
+fn localizes(mode: &str) -> bool {
+    matches!(mode, "spl" | "wpl" | "reg")
+}
 
 pub const EVAL_CSV_HEADER: &str =
     "mode,case,label,name,truth_voxels,pred_voxels,dsc,hd95,box_iou,wd,ale";
+/// `times.csv`'s header for [`MODES`] (other mode sets: [`times_header`]).
 pub const TIMES_CSV_HEADER: &str = "case,slices_encoded,boxes_spl,boxes_wpl,boxes_oracle,load_s,localize_spl_s,localize_wpl_s,encode_s,decode_s,total_s,backend";
+
+/// `times.csv`'s header for `modes`: boxes decoded per mode, localization time per
+/// mode that localizes.
+pub fn times_header(modes: &[&str]) -> String {
+    let boxes: Vec<String> = modes.iter().map(|m| format!("boxes_{m}")).collect();
+    let loc: Vec<String> = modes
+        .iter()
+        .filter(|m| localizes(m))
+        .map(|m| format!("localize_{m}_s"))
+        .collect();
+    format!(
+        "case,slices_encoded,{},load_s,{},encode_s,decode_s,total_s,backend",
+        boxes.join(","),
+        loc.join(",")
+    )
+}
+
+/// The modes a `times.csv` header names (inverse of [`times_header`]).
+fn modes_of_header(header: &str) -> Option<Vec<String>> {
+    let modes: Vec<String> = header
+        .split(',')
+        .filter_map(|c| c.strip_prefix("boxes_").map(String::from))
+        .collect();
+    let refs: Vec<&str> = modes.iter().map(String::as_str).collect();
+    (times_header(&refs) == header).then_some(modes)
+}
 
 /// One row of `eval.csv`.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,11 +168,11 @@ impl EvalRow {
 pub struct QueryTimes {
     pub case: String,
     pub slices_encoded: usize,
-    /// Boxes decoded per mode, in [`MODES`] order.
-    pub boxes: [usize; 3],
+    /// Boxes decoded per mode, in the evaluation's mode order.
+    pub boxes: Vec<usize>,
     pub load_s: f64,
-    pub localize_spl_s: f64,
-    pub localize_wpl_s: f64,
+    /// Localization seconds per mode that localizes, in mode order.
+    pub localize_s: Vec<f64>,
     pub encode_s: f64,
     pub decode_s: f64,
     pub total_s: f64,
@@ -131,16 +182,15 @@ pub struct QueryTimes {
 
 impl QueryTimes {
     fn to_csv(&self) -> String {
+        let boxes: Vec<String> = self.boxes.iter().map(|b| b.to_string()).collect();
+        let loc: Vec<String> = self.localize_s.iter().map(|s| format!("{s:.2}")).collect();
         format!(
-            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{}",
+            "{},{},{},{:.2},{},{:.2},{:.2},{:.2},{}",
             self.case,
             self.slices_encoded,
-            self.boxes[0],
-            self.boxes[1],
-            self.boxes[2],
+            boxes.join(","),
             self.load_s,
-            self.localize_spl_s,
-            self.localize_wpl_s,
+            loc.join(","),
             self.encode_s,
             self.decode_s,
             self.total_s,
@@ -148,25 +198,28 @@ impl QueryTimes {
         )
     }
 
-    fn parse(line: &str) -> Result<Self> {
+    /// A row of a `times.csv` whose header names `modes`.
+    fn parse(line: &str, modes: &[String]) -> Result<Self> {
         let c: Vec<&str> = line.split(',').collect();
         let bad = || Error::InvalidArgument(format!("not a times.csv row: {line:?}"));
-        if c.len() != 12 || c[11].is_empty() {
+        let nm = modes.len();
+        let nl = modes.iter().filter(|m| localizes(m)).count();
+        if c.len() != 7 + nm + nl || c[c.len() - 1].is_empty() {
             return Err(bad());
         }
         let u = |s: &str| s.parse::<usize>().map_err(|_| bad());
         let f = |s: &str| s.parse::<f64>().map_err(|_| bad());
+        let l = 3 + nm + nl;
         Ok(Self {
             case: c[0].into(),
             slices_encoded: u(c[1])?,
-            boxes: [u(c[2])?, u(c[3])?, u(c[4])?],
-            load_s: f(c[5])?,
-            localize_spl_s: f(c[6])?,
-            localize_wpl_s: f(c[7])?,
-            encode_s: f(c[8])?,
-            decode_s: f(c[9])?,
-            total_s: f(c[10])?,
-            backend: c[11].into(),
+            boxes: c[2..2 + nm].iter().map(|s| u(s)).collect::<Result<_>>()?,
+            load_s: f(c[2 + nm])?,
+            localize_s: c[3 + nm..l].iter().map(|s| f(s)).collect::<Result<_>>()?,
+            encode_s: f(c[l])?,
+            decode_s: f(c[l + 1])?,
+            total_s: f(c[l + 2])?,
+            backend: c[l + 3].into(),
         })
     }
 }
@@ -174,45 +227,61 @@ impl QueryTimes {
 /// Everything evaluated so far under an output folder.
 #[derive(Clone, Debug, Default)]
 pub struct EvalResults {
+    /// The modes of the evaluation, in order (empty when nothing was evaluated yet).
+    pub modes: Vec<String>,
     pub rows: Vec<EvalRow>,
     pub times: Vec<QueryTimes>,
+}
+
+/// The header and the non-empty lines of a CSV file; `None` when it does not exist.
+fn csv_lines(path: &Path) -> Result<Option<(String, Vec<String>)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut it = text.lines();
+    let header = it.next().unwrap_or("").to_string();
+    let lines = it
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Some((header, lines)))
+}
+
+fn another_header(path: &Path, expected: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{} has another header than this version writes ({expected}): use a new output folder",
+        path.display()
+    ))
 }
 
 /// Read `OUT/eval.csv` and `OUT/times.csv` (empty when absent). Rows of queries
 /// missing from `times.csv` (a run stopped while writing them) are dropped.
 pub fn read_results(out: &Path) -> Result<EvalResults> {
-    let lines = |name: &str, header: &str| -> Result<Vec<String>> {
-        let path = out.join(name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut it = text.lines();
-        if it.next().is_some_and(|h| h != header) {
-            return Err(Error::InvalidArgument(format!(
-                "{} has another header than this version writes ({header}): use a new output folder",
-                path.display()
-            )));
-        }
-        Ok(it
-            .filter(|l| !l.trim().is_empty())
-            .map(String::from)
-            .collect())
+    let times_path = out.join("times.csv");
+    let Some((header, time_lines)) = csv_lines(&times_path)? else {
+        return Ok(EvalResults::default());
     };
+    let modes =
+        modes_of_header(&header).ok_or_else(|| another_header(&times_path, TIMES_CSV_HEADER))?;
     // A run killed while appending may leave the last times.csv line cut short: it is
     // dropped (its query runs again); any other bad line is an error.
-    let time_lines = lines("times.csv", TIMES_CSV_HEADER)?;
     let mut times = Vec::new();
     for (n, l) in time_lines.iter().enumerate() {
-        match QueryTimes::parse(l) {
+        match QueryTimes::parse(l, &modes) {
             Ok(t) => times.push(t),
             Err(_) if n + 1 == time_lines.len() => {}
             Err(e) => return Err(e),
         }
     }
+    let eval_path = out.join("eval.csv");
+    let (eval_header, eval_lines) = csv_lines(&eval_path)?.unwrap_or_default();
+    if !eval_lines.is_empty() && eval_header != EVAL_CSV_HEADER {
+        return Err(another_header(&eval_path, EVAL_CSV_HEADER));
+    }
     // Rows of queries not in times.csv (unfinished, possibly cut short) are dropped unread.
-    let rows = lines("eval.csv", EVAL_CSV_HEADER)?
+    let rows = eval_lines
         .iter()
         .filter(|l| {
             let case = l.split(',').nth(1).unwrap_or("");
@@ -220,7 +289,7 @@ pub fn read_results(out: &Path) -> Result<EvalResults> {
         })
         .map(|l| EvalRow::parse(l))
         .collect::<Result<Vec<_>>>()?;
-    Ok(EvalResults { rows, times })
+    Ok(EvalResults { modes, rows, times })
 }
 
 fn rewrite(path: &Path, header: &str, rows: impl Iterator<Item = String>) -> Result<()> {
@@ -268,7 +337,8 @@ pub fn evaluate_pipeline(
             q.image.display()
         )));
     }
-    let todo = resume(&out, &cfg.queries)?;
+    let modes = modes_for(cfg.localizer.unwrap_or(LocalizerChoice::Medlam));
+    let todo = resume(&out, &cfg.queries, modes)?;
     if todo.len() < cfg.queries.len() {
         log(format!(
             "{} of {} queries already evaluated in {}: skipped",
@@ -281,12 +351,24 @@ pub fn evaluate_pipeline(
     if !todo.is_empty() {
         let t = web_time::Instant::now();
         let mut session = run.session(log)?;
-        let mut spl = session.localizer(BoxMode::Spl { slab_mm })?;
-        let mut wpl = session.localizer(BoxMode::Wpl)?;
+        let spl_mode = BoxMode::Spl { slab_mm };
+        let build = |mode: &str| -> Result<Option<RunLocalizer>> {
+            Ok(match mode {
+                "spl" => Some(session.run_localizer(LocalizerChoice::Medlam, spl_mode)?),
+                "wpl" => Some(session.run_localizer(LocalizerChoice::Medlam, BoxMode::Wpl)?),
+                "reg" => Some(session.run_localizer(LocalizerChoice::Both, spl_mode)?),
+                _ => None,
+            })
+        };
+        let mut localizers = Vec::new();
+        for m in modes {
+            localizers.push(build(m)?);
+        }
         session.release_supports();
         log(format!(
-            "{} supports, atlases (SPL {slab_mm} mm, WPL) of {} organs in {:.1} s",
+            "{} supports, localizers ({}; SPL {slab_mm} mm) of {} organs in {:.1} s",
             cfg.supports.len(),
+            modes.join(", "),
             session.organs.len(),
             t.elapsed().as_secs_f64()
         ));
@@ -295,12 +377,16 @@ pub fn evaluate_pipeline(
         for q in todo {
             let case = case_name(&q.image);
             let mut cache = EmbeddingCache::new(&mut segmenter);
+            let query = EvalQuery {
+                paths: q,
+                case: &case,
+                organs: &session.organs,
+                names: &session.names,
+            };
             let result = evaluate_query(
-                q,
-                &case,
-                &session.organs,
-                &session.names,
-                (&mut spl, &mut wpl),
+                &query,
+                modes,
+                &mut localizers,
                 &mut cache,
                 run,
                 &opt,
@@ -311,12 +397,13 @@ pub fn evaluate_pipeline(
                     let rows: Vec<String> = rows.iter().map(EvalRow::to_csv).collect();
                     append(&out.join("eval.csv"), &rows)?;
                     append(&out.join("times.csv"), &[times.to_csv()])?;
+                    let loc: Vec<String> =
+                        times.localize_s.iter().map(|s| format!("{s:.1}")).collect();
                     log(format!(
-                        "{case}: {} slices, {:.1} s (localize {:.1} + {:.1} s, encode {:.1} s, decode {:.1} s)",
+                        "{case}: {} slices, {:.1} s (localize {} s, encode {:.1} s, decode {:.1} s)",
                         times.slices_encoded,
                         times.total_s,
-                        times.localize_spl_s,
-                        times.localize_wpl_s,
+                        loc.join(" + "),
                         times.encode_s,
                         times.decode_s
                     ));
@@ -336,13 +423,22 @@ pub fn evaluate_pipeline(
 
 /// Start or continue an evaluation in `out`: rewrite the finished queries' rows (a cut
 /// last line is dropped) and return the queries still to evaluate.
-fn resume<'a>(out: &Path, queries: &'a [CasePaths]) -> Result<Vec<&'a CasePaths>> {
+fn resume<'a>(out: &Path, queries: &'a [CasePaths], modes: &[&str]) -> Result<Vec<&'a CasePaths>> {
     std::fs::create_dir_all(out)?;
     let before = read_results(out)?;
+    let header = times_header(modes);
+    if !before.times.is_empty() && before.modes != modes {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds an evaluation of the modes {} (this run: {}): use a new output folder",
+            out.display(),
+            before.modes.join(", "),
+            modes.join(", ")
+        )));
+    }
     let done: Vec<String> = before.times.iter().map(|t| t.case.clone()).collect();
     rewrite(
         &out.join("times.csv"),
-        TIMES_CSV_HEADER,
+        &header,
         before.times.iter().map(QueryTimes::to_csv),
     )?;
     rewrite(
@@ -370,13 +466,20 @@ fn segment_with<L: Localizer, S: SliceSegmenter>(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn evaluate_query<L: Localizer, S: SliceSegmenter>(
-    q: &CasePaths,
-    case: &str,
-    organs: &[u16],
-    names: &LabelTable,
-    (spl, wpl): (&mut L, &mut L),
+/// One query of an evaluation.
+struct EvalQuery<'a> {
+    paths: &'a CasePaths,
+    case: &'a str,
+    organs: &'a [u16],
+    names: &'a LabelTable,
+}
+
+/// Segment one query in every mode (`localizers[n]` for `modes[n]`, `None` where the mode
+/// reuses another's localization) and score each mode against the query's labels.
+fn evaluate_query<S: SliceSegmenter>(
+    q: &EvalQuery,
+    modes: &[&str],
+    localizers: &mut [Option<RunLocalizer>],
     cache: &mut EmbeddingCache<'_, S>,
     run: &SupportRun,
     opt: &SegmentOptions,
@@ -386,10 +489,10 @@ where
     S::Embedding: Clone,
 {
     let t0 = web_time::Instant::now();
-    let (ct, truth) = load_query(q, &run.query_label_map)?;
+    let (ct, truth) = load_query(q.paths, &run.query_label_map)?;
     let truth = truth.ok_or_else(|| Error::InvalidArgument("no label map".into()))?;
     let mut times = QueryTimes {
-        case: case.into(),
+        case: q.case.into(),
         load_s: t0.elapsed().as_secs_f64(),
         backend: run.backend.name().into(),
         ..Default::default()
@@ -397,25 +500,44 @@ where
     let (canon, r) = ct.to_canonical();
     // The true box of each slice (no slabs), with the same margin.
     let mut oracle = OracleLocalizer::new(&ct, &truth, BoxMode::Spl { slab_mm: 0.0 })?;
+    // The registration's localization, shared by its three modes.
+    let mut registered: Option<Vec<OrganLocalization>> = None;
     let mut rows = Vec::new();
-    for (n, mode) in MODES.iter().enumerate() {
-        let mut report = |p: Progress| progress(case, mode, p);
-        let res = match *mode {
-            "spl" => segment_with(&canon, organs, spl, cache, opt, &mut report)?,
-            "wpl" => segment_with(&canon, organs, wpl, cache, opt, &mut report)?,
-            _ => segment_with(&canon, organs, &mut oracle, cache, opt, &mut report)?,
+    for (mode, localizer) in modes.iter().zip(localizers.iter_mut()) {
+        let mut report = |p: Progress| progress(q.case, mode, p);
+        let weight = match *mode {
+            "reg" => 1.0,
+            "reg_box" => 0.0,
+            _ => opt.prior_weight,
         };
-        match *mode {
-            "spl" => times.localize_spl_s = res.times.localize.as_secs_f64(),
-            "wpl" => times.localize_wpl_s = res.times.localize.as_secs_f64(),
-            _ => {}
+        let o = SegmentOptions {
+            prior_weight: weight,
+            ..opt.clone()
+        };
+        let res = match (localizer, *mode) {
+            (Some(l), _) => segment_with(&canon, q.organs, l, cache, &o, &mut report)?,
+            (None, "oracle") => {
+                segment_with(&canon, q.organs, &mut oracle, cache, &o, &mut report)?
+            }
+            (None, m) => {
+                let found = registered.clone().ok_or_else(|| {
+                    Error::InvalidArgument(format!("mode {m} needs the reg mode before it"))
+                })?;
+                segment_with(&canon, q.organs, &mut Found(found), cache, &o, &mut report)?
+            }
+        };
+        if *mode == "reg" {
+            registered = Some(res.organs.clone());
+        }
+        if localizes(mode) {
+            times.localize_s.push(res.times.localize.as_secs_f64());
         }
         times.encode_s += res.times.encode.as_secs_f64();
         times.decode_s += res.times.decode.as_secs_f64();
-        times.boxes[n] = res.boxes_decoded;
+        times.boxes.push(res.boxes_decoded);
         let labels = res.labels.from_canonical(&r)?;
-        for m in evaluate_labels(&labels, &truth, organs)? {
-            rows.push(EvalRow::new(mode, case, names.name(m.label), &m));
+        for m in evaluate_labels(&labels, &truth, q.organs)? {
+            rows.push(EvalRow::new(mode, q.case, q.names.name(m.label), &m));
         }
     }
     times.slices_encoded = cache.len();
@@ -439,10 +561,28 @@ pub fn summary_table(res: &EvalResults) -> String {
         Some((m, sd)) => format!("{:>12}", format!("{m:.1} ± {sd:.1}")),
         None => format!("{:>12}", "-"),
     };
-    let mut out = format!(
-        "{:>5}  {:<16} {:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>12}\n",
-        "label", "name", "n", "oracle DSC", "SPL DSC", "WPL DSC", "SPL boxIoU", "WPL boxIoU"
-    );
+    // Columns: DSC of the true boxes first, then of each other mode; box IoU of the modes
+    // whose boxes come from a localizer's 3-D box.
+    let modes = if res.modes.is_empty() {
+        MODES.iter().map(|m| m.to_string()).collect()
+    } else {
+        res.modes.clone()
+    };
+    let mut dsc_modes: Vec<&str> = modes.iter().map(String::as_str).collect();
+    dsc_modes.sort_by_key(|m| *m != "oracle");
+    let iou_modes: Vec<&str> = dsc_modes
+        .iter()
+        .copied()
+        .filter(|m| matches!(*m, "spl" | "wpl" | "reg_sam"))
+        .collect();
+    let mut out = format!("{:>5}  {:<16} {:>4}", "label", "name", "n");
+    for m in &dsc_modes {
+        out += &format!("  {:>12}", format!("{} DSC", mode_title(m)));
+    }
+    for m in &iou_modes {
+        out += &format!("  {:>12}", format!("{} boxIoU", mode_title(m)));
+    }
+    out += "\n";
     let mut line = |label: &str, name: &str, keep: &dyn Fn(&EvalRow) -> bool| {
         let pick = |mode: &str, f: fn(&EvalRow) -> Option<f64>| -> Vec<f64> {
             res.rows
@@ -452,43 +592,67 @@ pub fn summary_table(res: &EvalResults) -> String {
                 .collect()
         };
         let n = pick("oracle", |r| r.dsc).len();
-        out += &format!(
-            "{label:>5}  {name:<16} {n:>4}  {}  {}  {}  {}  {}\n",
-            cell(pick("oracle", |r| r.dsc)),
-            cell(pick("spl", |r| r.dsc)),
-            cell(pick("wpl", |r| r.dsc)),
-            cell(pick("spl", |r| r.box_iou)),
-            cell(pick("wpl", |r| r.box_iou)),
-        );
+        out += &format!("{label:>5}  {name:<16} {n:>4}");
+        for m in &dsc_modes {
+            out += &format!("  {}", cell(pick(m, |r| r.dsc)));
+        }
+        for m in &iou_modes {
+            out += &format!("  {}", cell(pick(m, |r| r.box_iou)));
+        }
+        out += "\n";
     };
     for (l, name) in &labels {
         line(&l.to_string(), name, &|r| r.label == *l);
     }
     line("", "all", &|_| true);
-    // Times per backend (a run may be continued on another machine); medians, so a
-    // query that shared the machine with other work does not skew them.
+    out += &times_summary(res, &modes);
+    out
+}
+
+/// A mode's name in the tables: `oracle` as it is, the others in capitals.
+fn mode_title(mode: &str) -> String {
+    if mode == "oracle" {
+        mode.into()
+    } else {
+        mode.to_ascii_uppercase()
+    }
+}
+
+/// One line per backend: the median time per query and per stage. Times per backend (a
+/// run may be continued on another machine); medians, so a query that shared the machine
+/// with other work does not skew them.
+fn times_summary(res: &EvalResults, modes: &[String]) -> String {
+    let loc_modes: Vec<&String> = modes.iter().filter(|m| localizes(m)).collect();
     let mut backends: Vec<&str> = res.times.iter().map(|t| t.backend.as_str()).collect();
     backends.sort();
     backends.dedup();
+    let mut out = String::new();
     for backend in backends {
         let times: Vec<&QueryTimes> = res.times.iter().filter(|t| t.backend == backend).collect();
-        let med = |f: fn(&QueryTimes) -> f64| median(times.iter().copied().map(f).collect());
+        let med = |f: &dyn Fn(&QueryTimes) -> f64| median(times.iter().map(|t| f(t)).collect());
         let (lo, hi) = times
             .iter()
             .map(|t| t.total_s)
             .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let loc: Vec<String> = loc_modes
+            .iter()
+            .enumerate()
+            .map(|(n, m)| {
+                let s = med(&|t| t.localize_s.get(n).copied().unwrap_or(0.0));
+                format!("{} {s:.1} s", mode_title(m))
+            })
+            .collect();
         out += &format!(
-            "{} queries on {backend}; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize SPL {:.1} s + WPL {:.1} s, encode {:.1} s, decode {:.1} s)\n",
+            "{} queries on {backend}; per query, medians: {:.0} s (range {:.0}-{:.0} s; {:.0} slices; load {:.1} s, localize {}, encode {:.1} s, decode {:.1} s)\n",
             times.len(),
-            med(|t| t.total_s),
+            med(&|t| t.total_s),
             lo,
             hi,
-            med(|t| t.slices_encoded as f64),
-            med(|t| t.load_s),
-            med(|t| t.localize_spl_s),
-            med(|t| t.localize_wpl_s),
-            med(|t| t.encode_s),
-            med(|t| t.decode_s),
+            med(&|t| t.slices_encoded as f64),
+            med(&|t| t.load_s),
+            loc.join(" + "),
+            med(&|t| t.encode_s),
+            med(&|t| t.decode_s),
         );
     }
     out
@@ -529,7 +693,8 @@ mod tests {
         let t = |case: &str, slices: usize, total_s: f64, backend: &str| QueryTimes {
             case: case.into(),
             slices_encoded: slices,
-            boxes: [9, 8, 7],
+            boxes: vec![9, 8, 7],
+            localize_s: vec![1.0, 2.0],
             total_s,
             backend: backend.into(),
             ..Default::default()
@@ -557,6 +722,7 @@ mod tests {
         assert_eq!(back.rows[0].dsc, Some(50.0));
         assert_eq!(back.rows[0].box_iou, None);
         assert_eq!(back.times[0].boxes, [9, 8, 7]);
+        assert_eq!(back.modes, MODES);
         // A times.csv line cut short: that query is not counted.
         append(&dir.join("times.csv"), &["b,7,9".into()]).unwrap();
         assert_eq!(read_results(&dir).unwrap().times.len(), 4);

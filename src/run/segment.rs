@@ -18,11 +18,14 @@ use crate::oracle::OracleLocalizer;
 use crate::output::mean_sd;
 use crate::pipeline::{SegmentOptions, segment_query};
 use crate::sam::preprocess::SOFT_TISSUE_WINDOW_HU;
-use crate::types::{BoxMode, Localizer, Progress, SliceSegmenter, StageTimes};
+use crate::types::{BoxMode, Localizer, LocalizerChoice, Progress, SliceSegmenter, StageTimes};
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::{CtVolume, LabelVolume, case_name};
 use crate::{Error, Result};
+
+/// The localizer of a run that names none (chosen on OpenKBP dev queries).
+pub const DEFAULT_LOCALIZER: LocalizerChoice = LocalizerChoice::Both;
 
 /// Outcome of one query.
 pub struct QueryReport {
@@ -141,6 +144,8 @@ pub struct SupportRun {
     /// `(support, query)` label pairs where query label maps use other values.
     pub query_label_map: Vec<(u16, u16)>,
     pub localize: LocalizeOptions,
+    /// Weight of registration priors against the segmenter (see [`SegmentOptions`]).
+    pub prior_weight: f32,
 }
 
 impl SupportRun {
@@ -169,8 +174,14 @@ impl SupportRun {
     pub fn segment_options(&self) -> SegmentOptions {
         SegmentOptions {
             margin_px_1024: self.margin_px_1024,
+            prior_weight: self.prior_weight,
             ..Default::default()
         }
+    }
+
+    /// The localizer the run asked for (config or command line), else the default.
+    pub fn localizer_choice(&self) -> LocalizerChoice {
+        self.config.localizer.unwrap_or(DEFAULT_LOCALIZER)
     }
 }
 
@@ -190,11 +201,12 @@ pub fn segment_with_supports(
     let mut session = run.session(log)?;
     let load_s = t.elapsed().as_secs_f64();
     let t = web_time::Instant::now();
-    let localizer = session.localizer(cfg.mode)?;
+    let localizer = session.run_localizer(run.localizer_choice(), cfg.mode)?;
     session.release_supports();
     log(format!(
-        "supports: {} loaded in {load_s:.1} s, atlas of {} organs built in {:.1} s",
+        "supports: {} loaded in {load_s:.1} s, {} localizer of {} organs built in {:.1} s",
         cfg.supports.len(),
+        run.localizer_choice().name(),
         session.organs.len(),
         t.elapsed().as_secs_f64()
     ));

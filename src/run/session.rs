@@ -10,7 +10,9 @@ use burn::tensor::Device;
 
 use crate::Result;
 use crate::medlam::{Atlas, LocalizeOptions, MedLam, MedLamConfig, MedLamLocalizer, SupportCase};
-use crate::types::BoxMode;
+use crate::register::RegisterLocalizer;
+use crate::types::{BoxMode, Localizer, LocalizerChoice, OrganLocalization};
+use crate::volume::CtVolume;
 
 /// MedLAM with the atlas of `organs` built from the supports (canonical grids) for
 /// box mode `mode`.
@@ -32,6 +34,66 @@ pub async fn medlam_localizer(
     })
 }
 
+/// The localizer a run chose ([`LocalizerChoice`]), built once.
+#[derive(Clone)]
+pub enum RunLocalizer {
+    Medlam(Box<MedLamLocalizer>),
+    /// Registration; with MedLAM as its fallback for [`LocalizerChoice::Both`].
+    Register(Box<RegisterLocalizer>),
+}
+
+impl RunLocalizer {
+    /// Build the `choice` localizer of `organs` from the supports for box mode `mode`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn build(
+        choice: LocalizerChoice,
+        net: &MedLam,
+        config: &MedLamConfig,
+        supports: &[SupportCase],
+        organs: &[u16],
+        mode: BoxMode,
+        options: LocalizeOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let medlam = || medlam_localizer(net, config, supports, organs, mode, options, device);
+        Ok(match choice {
+            LocalizerChoice::Medlam => Self::Medlam(Box::new(medlam().await?)),
+            LocalizerChoice::Register => Self::Register(Box::new(RegisterLocalizer::new(
+                supports, organs, mode, device,
+            )?)),
+            LocalizerChoice::Both => {
+                let fallback = medlam().await?;
+                match RegisterLocalizer::new(supports, organs, mode, device) {
+                    Ok(r) => Self::Register(Box::new(r.with_fallback(fallback))),
+                    // No support with a label map to register (extreme points only).
+                    Err(_) => Self::Medlam(Box::new(fallback)),
+                }
+            }
+        })
+    }
+
+    /// What the last query's registrations did (empty for MedLAM).
+    pub fn report(&self) -> &[String] {
+        match self {
+            Self::Medlam(_) => &[],
+            Self::Register(r) => &r.report,
+        }
+    }
+}
+
+impl Localizer for RunLocalizer {
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
+        match self {
+            Self::Medlam(m) => m.localize(query, organs).await,
+            Self::Register(r) => r.localize(query, organs).await,
+        }
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::*;
 
@@ -45,14 +107,14 @@ mod native {
     use super::super::inputs::{
         load_supports, read_medlam_weights, resolve_organs, support_label_table,
     };
-    use super::medlam_localizer;
+    use super::{RunLocalizer, medlam_localizer};
     use crate::device::BackendChoice;
     use crate::medlam::{LocalizeOptions, MedLam, MedLamConfig, MedLamLocalizer, SupportCase};
     use crate::sam::SamConfig;
     use crate::sam::predictor::SamSegmenter;
     use crate::sam::preprocess::Preprocess;
     use crate::sam::weights::{LITE_MEDSAM_BPK, default_weights_dir, load_bpk, load_pth};
-    use crate::types::BoxMode;
+    use crate::types::{BoxMode, LocalizerChoice};
     use crate::volume::label_table::LabelTable;
     use crate::{Error, Result};
 
@@ -101,6 +163,24 @@ mod native {
         /// MedLAM with the atlas of the session's organs for box mode `mode`.
         pub fn localizer(&self, mode: BoxMode) -> Result<MedLamLocalizer> {
             pollster::block_on(medlam_localizer(
+                &self.net,
+                &self.config,
+                &self.supports,
+                &self.organs,
+                mode,
+                self.options,
+                &self.device,
+            ))
+        }
+
+        /// The `choice` localizer of the session's organs for box mode `mode`.
+        pub fn run_localizer(
+            &self,
+            choice: LocalizerChoice,
+            mode: BoxMode,
+        ) -> Result<RunLocalizer> {
+            pollster::block_on(RunLocalizer::build(
+                choice,
                 &self.net,
                 &self.config,
                 &self.supports,

@@ -1,0 +1,203 @@
+//! Registration as the pipeline's [`Localizer`]: every support with a label map is
+//! registered to the query, its organs warped and fused into a prior per organ
+//! ([`super::fuse`]); each organ's boxes come from its prior (the voxels where it is at
+//! least 0.5, the highest organ winning), and the prior travels with the localization
+//! so the segmentation can combine it with LiteMedSAM's probabilities.
+//!
+//! With a MedLAM fallback ([`RegisterLocalizer::with_fallback`]) MedLAM takes over when
+//! every registration fails (no overlap, flat image, loss not finite) and places the
+//! organs the prior does not find; each such organ carries a warning, printed by the
+//! shells and written to `boxes.json`.
+
+use std::sync::Arc;
+
+use burn::tensor::Device;
+
+use super::{
+    FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
+};
+use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
+use crate::oracle::localize_from_labels;
+use crate::types::{BoxMode, Localizer, OrganLocalization};
+use crate::volume::{CtVolume, Volume};
+use crate::{Error, Result};
+
+/// The default fusion: votes weighted by the local similarity of each warped support
+/// to the query (chosen on OpenKBP dev queries).
+pub const DEFAULT_FUSE: FuseMode = FuseMode::LocalNcc {
+    window: 7,
+    power: 3.0,
+};
+
+/// Registered supports → organ priors → boxes (see the module doc). Clones share the
+/// prepared supports.
+#[derive(Clone)]
+pub struct RegisterLocalizer {
+    /// Each support with a label map: its 3 mm image and one-hot organ maps.
+    supports: Arc<Vec<(String, RegImage, OrganMaps)>>,
+    pub options: RegisterOptions,
+    pub fuse: FuseMode,
+    pub mode: BoxMode,
+    pub device: Device,
+    /// MedLAM, for queries or organs registration cannot place.
+    pub fallback: Option<MedLamLocalizer>,
+    /// What the last query's registrations did, one line per support (for logs).
+    pub report: Vec<String>,
+}
+
+impl RegisterLocalizer {
+    /// Prepare the supports that have label maps (point-only supports cannot be warped
+    /// and are left to MedLAM). `Err` when no support has a label map.
+    pub fn new(
+        supports: &[SupportCase],
+        organs: &[u16],
+        mode: BoxMode,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut prepared = Vec::new();
+        for s in supports {
+            if let SupportOrgans::Labels(labels) = &s.organs {
+                let image = RegImage::from_canonical(&s.ct)?;
+                let maps = OrganMaps::from_canonical_labels(labels, &image, organs)?;
+                prepared.push((s.name.clone(), image, maps));
+            }
+        }
+        if prepared.is_empty() {
+            return Err(Error::InvalidArgument(
+                "registration needs at least one support with a label map (extreme points alone cannot be warped)".into(),
+            ));
+        }
+        Ok(Self {
+            supports: Arc::new(prepared),
+            options: RegisterOptions::default(),
+            fuse: DEFAULT_FUSE,
+            mode,
+            device: device.clone(),
+            fallback: None,
+            report: Vec::new(),
+        })
+    }
+
+    /// Let MedLAM place what registration cannot (see the module doc).
+    pub fn with_fallback(mut self, medlam: MedLamLocalizer) -> Self {
+        self.fallback = Some(medlam);
+        self
+    }
+
+    /// Register every support to `query` (canonical grid) and fuse their organs: one
+    /// prior probability volume per organ on the canonical grid. Registrations that
+    /// fail are skipped (noted in [`Self::report`]); `Err` when all fail.
+    pub fn priors(&mut self, query: &CtVolume) -> Result<Vec<(u16, Volume<f32>)>> {
+        let fixed = RegImage::from_canonical(query)?;
+        self.report.clear();
+        let mut warped = Vec::new();
+        for (name, image, maps) in self.supports.iter() {
+            match register(&fixed, image, None, &self.options, &self.device) {
+                Ok(r) => {
+                    self.report.push(format!(
+                        "{name}: NCC {:.3} → {:.3} → {:.3} in {:.1} s",
+                        r.ncc[0], r.ncc[1], r.ncc[2], r.seconds
+                    ));
+                    warped.push(warp_labels(&fixed, image, maps, &r)?);
+                }
+                Err(e) => self
+                    .report
+                    .push(format!("{name}: registration failed: {e}")),
+            }
+        }
+        if warped.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "every support's registration failed ({})",
+                self.report.join("; ")
+            )));
+        }
+        let prior = fuse(&fixed, &warped, self.fuse)?;
+        prior_to_canonical(&fixed, &prior)
+    }
+}
+
+/// The organ map where each voxel takes the organ whose prior is highest and at least
+/// 0.5 (0 elsewhere), on the priors' grid.
+pub fn prior_labels(priors: &[(u16, Volume<f32>)]) -> Result<crate::volume::LabelVolume> {
+    let first = priors
+        .first()
+        .ok_or_else(|| Error::InvalidArgument("no organ priors".into()))?;
+    let mut labels = Volume::filled(first.1.dims, 0u16, first.1.affine)?;
+    let mut best = vec![0.5f32; labels.len()];
+    for (organ, p) in priors {
+        first.1.check_same_grid(p, "organ priors")?;
+        for ((l, b), &v) in labels.data.iter_mut().zip(best.iter_mut()).zip(&p.data) {
+            if v >= *b {
+                *b = v;
+                *l = *organ;
+            }
+        }
+    }
+    Ok(labels)
+}
+
+impl Localizer for RegisterLocalizer {
+    async fn localize(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+    ) -> Result<Vec<OrganLocalization>> {
+        let mut found = match self.priors(query) {
+            Ok(priors) => {
+                let labels = prior_labels(&priors)?;
+                let mut found = localize_from_labels(&labels, organs, self.mode, "register");
+                for loc in &mut found {
+                    loc.prior = priors
+                        .iter()
+                        .find(|(o, _)| *o == loc.label)
+                        .map(|(_, p)| Arc::new(p.clone()));
+                }
+                found
+            }
+            Err(e) if self.fallback.is_some() => {
+                self.report
+                    .push(format!("registration failed, MedLAM takes over: {e}"));
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let missing: Vec<u16> = organs
+            .iter()
+            .copied()
+            .filter(|o| !found.iter().any(|l| l.label == *o))
+            .collect();
+        if let (Some(medlam), false) = (&mut self.fallback, missing.is_empty()) {
+            let why = if found.is_empty() {
+                "registration failed: MedLAM placed this organ"
+            } else {
+                "the registered supports did not agree on this organ: MedLAM placed it"
+            };
+            for mut loc in medlam.localize(query, &missing).await? {
+                loc.warning = Some(why.into());
+                found.push(loc);
+            }
+            found.sort_by_key(|l| organs.iter().position(|o| *o == l.label));
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Affine;
+
+    #[test]
+    fn prior_labels_take_the_highest_organ_at_or_above_one_half() {
+        let a = Affine::from_diagonal([1.0; 3], [0.0; 3]);
+        let p = |v: Vec<f32>| Volume::from_data([4, 1, 1], v, a).unwrap();
+        let priors = vec![
+            (3, p(vec![0.9, 0.5, 0.2, 0.6])),
+            (7, p(vec![0.4, 0.49, 0.3, 0.8])),
+        ];
+        assert_eq!(prior_labels(&priors).unwrap().data, vec![3, 3, 0, 7]);
+        assert!(prior_labels(&[]).is_err());
+        let other = (5, Volume::from_data([2, 1, 1], vec![1.0, 1.0], a).unwrap());
+        assert!(prior_labels(&[priors[0].clone(), other]).is_err());
+    }
+}
