@@ -5,8 +5,8 @@
 //! cargo run --release --example register_eval -- [--supports 1-5] [--queries 6-15] \
 //!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...]
 //! ```
-//! `--set` keys: margin, z, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
-//! lncc, deformable (true/false). Default weighted fusion: 7,2.
+//! `--set` keys: margin, z, top, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
+//! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,2.
 
 use std::path::PathBuf;
 
@@ -63,12 +63,14 @@ fn main() {
                 match k {
                     "margin" => opts.margin_mm = f(),
                     "z" => opts.z_search_mm = f(),
+                    "top" => opts.top_mm = f(),
                     "affine" => opts.affine_steps = pair(v),
                     "affine_lr" => opts.affine_lr = f(),
                     "grid" => opts.grid_mm = f(),
                     "deform" => opts.deform_steps = pair(v),
                     "deform_lr" => opts.deform_lr = f(),
                     "bending" => opts.bending = f(),
+                    "points" => opts.max_points = pair(v),
                     "lncc" => opts.lncc_window = v.parse().expect("window"),
                     "deformable" => opts.deformable = v.parse().expect("true/false"),
                     _ => panic!("unknown --set key {k}"),
@@ -84,6 +86,10 @@ fn main() {
         });
     }
     let dir = data.join("openkbp");
+    // Case numbers with no files (the numbering has gaps) are skipped.
+    let exists = |c: &String| dir.join(format!("{c}.ct.nii.gz")).is_file();
+    supports.retain(exists);
+    queries.retain(exists);
     assert!(
         dir.join("index.tsv").is_file(),
         "OpenKBP data not found at {} (use --data DIR)",
