@@ -6,7 +6,7 @@
 //!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...]
 //! ```
 //! `--set` keys: margin, z, top, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
-//! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,2.
+//! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,3.
 
 use std::path::PathBuf;
 
@@ -37,7 +37,11 @@ fn main() {
     let mut supports = cases("1-5");
     let mut queries = cases("6-15");
     let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let mut opts = RegisterOptions::default();
+    // Head and neck: register the superior 250 mm of the body (not the shoulders).
+    let mut opts = RegisterOptions {
+        top_mm: 250.0,
+        ..Default::default()
+    };
     let mut weighted = Vec::new();
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -82,7 +86,7 @@ fn main() {
     if weighted.is_empty() {
         weighted.push(FuseMode::LocalNcc {
             window: 7,
-            power: 2.0,
+            power: 3.0,
         });
     }
     let dir = data.join("openkbp");

@@ -1,10 +1,13 @@
 //! The optimisation behind [`super::register`] (native only: Burn's autodiff).
 //!
-//! Fixed points are the voxels of the query's body box plus a margin, every second
-//! voxel at the coarse level (6 mm, both images smoothed by [1 2 1]/4) and every
-//! voxel at the fine level (3 mm). Their world positions, centred on the box, go
-//! through the affine `y = (L0 + 0.01·ΔL)·q + t0 + Δt` (+ the B-spline displacement),
-//! then into moving voxel indices, where [`trilinear`] reads the moving image.
+//! Fixed points are the voxels of the query's body box plus a margin (optionally only
+//! its superior part), subsampled to stay within a point budget per level: every 2nd
+//! (or 3rd, …) voxel at the coarse level, every voxel (or 2nd, …) at the fine level,
+//! both images smoothed by [1 2 1]/4 (stride − 1) times first. Their world positions,
+//! centred on the box, go through the affine `y = (L0 + 0.01·ΔL)·q + t0 + Δt` (+ the
+//! B-spline displacement), then into moving voxel indices, where [`trilinear`] reads the
+//! moving image. Before the gradient steps, the shift along z is searched every 6 mm at
+//! the coarse level (scans of the same region start and stop at different heights).
 //!
 //! Why B-spline control points rather than a dense displacement field: a few thousand
 //! parameters instead of ~1.5 million (a 21 mm grid over a head-and-neck box), a field
