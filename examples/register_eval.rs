@@ -5,8 +5,8 @@
 //! cargo run --release --example register_eval -- [--supports 1-5] [--queries 6-15] \
 //!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...]
 //! ```
-//! `--set` keys: margin, z, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
-//! lncc, deformable (true/false). Default weighted fusion: 7,2.
+//! `--set` keys: margin, z, top, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
+//! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,3.
 
 use std::path::PathBuf;
 
@@ -37,7 +37,11 @@ fn main() {
     let mut supports = cases("1-5");
     let mut queries = cases("6-15");
     let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let mut opts = RegisterOptions::default();
+    // Head and neck: register the superior 250 mm of the body (not the shoulders).
+    let mut opts = RegisterOptions {
+        top_mm: 250.0,
+        ..Default::default()
+    };
     let mut weighted = Vec::new();
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -63,12 +67,14 @@ fn main() {
                 match k {
                     "margin" => opts.margin_mm = f(),
                     "z" => opts.z_search_mm = f(),
+                    "top" => opts.top_mm = f(),
                     "affine" => opts.affine_steps = pair(v),
                     "affine_lr" => opts.affine_lr = f(),
                     "grid" => opts.grid_mm = f(),
                     "deform" => opts.deform_steps = pair(v),
                     "deform_lr" => opts.deform_lr = f(),
                     "bending" => opts.bending = f(),
+                    "points" => opts.max_points = pair(v),
                     "lncc" => opts.lncc_window = v.parse().expect("window"),
                     "deformable" => opts.deformable = v.parse().expect("true/false"),
                     _ => panic!("unknown --set key {k}"),
@@ -80,10 +86,14 @@ fn main() {
     if weighted.is_empty() {
         weighted.push(FuseMode::LocalNcc {
             window: 7,
-            power: 2.0,
+            power: 3.0,
         });
     }
     let dir = data.join("openkbp");
+    // Case numbers with no files (the numbering has gaps) are skipped.
+    let exists = |c: &String| dir.join(format!("{c}.ct.nii.gz")).is_file();
+    supports.retain(exists);
+    queries.retain(exists);
     assert!(
         dir.join("index.tsv").is_file(),
         "OpenKBP data not found at {} (use --data DIR)",

@@ -1,4 +1,4 @@
-//! Registration on real CTs: okbp_001 (support) registered to okbp_002 (query) brings
+//! Registration on real CTs: okbp_004 (support) registered to okbp_002 (query) brings
 //! the support's organs onto the query far better than lining up the body boxes.
 
 mod common;
@@ -50,10 +50,13 @@ fn mean_dsc(
 #[test]
 fn registration_beats_body_box_alignment_on_real_ct() {
     let (query, truth) = case("okbp_002");
-    let (support, slab) = case("okbp_001");
+    let (support, slab) = case("okbp_004");
     let organs: Vec<u16> = (1..=7).collect();
     let maps = OrganMaps::from_canonical_labels(&slab, &support, &organs).unwrap();
-    let opts = RegisterOptions::default();
+    let opts = RegisterOptions {
+        top_mm: 250.0,
+        ..Default::default()
+    };
     let reg = register(&query, &support, None, &opts, &Device::flex()).unwrap();
     let base = Registration {
         affine: body_box_init(&query, &support).unwrap(),

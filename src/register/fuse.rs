@@ -149,6 +149,16 @@ pub enum FuseMode {
     LocalNcc { window: usize, power: f32 },
 }
 
+impl Default for FuseMode {
+    /// The weighted vote chosen on the OpenKBP dev queries: 7³ windows, power 3.
+    fn default() -> Self {
+        Self::LocalNcc {
+            window: 7,
+            power: 3.0,
+        }
+    }
+}
+
 /// A per-organ prior probability on the query's 3 mm grid.
 #[derive(Clone, Debug)]
 pub struct FusedPrior {

@@ -1,10 +1,13 @@
 //! The optimisation behind [`super::register`] (native only: Burn's autodiff).
 //!
-//! Fixed points are the voxels of the query's body box plus a margin, every second
-//! voxel at the coarse level (6 mm, both images smoothed by [1 2 1]/4) and every
-//! voxel at the fine level (3 mm). Their world positions, centred on the box, go
-//! through the affine `y = (L0 + 0.01·ΔL)·q + t0 + Δt` (+ the B-spline displacement),
-//! then into moving voxel indices, where [`trilinear`] reads the moving image.
+//! Fixed points are the voxels of the query's body box plus a margin (optionally only
+//! its superior part), subsampled to stay within a point budget per level: every 2nd
+//! (or 3rd, …) voxel at the coarse level, every voxel (or 2nd, …) at the fine level,
+//! both images smoothed by [1 2 1]/4 (stride − 1) times first. Their world positions,
+//! centred on the box, go through the affine `y = (L0 + 0.01·ΔL)·q + t0 + Δt` (+ the
+//! B-spline displacement), then into moving voxel indices, where [`trilinear`] reads the
+//! moving image. Before the gradient steps, the shift along z is searched every 6 mm at
+//! the coarse level (scans of the same region start and stop at different heights).
 //!
 //! Why B-spline control points rather than a dense displacement field: a few thousand
 //! parameters instead of ~1.5 million (a 21 mm grid over a head-and-neck box), a field
@@ -32,8 +35,8 @@ struct Level {
     fixed: Tensor<1>,
     /// Homogeneous centred world positions `[n, 4]`.
     q: Tensor<2>,
-    /// Whether this level reads the smoothed moving image.
-    smooth: bool,
+    /// Which level (0 coarse, 1 fine): the moving image smoothed for it.
+    level: usize,
 }
 
 impl Level {
@@ -86,22 +89,48 @@ pub(super) fn register(
 
     // The registered region of the fixed grid.
     let margin = (opts.margin_mm / super::SPACING_MM).round().max(0.0) as usize;
-    let region = BoxVox {
+    let mut region = BoxVox {
         min: fbox.min.map(|v| v.saturating_sub(margin)),
         max: [0, 1, 2].map(|a| (fbox.max[a] + margin).min(fixed.dims[a] - 1)),
     };
+    if opts.top_mm > 0.0 {
+        // Canonical axis 2 runs toward superior.
+        let keep = (opts.top_mm / super::SPACING_MM).round() as usize + margin;
+        region.min[2] = region.min[2].max(region.max[2].saturating_sub(keep));
+    }
     let centre_vox = [0, 1, 2].map(|a| 0.5 * (region.min[a] + region.max[a]) as f64);
     let centre = fixed.affine.voxel_to_world(centre_vox);
 
-    let fixed_smooth = smooth121(&fixed.data, fixed.dims);
-    let make_level = |stride: usize, smooth: bool| -> Level {
+    // Strides that keep each level's point count near its budget (at least 2 and 1).
+    let region_n = region.voxel_count() as f64;
+    let stride_for = |budget: f64, min: usize| -> usize {
+        ((region_n / budget).cbrt().ceil() as usize).max(min)
+    };
+    let strides = [
+        stride_for(opts.max_points[0] as f64, 2),
+        stride_for(opts.max_points[1] as f64, 1),
+    ];
+    // Smoothing before subsampling: [1 2 1]/4 applied (stride − 1) times.
+    let smoothed = |data: &[f32], dims: [usize; 3], stride: usize| -> Vec<f32> {
+        let mut d = data.to_vec();
+        for _ in 1..stride {
+            d = smooth121(&d, dims);
+        }
+        d
+    };
+    let fixed_smooth = [
+        smoothed(&fixed.data, fixed.dims, strides[0]),
+        smoothed(&fixed.data, fixed.dims, strides[1]),
+    ];
+    let make_level = |li: usize| -> Level {
+        let stride = strides[li];
         let coords = [0, 1, 2].map(|a| {
             (region.min[a]..=region.max[a])
                 .step_by(stride)
                 .map(|v| v as f64)
                 .collect::<Vec<_>>()
         });
-        let src = if smooth { &fixed_smooth } else { &fixed.data };
+        let src = &fixed_smooth[li];
         let n = coords.iter().map(Vec::len).product::<usize>();
         let mut vals = Vec::with_capacity(n);
         let mut q = Vec::with_capacity(4 * n);
@@ -125,20 +154,19 @@ pub(super) fn register(
             coords,
             fixed: Tensor::from_data(TensorData::new(vals, [n]), &base),
             q: Tensor::from_data(TensorData::new(q, [n, 4]), &base),
-            smooth,
+            level: li,
         }
     };
-    let levels = [make_level(2, true), make_level(1, false)];
+    let levels = [make_level(0), make_level(1)];
 
     let mn = moving.len();
-    let mov = [
+    let mov = strides.map(|st| {
         Tensor::<1>::from_data(
-            TensorData::new(smooth121(&moving.data, moving.dims), [mn]),
+            TensorData::new(smoothed(&moving.data, moving.dims, st), [mn]),
             &base,
-        ),
-        Tensor::<1>::from_data(TensorData::new(moving.data.clone(), [mn]), &base),
-    ];
-    let mov_of = |l: &Level| if l.smooth { &mov[0] } else { &mov[1] };
+        )
+    });
+    let mov_of = |l: &Level| &mov[l.level];
 
     // Moving world → moving voxel: v = R·y + o, applied as y·Rᵀ + o.
     let minv = moving.affine.inverse()?;

@@ -7,10 +7,8 @@
 //! per-axis weights. The corner indices carry no gradient; the weights do, so the
 //! gradient of a sampled value with respect to its position is the local image
 //! gradient (what `grid_sample`'s backward gives). Box filtering for the local NCC
-//! uses Burn's `conv3d` (Burn has no 3-D average pooling either).
+//! uses cumulative sums (Burn has no 3-D average pooling either).
 
-use burn::tensor::module::conv3d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Tensor};
 
 /// Trilinear samples of a volume at continuous voxel positions.
@@ -102,26 +100,34 @@ pub fn ncc(a: Tensor<1>, b: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
 }
 
 /// Box mean over a `win`³ window (zero padding, divided by the full window size) of
-/// `[c, 1, d, h, w]` maps, as three 1-D `conv3d` passes.
+/// `[c, 1, d, h, w]` maps: per axis a cumulative sum and the difference of two shifted
+/// views of it (Burn has no 3-D average pooling; this is cheaper than a `conv3d`).
 pub fn box_mean(x: Tensor<5>, win: usize) -> Tensor<5> {
-    let device = x.device();
     let r = win / 2;
-    let k = 1.0 / win as f32;
     let mut y = x;
-    for axis in 0..3 {
-        let mut shape = [1usize, 1, 1, 1, 1];
-        shape[2 + axis] = win;
-        let mut pad = [0usize; 3];
-        pad[axis] = r;
-        let kernel = Tensor::<5>::ones(shape, &device).mul_scalar(k);
-        y = conv3d(
-            y,
-            kernel,
-            None,
-            ConvOptions::new([1, 1, 1], pad, [1, 1, 1], 1),
+    for axis in 2..5 {
+        let dims = y.dims();
+        let n = dims[axis];
+        let mut front = dims;
+        front[axis] = r + 1;
+        let mut back = dims;
+        back[axis] = r;
+        let device = y.device();
+        let padded = Tensor::cat(
+            vec![
+                Tensor::<5>::zeros(front, &device),
+                y,
+                Tensor::<5>::zeros(back, &device),
+            ],
+            axis,
         );
+        let c = padded.cumsum(axis);
+        y = c
+            .clone()
+            .narrow(axis, 2 * r + 1, n)
+            .sub(c.narrow(axis, 0, n));
     }
-    y
+    y.div_scalar((win * win * win) as f32)
 }
 
 /// Local NCC map (`[d·h·w]`, each voxel's correlation over its `win`³ window) of two
