@@ -11,8 +11,11 @@ pub mod features;
 pub mod localize;
 pub mod net;
 pub mod prep;
+pub mod query;
+pub mod refine;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sample;
+pub mod shape;
 pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
