@@ -7,7 +7,8 @@ use super::*;
 pub(super) fn render_edit_organs() {
     APP.with_borrow(|a| {
         let sel: HtmlSelectElement = by_testid("edit-organ");
-        let organs: Vec<u16> = match shown_case(a).filter(|_| a.shown.is_some_and(|s| !s.0)) {
+        let organs: Vec<u16> = match shown_case(a).filter(|_| a.shown.is_some_and(Shown::is_query))
+        {
             Some(c) => {
                 let mut v: Vec<u16> = offered_organs(a);
                 v.extend(
@@ -37,10 +38,11 @@ pub(super) fn render_edit_organs() {
 
 pub(super) async fn on_resegment() -> Result<String> {
     let (ct, mut labels, edit, qi) = APP.with_borrow(|a| {
-        let (support, qi) = a.shown.filter(|s| !s.0).ok_or_else(|| {
-            Error::InvalidArgument("show a query to correct its segmentation".into())
-        })?;
-        let _ = support;
+        let Some(Shown::Query(qi)) = a.shown else {
+            return Err(Error::InvalidArgument(
+                "show a query to correct its segmentation".into(),
+            ));
+        };
         let case = &a.queries[qi];
         let organ = a.edit.organ.ok_or_else(|| {
             Error::InvalidArgument("choose the organ to correct in the correction panel".into())
@@ -101,7 +103,7 @@ pub(super) fn start_marking() -> Result<String> {
             Error::InvalidArgument("enter the organ's label number (1-65535) first".into())
         })?;
     APP.with_borrow_mut(|a| {
-        if a.shown.is_none_or(|s| !s.0) {
+        if a.shown.is_none_or(Shown::is_query) {
             return Err(Error::InvalidArgument(
                 "load a support CT (and show it) before marking points".into(),
             ));

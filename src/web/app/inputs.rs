@@ -87,7 +87,7 @@ pub(super) async fn on_support_images(input: HtmlInputElement) -> Result<String>
     APP.with_borrow_mut(|a| {
         a.supports = cases;
         pair_support_labels(a)?;
-        a.shown = (!a.supports.is_empty()).then_some((true, 0));
+        a.shown = (!a.supports.is_empty()).then_some(Shown::Support(0));
         a.recentre = true;
         Ok::<_, Error>(())
     })?;
@@ -160,7 +160,7 @@ pub(super) async fn on_queries(input: HtmlInputElement) -> Result<String> {
     let n = cases.len();
     APP.with_borrow_mut(|a| {
         a.queries = cases;
-        a.shown = (!a.queries.is_empty()).then_some((false, 0));
+        a.shown = (!a.queries.is_empty()).then_some(Shown::Query(0));
         a.recentre = true;
         pair_query_labels(a)
     })?;
@@ -223,7 +223,7 @@ pub(super) fn run_demo() -> Result<String> {
                 .map(|&(v, n)| (v, n.to_string()))
                 .collect(),
         );
-        a.shown = Some((true, 0));
+        a.shown = Some(Shown::Support(0));
         a.recentre = true;
     });
     Ok("demo: 3 synthetic support phantoms with organ labels and 1 query phantom (RAS file) loaded: press Run to localize and segment the query's organs".into())

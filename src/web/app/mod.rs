@@ -66,6 +66,23 @@ struct ResultView {
     metrics: Option<Vec<LabelMetrics>>,
 }
 
+/// The case shown in the viewer: a support or a query, by its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shown {
+    Support(usize),
+    Query(usize),
+}
+
+impl Shown {
+    fn is_support(self) -> bool {
+        matches!(self, Self::Support(_))
+    }
+
+    fn is_query(self) -> bool {
+        matches!(self, Self::Query(_))
+    }
+}
+
 /// A correction being drawn on the axial pane of the shown query.
 #[derive(Default)]
 struct EditState {
@@ -84,8 +101,8 @@ struct App {
     support_labels: Vec<(String, LabelVolume)>,
     queries: Vec<Case>,
     table: LabelTable,
-    /// Index into `supports` then `queries` of the case shown.
-    shown: Option<(bool, usize)>,
+    /// The case shown in the viewer.
+    shown: Option<Shown>,
     cursor: [usize; 3],
     preset: usize,
     opacity: f32,

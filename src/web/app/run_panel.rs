@@ -183,7 +183,7 @@ pub(super) async fn on_run() -> Result<String> {
                         metrics: out.metrics,
                     });
                 }
-                a.shown = Some((false, qi));
+                a.shown = Some(Shown::Query(qi));
             });
             redraw();
         },

@@ -3,34 +3,35 @@
 
 use super::*;
 
+/// The case shown in the viewer, if any.
 pub(super) fn shown_case(a: &App) -> Option<&Case> {
-    let (support, n) = a.shown?;
-    if support {
-        a.supports.get(n)
-    } else {
-        a.queries.get(n)
+    match a.shown? {
+        Shown::Support(n) => a.supports.get(n),
+        Shown::Query(n) => a.queries.get(n),
     }
 }
 
 /// The value of a case in the viewer's choice: `s0`, `s1`, … for supports, `q0`, … for queries.
-pub(super) fn case_key((support, n): (bool, usize)) -> String {
-    format!("{}{n}", if support { 's' } else { 'q' })
+pub(super) fn case_key(shown: Shown) -> String {
+    match shown {
+        Shown::Support(n) => format!("s{n}"),
+        Shown::Query(n) => format!("q{n}"),
+    }
 }
 
 /// The case a choice value names, if it is loaded.
-pub(super) fn case_of_key(a: &App, key: &str) -> Option<(bool, usize)> {
+pub(super) fn case_of_key(a: &App, key: &str) -> Option<Shown> {
     let (support, n) = match key.split_at_checked(1)? {
         ("s", n) => (true, n),
         ("q", n) => (false, n),
         _ => return None,
     };
     let n: usize = n.parse().ok()?;
-    let len = if support {
-        a.supports.len()
+    if support {
+        (n < a.supports.len()).then_some(Shown::Support(n))
     } else {
-        a.queries.len()
-    };
-    (n < len).then_some((support, n))
+        (n < a.queries.len()).then_some(Shown::Query(n))
+    }
 }
 
 /// The viewer's "Show" choice: one option per loaded case (supports, then queries), with the
@@ -42,7 +43,11 @@ pub(super) fn sync_case_select(a: &mut App) {
         for (n, c) in cases.iter().enumerate() {
             options += &format!(
                 "<option value=\"{}\">{}: {}</option>",
-                case_key((support, n)),
+                case_key(if support {
+                    Shown::Support(n)
+                } else {
+                    Shown::Query(n)
+                }),
                 if support { "support" } else { "query" },
                 html_escape(&c.name)
             );
@@ -82,7 +87,7 @@ pub fn redraw() {
             let css_h = css_w * (h as f64 * sy) / (w as f64 * sx);
             let _ = canvas.style().set_property("height", &format!("{css_h:.0}px"));
             let mut px = render_pane(&case.canon, case.labels.as_ref(), pane, cursor, &style);
-            let in_progress = a.marking.iter().filter(|_| a.shown.is_some_and(|s| s.0)).flat_map(|(_, p)| p.iter().map(|&v| (v, [255, 255, 255])));
+            let in_progress = a.marking.iter().filter(|_| a.shown.is_some_and(Shown::is_support)).flat_map(|(_, p)| p.iter().map(|&v| (v, [255, 255, 255])));
             let marked = case.points.iter().flat_map(|(l, pts)| pts.iter().map(move |&v| (v, crate::output::label_colour(*l))));
             for (v, colour) in marked.chain(in_progress) {
                 if let Some(xy) = voxel_on_pane(dims, pane, cursor, v) {
@@ -96,7 +101,7 @@ pub fn redraw() {
                     }
                 }
             }
-            if pane == Pane::Axial && a.edit.organ.is_some() && a.shown.is_some_and(|s| !s.0) {
+            if pane == Pane::Axial && a.edit.organ.is_some() && a.shown.is_some_and(Shown::is_query) {
                 if let Some(b) = a.edit.bbox {
                     draw_rect(&mut px, w, h, b, [255, 255, 255]);
                 }
@@ -216,7 +221,7 @@ pub(super) fn on_pane_click(
         if pane == Pane::Axial
             && a.edit.organ.is_some()
             && a.edit.point_tool
-            && a.shown.is_some_and(|s| !s.0)
+            && a.shown.is_some_and(Shown::is_query)
         {
             a.edit.points.push(([v[0], v[1]], !shift));
             return Ok(Some(format!(
@@ -229,7 +234,7 @@ pub(super) fn on_pane_click(
         let Some((label, pts)) = a.marking.as_mut() else {
             return Ok(None);
         };
-        if a.shown.is_none_or(|s| !s.0) {
+        if a.shown.is_none_or(Shown::is_query) {
             return Err(Error::InvalidArgument(
                 "show a support CT to mark points on it".into(),
             ));
@@ -244,7 +249,9 @@ pub(super) fn on_pane_click(
         }
         let (label, pts) = (*label, std::mem::take(pts));
         a.marking = None;
-        let (_, n) = a.shown.expect("a support is shown");
+        let Some(Shown::Support(n)) = a.shown else {
+            unreachable!("a support is shown")
+        };
         let case = &mut a.supports[n];
         case.points.retain(|(l, _)| *l != label);
         case.points
