@@ -9,6 +9,8 @@ pub mod atlas;
 pub mod boxes;
 pub mod features;
 pub mod localize;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod loss;
 pub mod net;
 pub mod prep;
 pub mod query;
@@ -19,6 +21,8 @@ pub mod shape;
 pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train_data;
 
 pub use atlas::{Atlas, SupportCase, SupportOrgans};
 pub use localize::{LocalizeOptions, MedLamLocalizer};
