@@ -138,10 +138,7 @@ pub fn demo(out: &Path, seed: u64, backend: BackendChoice) -> Result<()> {
     let reports =
         segment_with_supports(&run, &mut print_slice_progress, &mut |l| eprintln!("{l}"))?;
     for r in &reports {
-        let ok = r
-            .result
-            .as_ref()
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", r.case)))?;
+        let ok = r.ok()?;
         println!(
             "{}: {} slices encoded, {} boxes decoded in {:.1} s",
             r.case, ok.slices, ok.boxes, ok.seconds

@@ -272,10 +272,7 @@ fn segment_true_boxes_command(a: &SegmentArgs, label: &Path) -> Result<()> {
     let names = LabelTable::find_beside(&run.label).unwrap_or_default();
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
     for r in &reports {
-        let ok = r
-            .result
-            .as_ref()
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", r.case)))?;
+        let ok = r.ok()?;
         println!(
             "{}: {} slices encoded, {} boxes decoded in {:.1} s (encoder {:.1} s, decoder {:.1} s)",
             r.case,

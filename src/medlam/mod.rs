@@ -9,13 +9,20 @@ pub mod atlas;
 pub mod boxes;
 pub mod features;
 pub mod localize;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod loss;
 pub mod net;
 pub mod prep;
+pub mod query;
+pub mod refine;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sample;
+pub mod shape;
 pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train_data;
 
 pub use atlas::{Atlas, SupportCase, SupportOrgans};
 pub use localize::{LocalizeOptions, MedLamLocalizer};

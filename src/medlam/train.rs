@@ -26,24 +26,22 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::net::{MedLam, MedLamConfig, UAM_RATIO_MM};
-use super::prep::Prepared;
-use super::sample::{Sample, SamplingOptions, draw_sample};
+use super::net::{MedLam, MedLamConfig};
+use super::sample::SamplingOptions;
 use crate::device::BackendChoice;
-use crate::rng::Rng;
-use crate::volume::labels::bounding_box_where;
-use crate::volume::read_nifti_path;
-use crate::volume::resample::ResampleGrid;
 use crate::{Error, Result};
 
-/// UAM loss unit: errors are measured in cm.
-const UAM_UNIT_MM: f32 = 10.0;
-/// MSS softmax temperature on cosine similarities (the reference's 15).
-pub const MSS_TEMPERATURE: f32 = 15.0;
+#[allow(unused_imports)]
+use super::loss::*;
+pub use super::loss::{BatchLoss, MSS_TEMPERATURE, batch_loss, mss_loss, uam_loss};
+#[allow(unused_imports)]
+use super::train_data::*;
+pub use super::train_data::{
+    TrainVolume, draw_batch, expand_images, export_prepared, load_volumes,
+};
 
 /// The network trained by default: 48³ patches, widths 8–128, three decoder
 /// levels (feature scales 1/8, 1/4, 1/2). Chosen for 2-core CPU training;
@@ -83,12 +81,6 @@ pub struct TrainOptions {
     /// optimiser starts fresh. Ignored when resuming from a checkpoint.
     #[serde(default)]
     pub init: Option<PathBuf>,
-}
-
-/// A CT ready for sampling.
-pub struct TrainVolume {
-    pub name: String,
-    pub vol: Prepared,
 }
 
 /// Loss values of one step (or averaged over several).
@@ -219,274 +211,6 @@ struct CheckpointState {
     history: Vec<(usize, LossParts)>,
 }
 
-/// Expand image specifications: a `.nii`/`.nii.gz` (or prepared `.medlam`) path, a glob
-/// (`*`, `?` in the file name), a directory (its `*.nii.gz`/`*.nii`/`*.medlam`), or a
-/// text file listing paths.
-pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let path = Path::new(spec);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if name.contains('*') || name.contains('?') {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut hits: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| glob_match(&name, &n.to_string_lossy()))
-                })
-                .collect();
-            if hits.is_empty() {
-                return Err(Error::InvalidArgument(format!("no file matches {spec}")));
-            }
-            hits.sort();
-            out.extend(hits);
-        } else if path.is_dir() {
-            let mut hits: Vec<PathBuf> = std::fs::read_dir(path)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_training_image(&p.to_string_lossy()))
-                .collect();
-            hits.sort();
-            out.extend(hits);
-        } else if name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".medlam") {
-            out.push(path.to_path_buf());
-        } else if path.is_file() {
-            let text = std::fs::read_to_string(path)?;
-            let base = path.parent().unwrap_or(Path::new("."));
-            for line in text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            {
-                let p = Path::new(line);
-                out.push(if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    base.join(p)
-                });
-            }
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "{spec}: not a NIfTI file, a glob, a directory or a list file"
-            )));
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::InvalidArgument("no training images given".into()));
-    }
-    Ok(out)
-}
-
-/// A file name `--images` takes as an image: NIfTI or a prepared `.medlam` volume.
-fn is_training_image(name: &str) -> bool {
-    name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".medlam")
-}
-
-/// Shell-style match of `*` and `?` against a whole file name.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Body crop margin in grid voxels.
-const BODY_MARGIN: usize = 4;
-
-/// Read, reorient, resample, map, body-crop and quantise one CT for training.
-fn prepare_for_training(path: &Path) -> Result<Prepared> {
-    let ct = read_nifti_path(path)?.into_ct()?;
-    let (canon, _) = ct.to_canonical();
-    let p = Prepared::from_canonical(&canon)?;
-    // HU > −500 ⇔ intensity > 0.125.
-    let bb = bounding_box_where(
-        &crate::volume::Volume {
-            dims: p.dims,
-            data: p.data.clone(),
-            affine: crate::volume::Affine::identity(),
-        },
-        |v| v > 0.125,
-    )
-    .ok_or_else(|| {
-        Error::InvalidVolume(format!("{}: no body (HU > −500) found", path.display()))
-    })?;
-    let lo = bb.min.map(|x| x.saturating_sub(BODY_MARGIN));
-    let hi = [0, 1, 2].map(|a| (bb.max[a] + BODY_MARGIN).min(p.dims[a] - 1));
-    let dims = [0, 1, 2].map(|a| hi[a] - lo[a] + 1);
-    let mut data = Vec::with_capacity(dims.iter().product());
-    for k in lo[2]..=hi[2] {
-        for j in lo[1]..=hi[1] {
-            for i in lo[0]..=hi[0] {
-                data.push(quantise(p.data[i + p.dims[0] * (j + p.dims[1] * k)]));
-            }
-        }
-    }
-    from_quantised(dims, &data)
-}
-
-fn quantise(v: f32) -> u8 {
-    (v.clamp(0.0, 1.0) * 255.0).round() as u8
-}
-
-fn from_quantised(dims: [usize; 3], data: &[u8]) -> Result<Prepared> {
-    // Training needs relative positions only: the grid is its own reference.
-    let grid = ResampleGrid::new(dims, [3.0; 3], [3.0; 3])?;
-    Prepared::from_parts(dims, data.iter().map(|&q| q as f32 / 255.0).collect(), grid)
-}
-
-/// Cache file of one image: keyed by its absolute path, size and modification time.
-fn cache_path(dir: &Path, image: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(image)?;
-    let abs = std::fs::canonicalize(image)?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let key = format!("{}|{}|{}|v1", abs.display(), meta.len(), mtime);
-    // FNV-1a 64.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    Ok(dir.join(format!("{h:016x}.medlam")))
-}
-
-fn read_cache(path: &Path) -> Option<Prepared> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.len() < 16 || &bytes[..4] != b"MLC1" {
-        return None;
-    }
-    let dim = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
-    let dims = [dim(4), dim(8), dim(12)];
-    let n: usize = dims.iter().product();
-    (bytes.len() == 16 + n).then(|| from_quantised(dims, &bytes[16..]).ok())?
-}
-
-fn write_cache(path: &Path, vol: &Prepared) -> Result<()> {
-    let mut bytes = b"MLC1".to_vec();
-    for d in vol.dims {
-        bytes.extend_from_slice(&(d as u32).to_le_bytes());
-    }
-    bytes.extend(vol.data.iter().map(|&v| quantise(v)));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)?;
-    Ok(())
-}
-
-/// A prepared training volume (`.medlam`, written by [`export_prepared`] or the cache).
-fn is_prepared(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "medlam")
-}
-
-/// A `.medlam` file read back, or a CT prepared now.
-fn prepared_volume(path: &Path) -> Result<Prepared> {
-    if is_prepared(path) {
-        read_cache(path).ok_or_else(|| {
-            Error::InvalidVolume(
-                "not a prepared training volume (MLC1 header and 8-bit voxels)".into(),
-            )
-        })
-    } else {
-        prepare_for_training(path)
-    }
-}
-
-/// Prepare each CT for training (3 mm, HU mapped, body-cropped, 8-bit) and write it as
-/// `dir/<case>.medlam`, so that preparation runs once and training elsewhere (another
-/// machine, a GPU) reads only these small files. Returns the written paths; CTs that
-/// cannot be prepared are named in the second result.
-pub fn export_prepared(images: &[PathBuf], dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
-    std::fs::create_dir_all(dir)?;
-    let mut written = Vec::new();
-    let mut skipped = Vec::new();
-    for path in images {
-        match prepared_volume(path) {
-            Ok(v) => {
-                let out = dir.join(format!("{}.medlam", crate::volume::case_name(path)));
-                write_cache(&out, &v)?;
-                written.push(out);
-            }
-            Err(e) => skipped.push(format!("{}: {e}", path.display())),
-        }
-    }
-    Ok((written, skipped))
-}
-
-/// Load and prepare the training CTs (from the cache when possible). Files that cannot
-/// be read are skipped and named in the second result; none readable is an error.
-pub fn load_volumes(
-    images: &[PathBuf],
-    cache_dir: Option<&Path>,
-) -> Result<(Vec<TrainVolume>, Vec<String>)> {
-    if let Some(d) = cache_dir {
-        std::fs::create_dir_all(d)?;
-    }
-    use rayon::prelude::*;
-    // One CT per thread; the order of the result is the order of `images`.
-    let loaded: Vec<Result<std::result::Result<TrainVolume, String>>> = images
-        .par_iter()
-        .map(|path| {
-            let name = crate::volume::case_name(path);
-            // Prepared files are read as they are; CTs go through the cache.
-            let cached = cache_dir
-                .filter(|_| !is_prepared(path))
-                .and_then(|d| cache_path(d, path).ok());
-            if let Some(vol) = cached.as_deref().and_then(read_cache) {
-                return Ok(Ok(TrainVolume { name, vol }));
-            }
-            match prepared_volume(path) {
-                Ok(vol) => {
-                    if let Some(c) = &cached {
-                        write_cache(c, &vol)?;
-                    }
-                    Ok(Ok(TrainVolume { name, vol }))
-                }
-                Err(e) => Ok(Err(format!("{}: {e}", path.display()))),
-            }
-        })
-        .collect();
-    let mut vols = Vec::new();
-    let mut skipped = Vec::new();
-    for r in loaded {
-        match r? {
-            Ok(v) => vols.push(v),
-            Err(s) => skipped.push(s),
-        }
-    }
-    if vols.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "none of the {} training images could be used (first problem: {})",
-            images.len(),
-            skipped.first().map_or("-", |s| s.as_str())
-        )));
-    }
-    Ok((vols, skipped))
-}
-
 /// Learning rate at a step: linear warm-up over the first 50 steps (from 10 %), then
 /// cosine decay to 5 % of the peak at the last step.
 pub fn learning_rate(peak: f64, step: usize, total: usize) -> f64 {
@@ -496,223 +220,6 @@ pub fn learning_rate(peak: f64, step: usize, total: usize) -> f64 {
     }
     let t = (step - warm) as f64 / (total.saturating_sub(warm)).max(1) as f64;
     peak * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
-}
-
-/// Draw the samples of one step (deterministic for `(seed, step)`).
-pub fn draw_batch(
-    vols: &[TrainVolume],
-    seed: u64,
-    step: u64,
-    batch: usize,
-    config: &MedLamConfig,
-    o: &SamplingOptions,
-) -> Vec<Sample> {
-    use rayon::prelude::*;
-    // One generator per sample, seeded from the step's stream: the batch is the same
-    // whatever the number of threads that draw it.
-    let mut rng = Rng::stream(seed, step);
-    let seeds: Vec<u64> = (0..batch).map(|_| rng.next_u64()).collect();
-    seeds
-        .into_par_iter()
-        .map(|s| {
-            let mut rng = Rng::new(s);
-            let v = &vols[rng.below(vols.len())].vol;
-            draw_sample(v, &mut rng, config.patch, config.feature_strides(), o)
-        })
-        .collect()
-}
-
-/// Patches as a network input `[N, 1, P, P, P]`.
-fn patches_input<'a>(
-    patches: impl Iterator<Item = &'a Vec<f32>>,
-    patch: usize,
-    device: &Device,
-) -> Tensor<5> {
-    let mut data = Vec::new();
-    let mut n = 0;
-    for p in patches {
-        data.extend_from_slice(p);
-        n += 1;
-    }
-    Tensor::from_data(TensorData::new(data, [n, 1, patch, patch, patch]), device)
-}
-
-/// Loss tensors of one batch, and the MSS top-1 accuracy at the finest scale when asked.
-pub struct BatchLoss {
-    pub total: Tensor<1>,
-    pub uam: Tensor<1>,
-    pub mss: Tensor<1>,
-    pub top1: Option<f64>,
-}
-
-/// UAM + MSS loss of a batch of samples.
-pub fn batch_loss(
-    net: &MedLam,
-    samples: &[Sample],
-    config: &MedLamConfig,
-    device: &Device,
-    with_top1: bool,
-) -> BatchLoss {
-    let main = samples
-        .iter()
-        .map(|s| &s.a)
-        .chain(samples.iter().map(|s| &s.a_aug));
-    let out = net.forward(patches_input(main, config.patch, device));
-    let extra = net.position(patches_input(
-        samples.iter().flat_map(|s| s.b.iter()),
-        config.patch,
-        device,
-    ));
-    let uam = uam_loss(Tensor::cat(vec![out.position, extra], 0), samples, device);
-    let (mss, top1) = mss_loss(out.features, samples, device, with_top1);
-    BatchLoss {
-        total: uam.clone() + mss.clone(),
-        uam,
-        mss,
-        top1,
-    }
-}
-
-/// UAM loss (cm²) from the latent positions `[2B + nB, 3]` of `A…, A'…, B₁₁…` (the
-/// `B` of sample 0 first): `r·tanh(p − p')` for every pair `(A, Bₖ)`, `(A', Bₖ)`,
-/// `(Bₖ, Bₗ)` of a sample against the true centre offset.
-pub fn uam_loss(position: Tensor<2>, samples: &[Sample], device: &Device) -> Tensor<1> {
-    let b = samples.len();
-    let r =
-        Tensor::<1>::from_data(TensorData::new(UAM_RATIO_MM.to_vec(), [3]), device).reshape([1, 3]);
-    let (mut first, mut second, mut target) = (Vec::new(), Vec::new(), Vec::new());
-    let mut extra_row = 2 * b;
-    for (si, s) in samples.iter().enumerate() {
-        let n = s.centres.len() - 2;
-        // Rows and centres of this sample's patches: A, A', B₁…Bₙ.
-        let rows: Vec<usize> = [si, b + si]
-            .into_iter()
-            .chain(extra_row..extra_row + n)
-            .collect();
-        extra_row += n;
-        for i in 0..rows.len() {
-            for j in (i + 1).max(2)..rows.len() {
-                first.push(rows[i] as i64);
-                second.push(rows[j] as i64);
-                for a in 0..3 {
-                    target.push(
-                        ((s.centres[i][a] - s.centres[j][a]) * super::prep::SPACING_MM) as f32,
-                    );
-                }
-            }
-        }
-    }
-    let pairs = first.len();
-    let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [pairs]), device);
-    let p1 = position.clone().select(0, index(first));
-    let p2 = position.select(0, index(second));
-    let target = Tensor::<2>::from_data(TensorData::new(target, [pairs, 3]), device);
-    let err = (p1 - p2).tanh() * r - target;
-    err.powi_scalar(2)
-        .mean()
-        .div_scalar(UAM_UNIT_MM * UAM_UNIT_MM)
-}
-
-/// MSS loss averaged over the three scales (and, when asked, the top-1 accuracy of the
-/// finest scale) from the feature maps of `A…, A'…, B…`.
-pub fn mss_loss(
-    features: [Tensor<5>; 3],
-    samples: &[Sample],
-    device: &Device,
-    with_top1: bool,
-) -> (Tensor<1>, Option<f64>) {
-    let mut terms = Vec::new();
-    let mut top1 = None;
-    for (s, feat) in features.into_iter().enumerate() {
-        let (loss, acc) = mss_scale_loss(feat, samples, s, device, with_top1 && s == 2);
-        terms.push(loss);
-        top1 = top1.or(acc);
-    }
-    let n = terms.len() as f32;
-    let sum = terms
-        .into_iter()
-        .reduce(|a, b| a + b)
-        .expect("three scales");
-    (sum.div_scalar(n), top1)
-}
-
-/// Cross-entropy of one scale: each query point's softmax over the cosine similarities
-/// (×[`MSS_TEMPERATURE`]) with all feature voxels of the other patch, against the
-/// uniform distribution over its true correspondences; mean over visible points.
-fn mss_scale_loss(
-    feat: Tensor<5>,
-    samples: &[Sample],
-    scale: usize,
-    device: &Device,
-    with_top1: bool,
-) -> (Tensor<1>, Option<f64>) {
-    let b = samples.len();
-    let [n3, c, m, _, _] = feat.dims();
-    let mm = m * m * m;
-    let norm = feat
-        .clone()
-        .powi_scalar(2)
-        .sum_dim(1)
-        .sqrt()
-        .clamp_min(1e-6);
-    let flat: Tensor<3> = (feat / norm).reshape([n3, c, mm]).swap_dims(1, 2); // [3B, M, C]
-    let rows: Tensor<2> = flat.clone().reshape([n3 * mm, c]);
-    let k = samples[0].mss[scale][0].query.len();
-    let mut idx = Vec::with_capacity(2 * b * k);
-    let mut weights = vec![0f32; 2 * b * k * mm];
-    let mut valid = 0usize;
-    for dir in 0..2 {
-        for (bi, smp) in samples.iter().enumerate() {
-            // Direction 0 queries A (rows 0..B), direction 1 queries A' (rows B..2B).
-            let source = if dir == 0 { bi } else { b + bi };
-            let d = &smp.mss[scale][dir];
-            for (pi, (&q, pos)) in d.query.iter().zip(&d.positives).enumerate() {
-                idx.push((source * mm + q) as i64);
-                if !pos.is_empty() {
-                    valid += 1;
-                    let row = ((dir * b + bi) * k + pi) * mm;
-                    let w = 1.0 / pos.len() as f32;
-                    for &t in pos {
-                        weights[row + t] = w;
-                    }
-                }
-            }
-        }
-    }
-    let index = Tensor::<1, Int>::from_data(TensorData::new(idx, [2 * b * k]), device);
-    let queries: Tensor<3> = rows.select(0, index).reshape([2 * b, k, c]);
-    // Direction 0 matches against A' (rows B..2B), direction 1 against A (rows 0..B).
-    let keys = Tensor::cat(vec![flat.clone().narrow(0, b, b), flat.narrow(0, 0, b)], 0);
-    let logits = queries
-        .matmul(keys.swap_dims(1, 2))
-        .mul_scalar(MSS_TEMPERATURE);
-    let top1 = with_top1.then(|| {
-        let best: Vec<i64> = logits
-            .clone()
-            .argmax(2)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec()
-            .unwrap_or_default();
-        let hits = best
-            .iter()
-            .enumerate()
-            .filter(|(row, t)| weights[row * mm + **t as usize] > 0.0)
-            .count();
-        hits as f64 / valid.max(1) as f64
-    });
-    let w = Tensor::<3>::from_data(TensorData::new(weights, [2 * b, k, mm]), device);
-    let logp = log_softmax(logits, 2);
-    let loss = (w * logp).sum().neg().div_scalar(valid.max(1) as f32);
-    (loss, top1)
-}
-
-fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map_or(f64::NAN, |v| v[0])
 }
 
 /// Checkpoint file names inside the checkpoint directory.
@@ -953,7 +460,11 @@ fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::medlam::prep::Prepared;
     use crate::medlam::sample::MssDirection;
+    use crate::medlam::sample::Sample;
+    use crate::volume::resample::ResampleGrid;
+    use burn::tensor::{Device, Tensor, TensorData};
 
     #[test]
     fn glob_and_schedule() {

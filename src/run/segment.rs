@@ -33,6 +33,15 @@ pub struct QueryReport {
     pub result: Result<QueryOk>,
 }
 
+impl QueryReport {
+    /// The query's result, or its error as `case: error`.
+    pub fn ok(&self) -> Result<&QueryOk> {
+        self.result
+            .as_ref()
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.case)))
+    }
+}
+
 /// What a successful query produced.
 pub struct QueryOk {
     pub metrics: Vec<LabelMetrics>,

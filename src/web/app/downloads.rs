@@ -1,0 +1,116 @@
+//! Downloads of a run's results: the label map (NIfTI), boxes JSON and metrics CSV.
+
+use super::*;
+
+/// Offer the shown query's results: label map (file grid), boxes, label table, metrics.
+pub(super) fn offer_result_downloads() -> Result<()> {
+    let files = APP.with_borrow(|a| {
+        let case = shown_case(a).ok_or_else(|| Error::InvalidArgument("no case shown".into()))?;
+        let labels = case
+            .labels
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("the shown case has no label map".into()))?;
+        let seg = write_labels_nifti_bytes(&labels.from_canonical(&case.reorientation)?)?;
+        let boxes = case.result.as_ref().map(|r| {
+            let j = boxes_json(&case.name, &r.organs, &case.reorientation, &a.table);
+            serde_json::to_string_pretty(&j).expect("serialisable")
+        });
+        let metrics = case
+            .result
+            .as_ref()
+            .and_then(|r| r.metrics.as_ref())
+            .map(|m| {
+                let mut rows = vec![METRICS_CSV_HEADER.to_string()];
+                rows.extend(
+                    m.iter()
+                        .map(|r| metrics_csv_row(&case.name, &a.table.name(r.label), r)),
+                );
+                rows.join("\n") + "\n"
+            });
+        Ok::<_, Error>((case.name.clone(), seg, boxes, metrics, a.table.to_json()))
+    })?;
+    let (name, seg, boxes, metrics, table) = files;
+    offer_download(
+        "download-seg",
+        &seg,
+        &format!("{name}.seg.nii.gz"),
+        "application/gzip",
+    )?;
+    offer_download(
+        "download-labels",
+        table.as_bytes(),
+        "labels.json",
+        "application/json",
+    )?;
+    if let Some(b) = boxes {
+        offer_download(
+            "download-boxes",
+            b.as_bytes(),
+            &format!("{name}.boxes.json"),
+            "application/json",
+        )?;
+    }
+    if let Some(m) = metrics {
+        offer_download("download-metrics", m.as_bytes(), "metrics.csv", "text/csv")?;
+    }
+    Ok(())
+}
+
+/// Hide the download links (their content belongs to what was shown before).
+pub(super) fn hide_downloads() {
+    for id in [
+        "download-seg",
+        "download-labels",
+        "download-boxes",
+        "download-metrics",
+    ] {
+        let a: HtmlElement = by_testid(id);
+        let _ = a.set_attribute("hidden", "");
+    }
+}
+
+/// Offer bytes as a download on the anchor with this test id.
+pub(super) fn offer_download(id: &str, bytes: &[u8], file_name: &str, mime: &str) -> Result<()> {
+    let arr = js_sys::Uint8Array::from(bytes);
+    let parts = js_sys::Array::of1(&arr);
+    let opts = web_sys::BlobPropertyBag::new();
+    opts.set_type(mime);
+    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)
+        .map_err(|_| Error::InvalidArgument("cannot create a download".into()))?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob)
+        .map_err(|_| Error::InvalidArgument("cannot create a download".into()))?;
+    let a: HtmlAnchorElement = by_testid(id);
+    // Free the previous file's bytes.
+    let old = a.href();
+    if old.starts_with("blob:") {
+        let _ = web_sys::Url::revoke_object_url(&old);
+    }
+    a.set_href(&url);
+    a.set_download(file_name);
+    let _ = a.remove_attribute("hidden");
+    Ok(())
+}
+
+/// Offer the shown case's label map (file grid and affine) for download.
+pub(super) fn offer_label_download() -> Result<()> {
+    let (bytes, name) = APP.with_borrow(|a| {
+        let case = shown_case(a).ok_or_else(|| Error::InvalidArgument("no case shown".into()))?;
+        let labels = case
+            .labels
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("the shown case has no label map".into()))?;
+        let file = labels.from_canonical(&case.reorientation)?;
+        Ok::<_, Error>((
+            write_labels_nifti_bytes(&file)?,
+            format!("{}.seg.nii.gz", case.name),
+        ))
+    })?;
+    offer_download("download-seg", &bytes, &name, "application/gzip")?;
+    let table = APP.with_borrow(|a| a.table.to_json());
+    offer_download(
+        "download-labels",
+        table.as_bytes(),
+        "labels.json",
+        "application/json",
+    )
+}

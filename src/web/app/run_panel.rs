@@ -1,0 +1,235 @@
+//! The run panel: organ choice, box mode, progress and Cancel, the Run itself and
+//! its metrics table.
+
+use super::*;
+
+/// Organs the supports offer (label maps and clicked points), in label order.
+pub(super) fn offered_organs(a: &App) -> Vec<u16> {
+    let mut v: Vec<u16> = a
+        .supports
+        .iter()
+        .flat_map(|c| {
+            let from_labels = c.labels.as_ref().map(classes).unwrap_or_default();
+            from_labels
+                .into_iter()
+                .map(|(l, _)| l)
+                .chain(c.points.iter().map(|(l, _)| *l))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Refresh the organ choice (a checkbox per organ the supports offer).
+pub(super) fn render_organ_choice() {
+    APP.with_borrow(|a| {
+        let el: HtmlElement = by_testid("organ-select");
+        let organs = offered_organs(a);
+        if organs.is_empty() {
+            el.set_inner_html(
+                "Organs: load supports with label maps, or mark an organ by 6 points",
+            );
+            return;
+        }
+        let boxes: String = organs
+            .iter()
+            .map(|&l| {
+                format!(
+                    "<label><input type=checkbox data-organ='{l}' {}> {l} {}</label>",
+                    if a.unselected.contains(&l) {
+                        ""
+                    } else {
+                        "checked"
+                    },
+                    html_escape(&a.table.name(l))
+                )
+            })
+            .collect();
+        el.set_inner_html(&format!("Organs: {boxes}"));
+    });
+}
+
+pub(super) fn set_progress(fraction: f64, text: &str) {
+    let p: HtmlElement = by_testid("progress");
+    let _ = p.set_attribute("value", &format!("{:.4}", fraction.clamp(0.0, 1.0)));
+    let t: HtmlElement = by_testid("progress-text");
+    t.set_text_content(Some(text));
+}
+
+pub(super) fn fmt_eta(s: f64) -> String {
+    if s < 60.0 {
+        format!("about {:.0} s left", s.max(1.0))
+    } else {
+        format!("about {} min {:02.0} s left", (s / 60.0) as u64, s % 60.0)
+    }
+}
+
+pub(super) fn set_running(running: bool) {
+    APP.with_borrow_mut(|a| a.running = running);
+    let run: HtmlButtonElement = by_testid("run-button");
+    run.set_disabled(running);
+    let cancel: HtmlButtonElement = by_testid("cancel-button");
+    cancel.set_disabled(!running);
+}
+
+/// The run's inputs, copied out of the app state (the state stays usable meanwhile).
+pub(super) type RunInputs = (
+    Vec<SupportInput>,
+    Vec<(CtVolume, Option<LabelVolume>)>,
+    RunSettings,
+);
+
+pub(super) fn run_inputs() -> Result<RunInputs> {
+    let mode: HtmlSelectElement = by_testid("mode-select");
+    let slab: HtmlInputElement = by_testid("slab-mm");
+    let mode = match mode.value().as_str() {
+        "wpl" => BoxMode::Wpl,
+        _ => {
+            let mm: f64 = slab.value().trim().parse().unwrap_or(f64::NAN);
+            if !(mm.is_finite() && mm > 0.0) {
+                return Err(Error::InvalidArgument(
+                    "the slab thickness must be a positive number of mm".into(),
+                ));
+            }
+            BoxMode::Spl { slab_mm: mm }
+        }
+    };
+    APP.with_borrow(|a| {
+        if a.supports.is_empty() {
+            return Err(Error::InvalidArgument(
+                "load support CTs (with label maps, or mark an organ by 6 points) first".into(),
+            ));
+        }
+        if a.queries.is_empty() {
+            return Err(Error::InvalidArgument("load query CTs first".into()));
+        }
+        let organs: Vec<u16> = offered_organs(a)
+            .into_iter()
+            .filter(|l| !a.unselected.contains(l))
+            .collect();
+        let supports = a
+            .supports
+            .iter()
+            .map(|c| SupportInput {
+                name: c.name.clone(),
+                ct: c.canon.clone(),
+                labels: c.labels.clone(),
+                points: c.points.clone(),
+            })
+            .collect();
+        let queries = a
+            .queries
+            .iter()
+            .map(|c| (c.canon.clone(), c.truth.clone()))
+            .collect();
+        Ok((supports, queries, RunSettings { organs, mode }))
+    })
+}
+
+/// The backend the page's address asks for (`?backend=cpu`).
+pub(super) fn backend_choice() -> BackendChoice {
+    BackendChoice::from_url(&doc().url().unwrap_or_default())
+}
+
+/// The models, built on first use (weights downloaded with a progress bar).
+pub(super) async fn take_models() -> Result<Models> {
+    if let Some(m) = MODELS.with_borrow_mut(|m| m.take()) {
+        return Ok(m);
+    }
+    let m = run::load_models(backend_choice(), &mut |what, f| {
+        set_progress(f, &format!("{what}: {:.0} %", 100.0 * f));
+    })
+    .await?;
+    let gpu_el: HtmlElement = by_testid("gpu-status");
+    gpu_el.set_text_content(Some(&format!("models run on: {}", m.backend)));
+    Ok(m)
+}
+
+pub(super) async fn on_run() -> Result<String> {
+    let (supports, queries, settings) = run_inputs()?;
+    CANCEL.store(false, Ordering::Relaxed);
+    // Return to the browser first: the click ends and "running…" shows before any work.
+    crate::web::yield_to_browser().await;
+    let mut models = take_models().await?;
+    let names = APP.with_borrow(|a| a.table.clone());
+    let n = queries.len();
+    let start = web_time::Instant::now();
+    let result = run::run(
+        &mut models,
+        supports,
+        &queries,
+        &settings,
+        &CANCEL,
+        &mut |p: RunProgress| {
+            let eta = p.eta_s.map(fmt_eta).unwrap_or_default();
+            set_progress(
+                p.fraction,
+                &format!("{} — {:.0} % {eta}", p.stage, 100.0 * p.fraction),
+            );
+        },
+        &mut |qi, out: QueryOutcome| {
+            APP.with_borrow_mut(|a| {
+                if let Some(c) = a.queries.get_mut(qi) {
+                    // Show the result where it is (not the middle of the volume).
+                    if let Some(v) = result_view(&out.result.labels) {
+                        a.cursor = v;
+                        a.recentre = false;
+                    }
+                    c.labels = Some(out.result.labels);
+                    c.result = Some(ResultView {
+                        organs: out.result.organs,
+                        metrics: out.metrics,
+                    });
+                }
+                a.shown = Some(Shown::Query(qi));
+            });
+            redraw();
+        },
+    )
+    .await;
+    MODELS.with_borrow_mut(|m| *m = Some(models));
+    let times = result?;
+    set_progress(1.0, "done");
+    offer_result_downloads()?;
+    render_metrics(&names);
+    Ok(format!(
+        "done: {n} query CT(s) segmented in {:.0} s ({}); memory {:.0} MiB",
+        start.elapsed().as_secs_f64(),
+        times.summary(),
+        crate::web::wasm_memory_mib()
+    ))
+}
+
+/// Metrics of the shown query as an HTML table (when its label map was given).
+pub(super) fn render_metrics(names: &LabelTable) {
+    let html = APP.with_borrow(|a| {
+        let Some(m) = shown_case(a)
+            .and_then(|c| c.result.as_ref())
+            .and_then(|r| r.metrics.as_ref())
+        else {
+            return String::new();
+        };
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
+        let rows: String = m
+            .iter()
+            .map(|r| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    r.label,
+                    html_escape(&names.name(r.label)),
+                    f(r.dsc),
+                    f(r.hd95_mm),
+                    f(r.box_iou),
+                    f(r.wd_mm)
+                )
+            })
+            .collect();
+        format!(
+            "<table><tr><th>label</th><th>organ</th><th>DSC %</th><th>HD95 mm</th><th>box IoU %</th><th>WD mm</th></tr>{rows}</table>"
+        )
+    });
+    let el: HtmlElement = by_testid("metrics-table");
+    el.set_inner_html(&html);
+}
