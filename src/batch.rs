@@ -16,7 +16,7 @@ use crate::pipeline::{
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::nifti_io::write_file;
-use crate::volume::{CtVolume, LabelVolume, read_nifti_path, write_labels_nifti_bytes};
+use crate::volume::{CtVolume, LabelVolume, load_ct, read_nifti_path, write_labels_nifti_bytes};
 use crate::{Error, Result};
 
 /// A loaded support: CT and label map on the same grid.
@@ -46,7 +46,7 @@ pub fn load_supports(paths: &[CasePaths]) -> Result<Vec<Support>> {
             let label_path = p.label.as_ref().ok_or_else(|| {
                 Error::InvalidArgument(format!("support {} has no label map", p.image.display()))
             })?;
-            let image = read_nifti_path(&p.image)?.into_ct()?;
+            let image = load_ct(&p.image)?;
             let labels = read_nifti_path(label_path)?.into_labels()?;
             image.check_same_grid(
                 &labels,
@@ -126,7 +126,7 @@ pub fn load_query(
     q: &CasePaths,
     query_label_map: &[(u16, u16)],
 ) -> Result<(CtVolume, Option<LabelVolume>)> {
-    let ct = read_nifti_path(&q.image)?.into_ct()?;
+    let ct = load_ct(&q.image)?;
     check_has_body(&ct)?;
     let truth = match &q.label {
         Some(l) => {

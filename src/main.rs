@@ -960,11 +960,12 @@ mod cli {
     }
 
     fn info(path: &Path, json: bool) -> Result<()> {
-        let s = read_nifti_path(path)?.summary();
+        let full = medlsam::volume::summarize_path(path)?;
         if json {
-            println!("{}", to_json(&s));
+            println!("{}", to_json(&full));
             return Ok(());
         }
+        let s = &full.volume;
         println!("file         {}", path.display());
         println!(
             "shape        {} x {} x {}",
@@ -1012,6 +1013,9 @@ mod cli {
             for (v, n) in labels {
                 println!("  {v:>5}  {:<24} {n} voxels", names.name(*v));
             }
+        }
+        if let Some(d) = &full.dicom {
+            print!("{}", medlsam::volume::dicom::info_lines(d));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use crate::output::boxes_json;
 use crate::pipeline::OrganLocalization;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::{BoxVox, bounding_box, bounding_box_where, extreme_points};
-use crate::volume::{CtVolume, LabelVolume, read_nifti_path};
+use crate::volume::{CtVolume, LabelVolume, load_ct, read_nifti_path};
 use crate::{Error, Result};
 
 /// Load MedLAM weights from a file onto a device.
@@ -139,7 +139,7 @@ pub fn baseline_localization(
 
 /// Read a support (CT and label map, same grid) into canonical space.
 pub fn read_support(image: &Path, label: &Path) -> Result<SupportCase> {
-    let ct = read_nifti_path(image)?.into_ct()?;
+    let ct = load_ct(image)?;
     let lab = read_nifti_path(label)?.into_labels()?;
     ct.check_same_grid(
         &lab,
@@ -230,7 +230,7 @@ pub fn run_localize(run: &LocalizeRun, log: &mut dyn FnMut(String)) -> Result<()
     for (qi, qpath) in run.queries.iter().enumerate() {
         let case = crate::batch::case_name(qpath);
         let t = Instant::now();
-        let ct = read_nifti_path(qpath)?.into_ct()?;
+        let ct = load_ct(qpath)?;
         let (canon, r) = ct.to_canonical();
         let q = pollster::block_on(query_state(&net, &config, &canon, &run.device))?;
         let found = pollster::block_on(localize_organs(

@@ -36,7 +36,6 @@ use super::sample::{Sample, SamplingOptions, draw_sample};
 use crate::device::BackendChoice;
 use crate::rng::Rng;
 use crate::volume::labels::bounding_box_where;
-use crate::volume::read_nifti_path;
 use crate::volume::resample::ResampleGrid;
 use crate::{Error, Result};
 
@@ -317,7 +316,7 @@ const BODY_MARGIN: usize = 4;
 
 /// Read, reorient, resample, map, body-crop and quantise one CT for training.
 fn prepare_for_training(path: &Path) -> Result<Prepared> {
-    let ct = read_nifti_path(path)?.into_ct()?;
+    let ct = crate::volume::load_ct(path)?;
     let (canon, _) = ct.to_canonical();
     let p = Prepared::from_canonical(&canon)?;
     // HU > −500 ⇔ intensity > 0.125.

@@ -240,7 +240,7 @@ pub fn bench_sam(b: &SamBench) -> Result<()> {
     let t = web_time::Instant::now();
     let mut seg = lite_medsam_segmenter(b.weights.as_deref(), b.backend, SOFT_TISSUE_WINDOW_HU)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (canon, _) = read_nifti_path(&b.ct)?.into_ct()?.to_canonical();
+    let (canon, _) = crate::volume::load_ct(&b.ct)?.to_canonical();
     let [nx, ny, nz] = canon.dims;
     let n = b.slices.max(1);
     let ks: Vec<usize> = (0..=n).map(|i| nz / 4 + i * (nz / 2) / (n + 1)).collect();
