@@ -15,6 +15,8 @@ pub enum Error {
     Unsupported(String),
     #[error("corrupt NIfTI file: {0}")]
     Corrupt(String),
+    #[error("DICOM: {0}")]
+    Dicom(String),
     #[error("invalid volume: {0}")]
     InvalidVolume(String),
     #[error("mismatch: {0}")]

@@ -1,4 +1,4 @@
-//! `info` (describe a NIfTI volume) and `metrics` (compare a label map with the truth).
+//! `info` (describe a NIfTI volume or DICOM series) and `metrics` (compare a label map with the truth).
 
 use std::path::Path;
 
@@ -13,11 +13,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 pub fn info(path: &Path, json: bool) -> Result<()> {
-    let s = read_nifti_path(path)?.summary();
+    let full = medlsam::volume::summarize_path(path)?;
     if json {
-        println!("{}", to_json(&s));
+        println!("{}", to_json(&full));
         return Ok(());
     }
+    let s = &full.volume;
     println!("file         {}", path.display());
     println!(
         "shape        {} x {} x {}",
@@ -65,6 +66,9 @@ pub fn info(path: &Path, json: bool) -> Result<()> {
         for (v, n) in labels {
             println!("  {v:>5}  {:<24} {n} voxels", names.name(*v));
         }
+    }
+    if let Some(d) = &full.dicom {
+        print!("{}", medlsam::volume::dicom::info_lines(d));
     }
     Ok(())
 }

@@ -9,7 +9,6 @@ use super::prep::Prepared;
 use super::sample::{Sample, SamplingOptions, draw_sample};
 use crate::rng::Rng;
 use crate::volume::labels::bounding_box_where;
-use crate::volume::read_nifti_path;
 use crate::volume::resample::ResampleGrid;
 use crate::{Error, Result};
 
@@ -117,7 +116,7 @@ pub(super) const BODY_MARGIN: usize = 4;
 
 /// Read, reorient, resample, map, body-crop and quantise one CT for training.
 pub(super) fn prepare_for_training(path: &Path) -> Result<Prepared> {
-    let ct = read_nifti_path(path)?.into_ct()?;
+    let ct = crate::volume::load_ct(path)?;
     let (canon, _) = ct.to_canonical();
     let p = Prepared::from_canonical(&canon)?;
     // HU > −500 ⇔ intensity > 0.125.

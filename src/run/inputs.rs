@@ -12,10 +12,11 @@ use crate::volume::labels::{classes, to_support_values};
 use crate::volume::{CtVolume, LabelVolume, case_name, read_nifti_path};
 use crate::{Error, Result};
 
-/// Read a CT image (Hounsfield units, file grid) from a path. Every command reads
-/// its CT inputs here: another format (e.g. a DICOM series folder) plugs in here.
+/// Read a CT image (Hounsfield units, file grid) from a path: NIfTI, or a DICOM
+/// series (a folder, one of its files, or `DIR#SERIES_UID`). Every command reads its
+/// CT inputs here.
 pub fn load_ct(path: &Path) -> Result<CtVolume> {
-    read_nifti_path(path)?.into_ct()
+    crate::volume::load_ct(path)
 }
 
 /// Read a label map (file grid) from a path.

@@ -6,6 +6,7 @@
 //! CT images are kept as `i16` Hounsfield units (half the memory of `f32`);
 //! label maps as `u16`.
 
+pub mod dicom;
 pub mod geometry;
 pub mod intensity;
 pub mod label_table;
@@ -20,6 +21,81 @@ pub use nifti_io::{NiftiFile, SourceInfo, read_nifti_bytes, write_labels_nifti_b
 pub use nifti_io::{read_nifti_path, write_labels_nifti_path};
 
 use crate::{Error, Result};
+
+/// `medlsam info`'s view of a file: the NIfTI fields, plus the series for DICOM.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PathSummary {
+    #[serde(flatten)]
+    pub volume: nifti_io::VolumeSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<dicom::DicomInfo>,
+}
+
+/// A CT path and the DICOM series asked for: `DIR#SERIES_UID` (when no file of that
+/// exact name exists) picks one series of a DICOM folder.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn split_series_uid(path: &std::path::Path) -> (std::path::PathBuf, Option<String>) {
+    if !path.exists() {
+        let s = path.to_string_lossy();
+        if let Some((p, uid)) = s.rsplit_once('#')
+            && !uid.is_empty()
+            && uid.chars().all(|c| c.is_ascii_digit() || c == '.')
+        {
+            return (std::path::PathBuf::from(p), Some(uid.to_string()));
+        }
+    }
+    (path.to_path_buf(), None)
+}
+
+/// Whether a path is DICOM input: a folder, or a file with the "DICM" marker at byte 128.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn is_dicom_path(path: &std::path::Path) -> bool {
+    let (path, uid) = split_series_uid(path);
+    if uid.is_some() || path.is_dir() {
+        return true;
+    }
+    let mut head = Vec::with_capacity(132);
+    match std::fs::File::open(&path) {
+        Ok(f) => {
+            use std::io::Read;
+            let _ = f.take(132).read_to_end(&mut head);
+            dicom::is_dicom(&head)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Read a CT from any path the command line takes: a NIfTI file, a DICOM folder
+/// (`DIR#SERIES_UID` to pick a series) or a DICOM file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_ct(path: impl AsRef<std::path::Path>) -> Result<CtVolume> {
+    let path = path.as_ref();
+    if is_dicom_path(path) {
+        let (p, uid) = split_series_uid(path);
+        Ok(dicom::read_dicom_path(&p, uid.as_deref())?.ct)
+    } else {
+        read_nifti_path(path)?.into_ct()
+    }
+}
+
+/// What `medlsam info` prints about a NIfTI file or a DICOM series.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn summarize_path(path: impl AsRef<std::path::Path>) -> Result<PathSummary> {
+    let path = path.as_ref();
+    if is_dicom_path(path) {
+        let (p, uid) = split_series_uid(path);
+        let s = dicom::read_dicom_path(&p, uid.as_deref())?;
+        Ok(PathSummary {
+            volume: s.summary(),
+            dicom: Some(s.info),
+        })
+    } else {
+        Ok(PathSummary {
+            volume: read_nifti_path(path)?.summary(),
+            dicom: None,
+        })
+    }
+}
 
 /// Largest voxel count accepted (about 1.07 billion, e.g. 1024×1024×1024):
 /// files claiming more are refused before anything is allocated.
