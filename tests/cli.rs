@@ -273,7 +273,13 @@ fn segment_and_localize_share_the_template_radius() {
     };
     let run = |cmd: &str, out: &str, radius: &str| -> serde_json::Value {
         let out = dir.join(out);
-        let (ok, _, err) = medlsam(&[
+        // MedLAM's boxes: segment's default localizer (registration) is set aside.
+        let localizer: &[&str] = if cmd == "segment" {
+            &["--localizer", "medlam"]
+        } else {
+            &[]
+        };
+        let mut args = vec![
             cmd,
             "--support-image",
             s_img.to_str().unwrap(),
@@ -289,7 +295,9 @@ fn segment_and_localize_share_the_template_radius() {
             radius,
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(localizer);
+        let (ok, _, err) = medlsam(&args);
         assert!(ok, "{cmd}: {err}");
         organ_box(&out)
     };
@@ -307,7 +315,7 @@ fn segment_and_localize_share_the_template_radius() {
         &config,
         format!(
             "supports = [{{ image = {}, label = {} }}]\nqueries = [{{ image = {} }}]\n\
-             organs = [1]\nmode = \"wpl\"\ntemplate_radius = 0\n",
+             organs = [1]\nmode = \"wpl\"\ntemplate_radius = 0\nlocalizer = \"medlam\"\n",
             toml_path(&s_img),
             toml_path(&s_lab),
             toml_path(&q)
