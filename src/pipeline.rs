@@ -158,38 +158,43 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
             let t = web_time::Instant::now();
             let mut probs = segmenter.decode_boxes(&emb, &boxes).await?;
             times.decode += t.elapsed();
-            if probs.len() != boxes.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "segmenter returned {} masks for {} boxes",
-                    probs.len(),
-                    boxes.len()
-                )));
-            }
+            boxes_decoded += boxes.len();
             for (&(o, _), prob) in sam.iter().zip(probs.iter_mut()) {
-                if let Some(prior) = &found[o].prior {
-                    blend_prior(prob, prior, k, opt.prior_weight)?;
+                if found[o].prior.is_some() {
+                    let prior = prior_slice(&found[o], k, [nx, ny])?;
+                    for (p, q) in prob.iter_mut().zip(prior) {
+                        *p = opt.prior_weight * q + (1.0 - opt.prior_weight) * *p;
+                    }
                 }
             }
-            boxes_decoded += boxes.len();
-            let mut labels: Vec<u16> = sam.iter().map(|&(o, _)| found[o].label).collect();
-            for &(o, _) in &from_prior {
-                labels.push(found[o].label);
-                probs.push(prior_slice(&found[o], k, [nx, ny])?);
-            }
+            let sam_labels: Vec<u16> = sam.iter().map(|&(o, _)| found[o].label).collect();
             let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-            paint_slice(plane, &labels, &probs, opt.threshold, [nx, ny])?;
+            paint_with_priors(
+                plane,
+                k,
+                (sam_labels, probs),
+                &from_prior.iter().map(|&(o, _)| o).collect::<Vec<_>>(),
+                &found,
+                opt.threshold,
+                [nx, ny],
+            )?;
         }
     }
-    // Slices with prior-only organs alone.
-    for k in (0..nz).filter(|&k| !per_slice[k].is_empty() && !todo.contains(&k)) {
-        let mut labels = Vec::new();
-        let mut probs = Vec::new();
-        for &(o, _) in &per_slice[k] {
-            labels.push(found[o].label);
-            probs.push(prior_slice(&found[o], k, [nx, ny])?);
-        }
+    // Slices whose organs are all painted from their priors.
+    for k in (0..nz)
+        .filter(|&k| !per_slice[k].is_empty() && per_slice[k].iter().all(|&(o, _)| prior_only(o)))
+    {
         let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-        paint_slice(plane, &labels, &probs, opt.threshold, [nx, ny])?;
+        let all: Vec<usize> = per_slice[k].iter().map(|&(o, _)| o).collect();
+        paint_with_priors(
+            plane,
+            k,
+            (Vec::new(), Vec::new()),
+            &all,
+            &found,
+            opt.threshold,
+            [nx, ny],
+        )?;
     }
     progress(Progress {
         stage: "segment",
@@ -251,21 +256,22 @@ async fn encode_slices<S: SliceSegmenter>(
     Ok(embeddings)
 }
 
-/// Mix an organ's prior on axial slice `k` into the segmenter's probabilities of
-/// that slice: `w·prior + (1 − w)·prob`.
-fn blend_prior(prob: &mut [f32], prior: &Volume<f32>, k: usize, w: f32) -> Result<()> {
-    let [nx, ny, _] = prior.dims;
-    if prob.len() != nx * ny || k >= prior.dims[2] {
-        return Err(Error::Mismatch(format!(
-            "the organ prior ({:?}) does not match slice {k} of {} pixels",
-            prior.dims,
-            prob.len()
-        )));
+/// Paint one slice: the segmenter's `(labels, probabilities)` and the priors of the
+/// organs `from_prior` (indices into `found`) compete per pixel.
+fn paint_with_priors(
+    plane: &mut [u16],
+    k: usize,
+    (mut labels, mut probs): (Vec<u16>, Vec<Vec<f32>>),
+    from_prior: &[usize],
+    found: &[OrganLocalization],
+    threshold: f32,
+    [nx, ny]: [usize; 2],
+) -> Result<()> {
+    for &o in from_prior {
+        labels.push(found[o].label);
+        probs.push(prior_slice(&found[o], k, [nx, ny])?);
     }
-    for (p, &q) in prob.iter_mut().zip(prior.axial_slice(k)) {
-        *p = w * q + (1.0 - w) * *p;
-    }
-    Ok(())
+    paint_slice(plane, &labels, &probs, threshold, [nx, ny])
 }
 
 /// An organ's prior on axial slice `k` (an `nx`×`ny` slice), checked against the grid.

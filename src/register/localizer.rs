@@ -146,11 +146,13 @@ impl Localizer for RegisterLocalizer {
             Ok(priors) => {
                 let labels = prior_labels(&priors)?;
                 let mut found = localize_from_labels(&labels, organs, self.mode, "register");
+                let priors: Vec<(u16, Arc<Volume<f32>>)> =
+                    priors.into_iter().map(|(o, p)| (o, Arc::new(p))).collect();
                 for loc in &mut found {
                     loc.prior = priors
                         .iter()
                         .find(|(o, _)| *o == loc.label)
-                        .map(|(_, p)| Arc::new(p.clone()));
+                        .map(|(_, p)| Arc::clone(p));
                 }
                 found
             }

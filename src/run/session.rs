@@ -71,14 +71,6 @@ impl RunLocalizer {
             }
         })
     }
-
-    /// What the last query's registrations did (empty for MedLAM).
-    pub fn report(&self) -> &[String] {
-        match self {
-            Self::Medlam(_) => &[],
-            Self::Register(r) => &r.report,
-        }
-    }
 }
 
 impl Localizer for RunLocalizer {
