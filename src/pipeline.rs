@@ -45,7 +45,7 @@ impl Default for SegmentOptions {
 }
 
 /// Default [`SegmentOptions::prior_weight`]: the prior alone, the best of the three
-/// weights 0, 0.5 and 1 on OpenKBP okbp_016-019 (DSC 40.3, 48.1, 56.0 %).
+/// weights 0, 0.5 and 1 on OpenKBP okbp_016, 017, 018, 020 (DSC 40.3, 48.1, 56.0 %).
 pub const DEFAULT_PRIOR_WEIGHT: f32 = 1.0;
 
 /// The result for one query on its canonical grid (what the browser keeps).
