@@ -194,14 +194,17 @@ function writePhantom(dir, name, ...args) {
   return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
 }
 
-/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights).
+/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights, and
+/// MedLAM boxes as in the page: the registration prior the CLI uses by default needs Burn's
+/// autodiff, which the browser build leaves out).
 function nativeRunDsc(kbp) {
   const bin = medlsamBin();
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-native-run-"));
   execFileSync(bin, ["segment",
     "--support-image", kbp(`${RUN.support}.ct.nii.gz`), "--support-label", kbp(`${RUN.support}.label.nii.gz`),
     "--query", kbp(`${RUN.query}.ct.nii.gz`), "--query-label", kbp(`${RUN.query}.label.nii.gz`),
-    "--organs", String(RUN.organ), "--mode", "wpl", "--weights", "weights/lite_medsam.q8.bpk", "--out", out], { stdio: "ignore" });
+    "--organs", String(RUN.organ), "--mode", "wpl", "--localizer", "medlam",
+    "--weights", "weights/lite_medsam.q8.bpk", "--out", out], { stdio: "ignore" });
   const [header, ...rows] = fs.readFileSync(path.join(out, "metrics.csv"), "utf8").trim().split("\n");
   const col = header.split(",").indexOf("dsc");
   const row = rows.map((r) => r.split(",")).find((r) => r[1] === String(RUN.organ));
