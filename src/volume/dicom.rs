@@ -75,12 +75,38 @@ pub struct DicomInfo {
     /// SOP Instance UID of each slice, in slice (k) order.
     #[serde(skip)]
     pub sop_instance_uids: Vec<String>,
+    /// Frame number (1-based) of each slice in its file, in slice (k) order: 1 for
+    /// single-frame files.
+    #[serde(skip)]
+    pub frame_numbers: Vec<u32>,
+    /// SOP Class UID of the images (e.g. CT Image Storage `1.2.840.10008.5.1.4.1.1.2`).
+    #[serde(skip)]
+    pub sop_class_uid: String,
+    /// Patient and study attributes, copied into derived objects (RTSTRUCT, SEG).
+    #[serde(skip)]
+    pub patient: PatientStudy,
     /// Other image series among the files (not read).
     pub other_series: Vec<SeriesBrief>,
     /// Files that were not DICOM images (skipped), e.g. a DICOMDIR or an RTSTRUCT.
     pub skipped_files: usize,
     /// Localizer (scout) images of the series that were left out.
     pub skipped_localizers: usize,
+}
+
+/// The patient and study attributes of a series, as its first image states them (kept
+/// to write derived objects of the same patient and study; empty when absent).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PatientStudy {
+    pub patient_name: String,
+    pub patient_id: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub study_id: String,
+    pub accession_number: String,
+    pub referring_physician_name: String,
+    pub study_description: String,
 }
 
 /// A CT series read from DICOM: the volume (HU, RAS affine) and where it came from.
@@ -336,6 +362,8 @@ struct Header {
     modality: String,
     description: String,
     sop_instance_uid: String,
+    sop_class_uid: String,
+    patient: PatientStudy,
     transfer_syntax: String,
     rows: usize,
     cols: usize,
@@ -382,7 +410,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Parse a file from a reader positioned at its start; `header_only` stops before the
 /// pixel data.
-fn parse(mut r: impl Read, name: &str, header_only: bool) -> Result<Option<DefaultDicomObject>> {
+pub(crate) fn parse(
+    mut r: impl Read,
+    name: &str,
+    header_only: bool,
+) -> Result<Option<DefaultDicomObject>> {
     let mut head = [0u8; 132];
     let mut got = 0;
     while got < head.len() {
@@ -413,7 +445,7 @@ fn parse(mut r: impl Read, name: &str, header_only: bool) -> Result<Option<Defau
     })
 }
 
-fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.get(tag)
         .and_then(|e| e.to_str().ok())
         .map(|s| {
@@ -423,7 +455,7 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
         .unwrap_or_default()
 }
 
-fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+pub(crate) fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     obj.get(tag).and_then(|e| e.to_multi_float64().ok())
 }
 
@@ -433,12 +465,12 @@ fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
         .filter(|v| v.is_finite())
 }
 
-fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u32> {
+pub(crate) fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u32> {
     obj.get(tag).and_then(|e| e.to_int::<u32>().ok())
 }
 
 /// First item of sequence `seq` in `item`.
-fn seq_item(item: &InMemDicomObject, seq: Tag) -> Option<&InMemDicomObject> {
+pub(crate) fn seq_item(item: &InMemDicomObject, seq: Tag) -> Option<&InMemDicomObject> {
     item.get(seq)?.items()?.first()
 }
 
@@ -584,6 +616,19 @@ fn read_header(src: &dyn Source, i: usize) -> Result<Parsed> {
         frame_of_reference_uid: text(&obj, tags::FRAME_OF_REFERENCE_UID),
         description: text(&obj, tags::SERIES_DESCRIPTION),
         sop_instance_uid: text(&obj, tags::SOP_INSTANCE_UID),
+        sop_class_uid: text(&obj, tags::SOP_CLASS_UID),
+        patient: PatientStudy {
+            patient_name: text(&obj, tags::PATIENT_NAME),
+            patient_id: text(&obj, tags::PATIENT_ID),
+            patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
+            patient_sex: text(&obj, tags::PATIENT_SEX),
+            study_date: text(&obj, tags::STUDY_DATE),
+            study_time: text(&obj, tags::STUDY_TIME),
+            study_id: text(&obj, tags::STUDY_ID),
+            accession_number: text(&obj, tags::ACCESSION_NUMBER),
+            referring_physician_name: text(&obj, tags::REFERRING_PHYSICIAN_NAME),
+            study_description: text(&obj, tags::STUDY_DESCRIPTION),
+        },
         transfer_syntax: obj.meta().transfer_syntax().to_string(),
         rows: rows as usize,
         cols: cols as usize,
@@ -1047,6 +1092,9 @@ fn read_series(src: &dyn Source, series_uid: Option<&str>, what: &str) -> Result
             .iter()
             .map(|s| s.header.sop_instance_uid.clone())
             .collect(),
+        frame_numbers: slots.iter().map(|s| s.frame as u32 + 1).collect(),
+        sop_class_uid: first.sop_class_uid.clone(),
+        patient: first.patient.clone(),
         other_series,
         skipped_files: scan.skipped,
         skipped_localizers,

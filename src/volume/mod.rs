@@ -6,13 +6,17 @@
 //! CT images are kept as `i16` Hounsfield units (half the memory of `f32`);
 //! label maps as `u16`.
 
+pub mod contours;
 pub mod dicom;
+pub mod dicom_derived;
+pub mod dicom_seg;
 pub mod geometry;
 pub mod intensity;
 pub mod label_table;
 pub mod labels;
 pub mod nifti_io;
 pub mod resample;
+pub mod rtstruct;
 pub mod synthetic;
 
 pub use geometry::{Affine, Reorientation};
@@ -75,6 +79,22 @@ pub fn load_ct(path: impl AsRef<std::path::Path>) -> Result<CtVolume> {
         Ok(dicom::read_dicom_path(&p, uid.as_deref())?.ct)
     } else {
         read_nifti_path(path)?.into_ct()
+    }
+}
+
+/// Read a CT like [`load_ct`], with what the DICOM series said when it is one (the
+/// query's identity and slice UIDs, for RTSTRUCT and SEG outputs).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_ct_with_dicom(
+    path: impl AsRef<std::path::Path>,
+) -> Result<(CtVolume, Option<dicom::DicomInfo>)> {
+    let path = path.as_ref();
+    if is_dicom_path(path) {
+        let (p, uid) = split_series_uid(path);
+        let s = dicom::read_dicom_path(&p, uid.as_deref())?;
+        Ok((s.ct, Some(s.info)))
+    } else {
+        Ok((read_nifti_path(path)?.into_ct()?, None))
     }
 }
 
