@@ -347,3 +347,128 @@ fn dicom_seg_round_trip_on_real_slices() {
     }
     assert_eq!(back.labels.data, mask.data);
 }
+
+fn medlsam(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medlsam"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// The CLI end to end: `segment --rtstruct --dicom-seg` on the DICOM query (registration
+/// of ircadb_017's liver, the prior alone: seconds), the RTSTRUCT read back onto the CT
+/// equals the NIfTI it wrote, and the RTSTRUCT as a support label; the flags are refused
+/// for a NIfTI query, an RTSTRUCT label for a NIfTI image.
+#[test]
+fn segment_writes_rtstruct_and_seg_and_takes_rtstruct_supports() {
+    let scratch = Scratch::new("rtstruct-cli");
+    let d = data_dir().join("abdomen");
+    let (ct17, lab17) = (
+        d.join("ircadb_017.ct.nii.gz"),
+        d.join("ircadb_017.label.nii.gz"),
+    );
+    let q = dicom_dir();
+    let out = scratch.0.join("run");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ok, stdout, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(&ct17),
+        "--support-label",
+        &s(&lab17),
+        "--query",
+        &s(&q),
+        "--organs",
+        "1",
+        "--localizer",
+        "register",
+        "--rtstruct",
+        "--dicom-seg",
+        "--out",
+        &s(&out),
+    ]);
+    assert!(ok, "{stdout}\n{err}");
+    let series = read_dicom_path(&q, None).unwrap();
+    let nii = read_nifti_path(out.join("ircadb_001.seg.nii.gz"))
+        .unwrap()
+        .into_labels()
+        .unwrap();
+    let liver = nii.data.iter().filter(|&&v| v == 1).count();
+    assert!(liver > 10_000, "the run found no liver ({liver} voxels)");
+    let rt = std::fs::read(out.join("ircadb_001.rtstruct.dcm")).unwrap();
+    let back = read_rtstruct(&rt, "rt", &series.ct, &series.info).unwrap();
+    assert_eq!(back.table.name(1), "liver");
+    let d_rt = dsc(&back.labels, &nii, 1);
+    let seg = std::fs::read(out.join("ircadb_001.seg.dcm")).unwrap();
+    let back_seg = read_dicom_seg(&seg, "seg", &series.ct, &series.info).unwrap();
+    let d_seg = dsc(&back_seg.labels, &nii, 1);
+    eprintln!(
+        "segment --rtstruct --dicom-seg: liver {liver} voxels; RTSTRUCT {} bytes, DSC {d_rt:.3} %; \
+         SEG {} bytes, DSC {d_seg:.3} %",
+        rt.len(),
+        seg.len()
+    );
+    assert!(d_rt >= 95.0 && d_seg >= 95.0);
+
+    // The RTSTRUCT as the support label of the same DICOM series.
+    let out2 = scratch.0.join("from_rtstruct");
+    let (ok, stdout, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(&q),
+        "--support-label",
+        &s(&out.join("ircadb_001.rtstruct.dcm")),
+        "--query",
+        &s(&q),
+        "--query-label",
+        &s(&out.join("ircadb_001.seg.nii.gz")),
+        "--organs",
+        "1",
+        "--localizer",
+        "register",
+        "--out",
+        &s(&out2),
+    ]);
+    assert!(ok, "{stdout}\n{err}");
+    assert!(stdout.contains("liver"), "{stdout}");
+    let table = std::fs::read_to_string(out2.join("labels.json")).unwrap();
+    assert!(table.contains("\"1\": \"liver\""), "{table}");
+
+    // Refusals: a NIfTI query; an RTSTRUCT label with a NIfTI image.
+    let (ok, _, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(&ct17),
+        "--support-label",
+        &s(&lab17),
+        "--query",
+        &s(&ct17),
+        "--rtstruct",
+        "--out",
+        &s(&scratch.0.join("x")),
+    ]);
+    assert!(
+        !ok && err.contains("--rtstruct") && err.contains("needs a DICOM query"),
+        "{err}"
+    );
+    let (ok, _, err) = medlsam(&[
+        "segment",
+        "--support-image",
+        &s(&ct17),
+        "--support-label",
+        &s(&out.join("ircadb_001.rtstruct.dcm")),
+        "--query",
+        &s(&q),
+        "--out",
+        &s(&scratch.0.join("y")),
+    ]);
+    assert!(
+        !ok && err.contains("RTSTRUCT") && err.contains("not DICOM"),
+        "{err}"
+    );
+}

@@ -13,7 +13,8 @@ pub struct SupportArgs {
     /// Support CT (repeat; pair each with a --support-label, in order).
     #[arg(long)]
     pub support_image: Vec<PathBuf>,
-    /// Support label map on the same grid as its CT (repeat).
+    /// Support label map on the same grid as its CT (repeat); for a DICOM support image
+    /// also an RTSTRUCT file (its ROIs become labels 1..n, named by the ROI names).
     #[arg(long)]
     pub support_label: Vec<PathBuf>,
 }

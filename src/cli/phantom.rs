@@ -133,6 +133,7 @@ pub fn demo(out: &Path, seed: u64, backend: BackendChoice) -> Result<()> {
         query_label_map: Vec::new(),
         localize: Default::default(),
         prior_weight: medlsam::pipeline::DEFAULT_PRIOR_WEIGHT,
+        dicom_outputs: Default::default(),
     };
     println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");
     let reports =

@@ -7,6 +7,7 @@ use medlsam::device::BackendChoice;
 use medlsam::medlam::LocalizeOptions;
 use medlsam::run::config::{Organs, RunConfig, parse_organs, read_list};
 use medlsam::run::evaluate::{evaluate_pipeline, read_results, summary_table};
+use medlsam::run::outputs::DicomOutputs;
 use medlsam::run::segment::{
     QueryReport, SupportRun, TrueBoxRun, segment_true_boxes, segment_with_supports,
 };
@@ -70,6 +71,14 @@ pub struct SegmentArgs {
     /// (0: LiteMedSAM alone in the prior's boxes, 1: the prior alone).
     #[arg(long, default_value_t = medlsam::pipeline::DEFAULT_PRIOR_WEIGHT)]
     prior_weight: f32,
+    /// Also write <case>.rtstruct.dcm, an RT Structure Set of the result (contours per
+    /// organ and slice); needs DICOM queries.
+    #[arg(long)]
+    rtstruct: bool,
+    /// Also write <case>.seg.dcm, a DICOM Segmentation of the result (binary frames);
+    /// needs DICOM queries.
+    #[arg(long)]
+    dicom_seg: bool,
     /// Output folder (default: the config's seg_save_path, else medlsam_out).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -136,6 +145,14 @@ impl SegmentArgs {
         Ok(cfg)
     }
 
+    /// The DICOM objects asked for beside the NIfTI.
+    fn dicom_outputs(&self) -> DicomOutputs {
+        DicomOutputs {
+            rtstruct: self.rtstruct,
+            seg: self.dicom_seg,
+        }
+    }
+
     /// A few-shot run: the configuration and the options only the command line sets.
     fn support_run(&self) -> Result<SupportRun> {
         let config = self.run_config()?;
@@ -143,6 +160,7 @@ impl SegmentArgs {
         check_weight("--prior-weight", self.prior_weight as f64)?;
         Ok(SupportRun {
             prior_weight: self.prior_weight,
+            dicom_outputs: self.dicom_outputs(),
             backend: self.backend,
             margin_px_1024: self.margin_px,
             window_hu: [self.window[0], self.window[1]],
@@ -267,6 +285,7 @@ fn segment_true_boxes_command(a: &SegmentArgs, label: &Path) -> Result<()> {
     run.backend = a.backend;
     run.weights = a.weights.clone();
     run.window_hu = [a.window[0], a.window[1]];
+    run.dicom_outputs = a.dicom_outputs();
     let t = web_time::Instant::now();
     let reports = segment_true_boxes(&run, &mut print_slice_progress)?;
     let names = LabelTable::find_beside(&run.label).unwrap_or_default();
@@ -310,6 +329,11 @@ pub fn eval_segment(a: SegmentArgs) -> Result<()> {
         return Err(Error::InvalidArgument(
             "eval-segment runs the true boxes itself (from --query-label): leave out --boxes-from-label"
                 .into(),
+        ));
+    }
+    if a.dicom_outputs().any() {
+        return Err(Error::InvalidArgument(
+            "eval-segment writes no RTSTRUCT/DICOM SEG: use segment --rtstruct/--dicom-seg".into(),
         ));
     }
     let run = a.support_run()?;

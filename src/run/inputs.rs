@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 
 use super::config::{CasePaths, Organs, RunConfig};
 use crate::medlam::{SupportCase, SupportOrgans};
+use crate::volume::dicom::DicomInfo;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::{classes, to_support_values};
-use crate::volume::{CtVolume, LabelVolume, case_name, read_nifti_path};
+use crate::volume::rtstruct::{read_rtstruct, rtstruct_roi_names};
+use crate::volume::{
+    CtVolume, LabelVolume, case_name, is_dicom_path, load_ct_with_dicom, read_nifti_path,
+};
 use crate::{Error, Result};
 
 /// Read a CT image (Hounsfield units, file grid) from a path: NIfTI, or a DICOM
@@ -24,6 +28,37 @@ pub fn load_labels(path: &Path) -> Result<LabelVolume> {
     read_nifti_path(path)?.into_labels()
 }
 
+/// Whether a label path is a DICOM file (an RTSTRUCT, for a DICOM image), not NIfTI.
+pub fn is_dicom_label(path: &Path) -> bool {
+    path.is_file() && is_dicom_path(path)
+}
+
+/// Read an RTSTRUCT file onto the grid of a DICOM CT: labels 1..n in ROI order, the ROI
+/// names as their table.
+pub fn load_rtstruct_labels(
+    path: &Path,
+    image: &Path,
+    ct: &CtVolume,
+    info: Option<&DicomInfo>,
+) -> Result<(LabelVolume, LabelTable)> {
+    let Some(info) = info else {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a DICOM file (an RTSTRUCT?) but the image {} is not DICOM: an RTSTRUCT \
+             label needs the DICOM series it was drawn on",
+            path.display(),
+            image.display()
+        )));
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", path.display()),
+        ))
+    })?;
+    let r = read_rtstruct(&bytes, &path.display().to_string(), ct, info)?;
+    Ok((r.labels, r.table))
+}
+
 /// A loaded support: CT and label map on the same grid (the file's).
 pub struct Support {
     pub name: String,
@@ -33,9 +68,15 @@ pub struct Support {
 
 impl Support {
     /// Read a support's CT and label map and check that they share a grid.
+    /// The label map is NIfTI, or an RTSTRUCT when the image is a DICOM series.
     pub fn load(image: &Path, label: &Path) -> Result<Self> {
-        let ct = load_ct(image)?;
-        let labels = load_labels(label)?;
+        let (ct, labels) = if is_dicom_label(label) {
+            let (ct, info) = load_ct_with_dicom(image)?;
+            let labels = load_rtstruct_labels(label, image, &ct, info.as_ref())?.0;
+            (ct, labels)
+        } else {
+            (load_ct(image)?, load_labels(label)?)
+        };
         ct.check_same_grid(
             &labels,
             &format!(
@@ -163,21 +204,59 @@ pub fn load_query(
     q: &CasePaths,
     query_label_map: &[(u16, u16)],
 ) -> Result<(CtVolume, Option<LabelVolume>)> {
-    let ct = load_ct(&q.image)?;
+    let (ct, truth, _) = load_query_with_dicom(q, query_label_map)?;
+    Ok((ct, truth))
+}
+
+/// [`load_query`], with what the DICOM series said when the query is one.
+pub fn load_query_with_dicom(
+    q: &CasePaths,
+    query_label_map: &[(u16, u16)],
+) -> Result<(CtVolume, Option<LabelVolume>, Option<DicomInfo>)> {
+    let (ct, info) = load_ct_with_dicom(&q.image)?;
     check_has_body(&ct)?;
     let truth = match &q.label {
         Some(l) => Some(load_query_labels(&ct, &q.image, l, query_label_map)?),
         None => None,
     };
-    Ok((ct, truth))
+    Ok((ct, truth, info))
 }
 
-/// Organ names of a run: the label table beside the first support label map that has one.
+/// Organ names of a run: the ROI names of the first support label that is an
+/// RTSTRUCT, else the label table beside the first support label map that has one.
 pub fn support_label_table(supports: &[CasePaths]) -> LabelTable {
     supports
         .iter()
-        .find_map(|s| s.label.as_deref().and_then(LabelTable::find_beside))
+        .find_map(|s| {
+            let l = s.label.as_deref()?;
+            if is_dicom_label(l) {
+                let bytes = std::fs::read(l).ok()?;
+                rtstruct_roi_names(&bytes, &l.display().to_string()).ok()
+            } else {
+                LabelTable::find_beside(l)
+            }
+        })
         .unwrap_or_default()
+}
+
+/// Refuse RTSTRUCT/SEG outputs for queries that are not DICOM series (before any work).
+pub fn check_dicom_outputs(queries: &[CasePaths], rtstruct: bool, seg: bool) -> Result<()> {
+    if !(rtstruct || seg) {
+        return Ok(());
+    }
+    let what = match (rtstruct, seg) {
+        (true, true) => "--rtstruct and --dicom-seg need",
+        (true, false) => "--rtstruct (an RT Structure Set) needs",
+        _ => "--dicom-seg (a DICOM Segmentation) needs",
+    };
+    if let Some(q) = queries.iter().find(|q| !is_dicom_path(&q.image)) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} a DICOM query (its slices' UIDs and the patient's identity): {} is not a \
+             DICOM series",
+            q.image.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The MedLAM weights a run uses: the configured file or `weights/medlam.bpk`.

@@ -1,5 +1,6 @@
 //! The files a native run writes under its output folder: `labels.json`,
-//! `<case>.seg.nii.gz`, `<case>.boxes.json`, `<case>.png`, `metrics.csv` and
+//! `<case>.seg.nii.gz`, `<case>.boxes.json`, `<case>.png`, for DICOM queries
+//! `<case>.rtstruct.dcm` and `<case>.seg.dcm` when asked, `metrics.csv` and
 //! `localization.csv`. What they contain is made in [`crate::output`]; this
 //! module only writes it (each file whole, through a temporary name).
 
@@ -9,9 +10,13 @@ use crate::metrics::LabelMetrics;
 use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row, overview_png};
 use crate::pipeline::QueryResult;
 use crate::types::OrganLocalization;
+use crate::volume::dicom::DicomInfo;
+use crate::volume::dicom_derived::{DerivedOptions, dicom_date_time};
+use crate::volume::dicom_seg::write_dicom_seg;
 use crate::volume::label_table::LabelTable;
 use crate::volume::nifti_io::write_file;
-use crate::volume::{CtVolume, Reorientation, write_labels_nifti_bytes};
+use crate::volume::rtstruct::write_rtstruct;
+use crate::volume::{CtVolume, LabelVolume, Reorientation, write_labels_nifti_bytes};
 use crate::{Error, Result};
 
 /// Create the output folder.
@@ -57,6 +62,63 @@ pub fn write_query_outputs(
         &out.join(format!("{case}.png")),
         &overview_png(ct, &res.labels, &res.organs)?,
     )
+}
+
+/// The DICOM objects a run writes beside the NIfTI of a DICOM query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DicomOutputs {
+    /// `<case>.rtstruct.dcm`: an RT Structure Set (contours).
+    pub rtstruct: bool,
+    /// `<case>.seg.dcm`: a DICOM Segmentation (binary frames).
+    pub seg: bool,
+}
+
+impl DicomOutputs {
+    pub fn any(&self) -> bool {
+        self.rtstruct || self.seg
+    }
+}
+
+/// `<case>.rtstruct.dcm` and/or `<case>.seg.dcm` of `organs` in `labels` (the query's
+/// file grid), for a query read from DICOM (`info`); dated now (UTC).
+pub fn write_dicom_outputs(
+    out: &Path,
+    case: &str,
+    labels: &LabelVolume,
+    organs: &[u16],
+    names: &LabelTable,
+    info: Option<&DicomInfo>,
+    outputs: DicomOutputs,
+) -> Result<()> {
+    if !outputs.any() {
+        return Ok(());
+    }
+    let info = info.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{case}: RTSTRUCT and DICOM SEG outputs need a DICOM query (this one is NIfTI)"
+        ))
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (date, time) = dicom_date_time(now);
+    let options = DerivedOptions {
+        date,
+        time,
+        series_number: None,
+    };
+    if outputs.rtstruct {
+        let (bytes, _) = write_rtstruct(labels, info, organs, names, &options)?;
+        write_file(&out.join(format!("{case}.rtstruct.dcm")), &bytes)?;
+    }
+    if outputs.seg {
+        // A SEG needs a frame: an empty result gets none (the NIfTI says so).
+        if organs.iter().any(|o| labels.data.contains(o)) {
+            let (bytes, _) = write_dicom_seg(labels, info, organs, names, &options)?;
+            write_file(&out.join(format!("{case}.seg.dcm")), &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// The rows of `metrics.csv`, one per query and organ.

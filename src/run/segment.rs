@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use super::config::{CasePaths, RunConfig};
 use super::default_out;
-use super::inputs::{load_labels, load_query, medlam_weights_path};
-use super::outputs::{MetricsCsv, create_out, write_labels_json, write_query_outputs};
+use super::inputs::{check_dicom_outputs, load_labels, load_query_with_dicom, medlam_weights_path};
+use super::outputs::{
+    DicomOutputs, MetricsCsv, create_out, write_dicom_outputs, write_labels_json,
+    write_query_outputs,
+};
 use super::session::{Session, lite_medsam_segmenter};
 use crate::device::BackendChoice;
 use crate::medlam::LocalizeOptions;
@@ -68,6 +71,8 @@ pub struct QueryBatch<'a> {
     /// `(support, query)` label pairs where query label maps use other values.
     pub query_label_map: &'a [(u16, u16)],
     pub options: &'a SegmentOptions,
+    /// RTSTRUCT / DICOM SEG beside the NIfTI (DICOM queries only).
+    pub dicom_outputs: DicomOutputs,
 }
 
 /// Segment every query and write its outputs under `batch.out`. `make_localizer` builds
@@ -85,7 +90,9 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
         out,
         query_label_map,
         options: opt,
+        dicom_outputs,
     } = *batch;
+    check_dicom_outputs(queries, dicom_outputs.rtstruct, dicom_outputs.seg)?;
     create_out(out)?;
     write_labels_json(out, names)?;
     let mut reports = Vec::new();
@@ -94,7 +101,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
         let case = case_name(&q.image);
         let t0 = web_time::Instant::now();
         let result = (|| -> Result<QueryOk> {
-            let (ct, truth) = load_query(q, query_label_map)?;
+            let (ct, truth, dicom) = load_query_with_dicom(q, query_label_map)?;
             let load_s = t0.elapsed().as_secs_f64();
             let mut loc = make_localizer(&ct, truth.as_ref())?;
             let res = pollster::block_on(segment_query(
@@ -108,6 +115,15 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
             ))?;
             let tw = web_time::Instant::now();
             write_query_outputs(out, &case, &ct, &res, names)?;
+            write_dicom_outputs(
+                out,
+                &case,
+                &res.labels,
+                organs,
+                names,
+                dicom.as_ref(),
+                dicom_outputs,
+            )?;
             let write_s = tw.elapsed().as_secs_f64();
             let metrics = match &truth {
                 Some(t) => evaluate_labels(&res.labels, t, organs)?,
@@ -155,6 +171,8 @@ pub struct SupportRun {
     pub localize: LocalizeOptions,
     /// Weight of registration priors against the segmenter (see [`SegmentOptions`]).
     pub prior_weight: f32,
+    /// RTSTRUCT / DICOM SEG beside each query's NIfTI (DICOM queries only).
+    pub dicom_outputs: DicomOutputs,
 }
 
 impl SupportRun {
@@ -206,6 +224,11 @@ pub fn segment_with_supports(
     if cfg.queries.is_empty() {
         return Err(Error::InvalidArgument("no query CT given".into()));
     }
+    check_dicom_outputs(
+        &cfg.queries,
+        run.dicom_outputs.rtstruct,
+        run.dicom_outputs.seg,
+    )?;
     let t = web_time::Instant::now();
     let mut session = run.session(log)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -229,6 +252,7 @@ pub fn segment_with_supports(
         out: &out,
         query_label_map: &run.query_label_map,
         options: &opt,
+        dicom_outputs: run.dicom_outputs,
     };
     run_queries(
         &batch,
@@ -302,6 +326,8 @@ pub struct TrueBoxRun {
     pub weights: Option<PathBuf>,
     pub window_hu: [f32; 2],
     pub out: PathBuf,
+    /// RTSTRUCT / DICOM SEG beside the NIfTI (a DICOM query only).
+    pub dicom_outputs: DicomOutputs,
 }
 
 impl TrueBoxRun {
@@ -316,6 +342,7 @@ impl TrueBoxRun {
             weights: None,
             window_hu: SOFT_TISSUE_WINDOW_HU,
             out,
+            dicom_outputs: DicomOutputs::default(),
         }
     }
 }
@@ -370,6 +397,7 @@ pub fn segment_true_boxes(
         out: &run.out,
         query_label_map: &[],
         options: &opt,
+        dicom_outputs: run.dicom_outputs,
     };
     run_queries(
         &batch,
