@@ -3,15 +3,23 @@
 //!
 //! ```sh
 //! cargo run --release --example register_eval -- [--supports 1-5] [--queries 6-15] \
-//!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...]
+//!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...] \
+//!     [--init body|truth|medlam] [--medlam weights/medlam.bpk] [--alphas 0.5,1] [--band 15]
 //! ```
+//! `--init`: the second start of each registration beside the body boxes: none (`body`),
+//! the query's own organ points (`truth`, an upper bound) or MedLAM's (`medlam`, the
+//! product's `--localizer both`); default `body`. `--alphas`: intensity refinement of
+//! the weighted prior, one more column per α.
 //! `--set` keys: margin, z, top, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
 //! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,3.
 
 use std::path::PathBuf;
 
-use medlsam::register::eval::{EvalOptions, query_line, run, summary_table};
-use medlsam::register::{FuseMode, RegisterOptions};
+use medlsam::register::eval::{EvalOptions, InitPoints, query_line, run, summary_table};
+use medlsam::register::{FuseMode, RegisterOptions, located_points};
+use medlsam::run::config::{CasePaths, Organs};
+use medlsam::run::session::Session;
+use medlsam::types::{BoxMode, Localizer};
 use medlsam::volume::label_table::LabelTable;
 
 fn cases(spec: &str) -> Vec<String> {
@@ -43,12 +51,25 @@ fn main() {
         ..Default::default()
     };
     let mut weighted = Vec::new();
+    let mut init = "body".to_string();
+    let mut alphas: Vec<f32> = Vec::new();
+    let mut band_mm = medlsam::register::intensity::DEFAULT_BAND_MM;
+    let mut medlam_weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/medlam.bpk");
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
             "--supports" => supports = cases(&val()),
             "--queries" => queries = cases(&val()),
             "--data" => data = PathBuf::from(val()),
+            "--init" => init = val(),
+            "--band" => band_mm = val().parse().expect("band mm"),
+            "--alphas" => {
+                alphas = val()
+                    .split(',')
+                    .map(|v| v.parse().expect("alpha"))
+                    .collect()
+            }
+            "--medlam" => medlam_weights = PathBuf::from(val()),
             "--weighted" => {
                 let [w, p] = {
                     let v = val();
@@ -110,15 +131,51 @@ fn main() {
         organs: (1..=7).collect(),
         register: opts,
         weighted,
+        alphas,
+        band_mm,
     };
     let t0 = std::time::Instant::now();
-    let results = run(&eval, &burn::tensor::Device::flex(), |r| {
-        println!("{}", query_line(r))
-    })
-    .unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let device = burn::tensor::Device::flex();
+    let mut medlam = None;
+    if init == "medlam" {
+        let paths: Vec<CasePaths> = eval
+            .supports
+            .iter()
+            .map(|c| CasePaths {
+                image: eval.openkbp_dir.join(format!("{c}.ct.nii.gz")),
+                label: Some(eval.openkbp_dir.join(format!("{c}.label.nii.gz"))),
+            })
+            .collect();
+        let session = Session::open(
+            &paths,
+            &Organs::All,
+            &medlam_weights,
+            device.clone(),
+            Default::default(),
+            &mut |w| eprintln!("{w}"),
+        )
+        .unwrap_or_else(|e| panic!("MedLAM: {e}"));
+        medlam = Some((
+            session.localizer(BoxMode::Wpl).expect("MedLAM atlas"),
+            session.organs.clone(),
+        ));
+    }
+    let mut located = |ct: &medlsam::volume::CtVolume| {
+        let (m, organs) = medlam.as_mut().expect("MedLAM built");
+        let found = pollster::block_on(m.localize(ct, organs))?;
+        Ok(located_points(&found, &ct.affine))
+    };
+    let init = match init.as_str() {
+        "body" => InitPoints::Body,
+        "truth" => InitPoints::Truth,
+        "medlam" => InitPoints::Located(&mut located),
+        other => panic!("--init body|truth|medlam, not {other}"),
+    };
+    let results =
+        run(&eval, init, &device, |r| println!("{}", query_line(r))).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
     let name = |o: u16| names.as_ref().map_or(o.to_string(), |t| t.name(o));
     println!("{}", summary_table(&results, &name));
     println!("total {:.0} s", t0.elapsed().as_secs_f64());

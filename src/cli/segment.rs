@@ -263,6 +263,9 @@ fn print_reports(reports: &[QueryReport], names: &LabelTable) -> Vec<String> {
             "{}: {} slices, {} boxes in {:.1} s{notes}",
             r.case, ok.slices, ok.boxes, ok.seconds
         );
+        for (l, w) in &ok.warnings {
+            println!("{}: warning: {}: {w}", r.case, names.name(*l));
+        }
     }
     failed
 }

@@ -11,12 +11,14 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
+use super::intensity::learn_models;
 use super::{
-    FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
+    FuseMode, OrganMaps, OrganPoints, RegImage, RegisterOptions, fuse, label_points, points_init,
+    prior_to_canonical, register, warp_labels,
 };
 use crate::metrics::dice_pct;
 use crate::volume::labels::mask_of;
-use crate::volume::{LabelVolume, Reorientation, Volume, read_nifti_path};
+use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume, read_nifti_path};
 use crate::{Error, Result};
 
 /// What to evaluate.
@@ -33,6 +35,11 @@ pub struct EvalOptions {
     pub register: RegisterOptions,
     /// The weighted fusion modes (column c, one per mode).
     pub weighted: Vec<FuseMode>,
+    /// Intensity refinement of the last fused prior, one more column per `α`
+    /// ([`super::intensity`]).
+    pub alphas: Vec<f32>,
+    /// The band around each organ whose HU make its "around" histogram, mm.
+    pub band_mm: f64,
 }
 
 /// One query's result.
@@ -52,6 +59,8 @@ pub struct QueryResult {
 }
 
 struct Case {
+    /// The canonical CT.
+    ct: CtVolume,
     image: RegImage,
     labels: LabelVolume,
     reorientation: Reorientation,
@@ -64,34 +73,64 @@ fn load(dir: &Path, case: &str) -> Result<Case> {
     let (ct_c, reorientation) = ct.to_canonical();
     Ok(Case {
         image: RegImage::from_canonical(&ct_c)?,
+        ct: ct_c,
         labels,
         reorientation,
     })
 }
 
+/// Where the second start of each registration comes from (beside the body boxes).
+pub enum InitPoints<'a> {
+    /// None: the body boxes only.
+    Body,
+    /// The query's own organ points (its label map: an upper bound for a localizer).
+    Truth,
+    /// A localizer's organ points in the canonical query (e.g. MedLAM's).
+    Located(&'a mut dyn FnMut(&CtVolume) -> Result<Vec<OrganPoints>>),
+}
+
 /// Run the evaluation; `log` gets one line per query as it finishes.
 pub fn run(
     opts: &EvalOptions,
+    mut init: InitPoints,
     device: &Device,
     mut log: impl FnMut(&QueryResult),
 ) -> Result<Vec<QueryResult>> {
     let dir = &opts.openkbp_dir;
     let mut supports = Vec::new();
+    let mut appearance = Vec::new();
     for s in &opts.supports {
         let c = load(dir, s)?;
         let canon = c.labels.reoriented(&c.reorientation);
         let maps = OrganMaps::from_canonical_labels(&canon, &c.image, &opts.organs)?;
-        supports.push((c.image, maps));
+        let points = label_points(&canon, &opts.organs);
+        supports.push((c.image, maps, points));
+        appearance.push((c.ct, canon));
     }
+    let models = if opts.alphas.is_empty() {
+        Vec::new()
+    } else {
+        let pairs: Vec<_> = appearance.iter().map(|(c, l)| (c, l)).collect();
+        learn_models(&pairs, &opts.organs, opts.band_mm)?
+    };
+    drop(appearance);
     let mut out = Vec::new();
     for q in &opts.queries {
         let query = load(dir, q)?;
         let fixed = &query.image;
         let t0 = Instant::now();
+        let located = match &mut init {
+            InitPoints::Body => Vec::new(),
+            InitPoints::Truth => {
+                label_points(&query.labels.reoriented(&query.reorientation), &opts.organs)
+            }
+            InitPoints::Located(f) => f(&query.ct)?,
+        };
         let mut regs = Vec::new();
         let mut failures = Vec::new();
-        for (si, (img, _)) in supports.iter().enumerate() {
-            match register(fixed, img, None, &opts.register, device) {
+        for (si, (img, _, points)) in supports.iter().enumerate() {
+            let start = points_init(&located, points);
+            match register(fixed, img, start.as_ref(), &opts.register, device) {
                 Ok(r) => regs.push((si, r)),
                 Err(e) => failures.push(format!("{}: {e}", opts.supports[si])),
             }
@@ -106,7 +145,7 @@ pub fn run(
         let mut warped_aff = Vec::new();
         let mut warped_def = Vec::new();
         for (si, r) in &regs {
-            let (img, maps) = &supports[*si];
+            let (img, maps, _) = &supports[*si];
             warped_aff.push(warp_labels(fixed, img, maps, &r.affine_only())?);
             warped_def.push(warp_labels(fixed, img, maps, r)?);
         }
@@ -124,8 +163,23 @@ pub fn run(
             .filter(|o| query.labels.data.contains(o))
             .collect();
         let mut dsc: Vec<(u16, Vec<f64>)> = present.iter().map(|&o| (o, Vec::new())).collect();
+        let mut canons = Vec::new();
         for prior in &priors {
-            let canon = prior_to_canonical(fixed, prior)?;
+            canons.push(prior_to_canonical(fixed, prior)?);
+        }
+        if let Some(last) = canons.last().cloned() {
+            for &alpha in &opts.alphas {
+                let mut refined = Vec::new();
+                for (o, p) in &last {
+                    match models.iter().find(|m| m.organ == *o && m.is_learnt()) {
+                        Some(m) => refined.push((*o, m.refine(p, &query.ct, alpha)?)),
+                        None => refined.push((*o, p.clone())),
+                    }
+                }
+                canons.push(refined);
+            }
+        }
+        for canon in &canons {
             for (o, row) in dsc.iter_mut() {
                 let (_, p) = canon
                     .iter()

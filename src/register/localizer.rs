@@ -1,6 +1,7 @@
 //! Registration as the pipeline's [`Localizer`]: every support with a label map is
 //! registered to the query, its organs warped and fused into a prior per organ
-//! ([`super::fuse`]); each organ's boxes come from its prior (the voxels where it is at
+//! ([`super::fuse`]) and sharpened by each organ's intensities learnt from the supports
+//! ([`super::intensity`]); each organ's boxes come from its prior (the voxels where it is at
 //! least 0.5, the highest organ winning), and the prior travels with the localization
 //! so the segmentation can combine it with LiteMedSAM's probabilities.
 //!
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 
+use super::intensity::{DEFAULT_ALPHA, DEFAULT_BAND_MM, IntensityModel, learn_models};
 use super::{
     FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
 };
@@ -35,6 +37,10 @@ pub const DEFAULT_FUSE: FuseMode = FuseMode::LocalNcc {
 pub struct RegisterLocalizer {
     /// Each support with a label map: its 3 mm image and one-hot organ maps.
     supports: Arc<Vec<(String, RegImage, OrganMaps)>>,
+    /// Each organ's HU inside and around it in the supports ([`super::intensity`]).
+    models: Arc<Vec<IntensityModel>>,
+    /// Exponent of the intensity likelihood ratio (0: the fused prior as it is).
+    pub alpha: f32,
     pub options: RegisterOptions,
     pub fuse: FuseMode,
     pub mode: BoxMode,
@@ -55,13 +61,16 @@ impl RegisterLocalizer {
         device: &Device,
     ) -> Result<Self> {
         let mut prepared = Vec::new();
+        let mut labelled = Vec::new();
         for s in supports {
             if let SupportOrgans::Labels(labels) = &s.organs {
                 let image = RegImage::from_canonical(&s.ct)?;
                 let maps = OrganMaps::from_canonical_labels(labels, &image, organs)?;
                 prepared.push((s.name.clone(), image, maps));
+                labelled.push((&s.ct, labels));
             }
         }
+        let models = learn_models(&labelled, organs, DEFAULT_BAND_MM)?;
         if prepared.is_empty() {
             return Err(Error::InvalidArgument(
                 "registration needs at least one support with a label map (extreme points alone cannot be warped)".into(),
@@ -69,6 +78,8 @@ impl RegisterLocalizer {
         }
         Ok(Self {
             supports: Arc::new(prepared),
+            models: Arc::new(models),
+            alpha: DEFAULT_ALPHA,
             options: RegisterOptions::default(),
             fuse: DEFAULT_FUSE,
             mode,
@@ -85,7 +96,8 @@ impl RegisterLocalizer {
     }
 
     /// Register every support to `query` (canonical grid) and fuse their organs: one
-    /// prior probability volume per organ on the canonical grid. Registrations that
+    /// prior probability volume per organ on the canonical grid, refined by the
+    /// organs' intensities when [`Self::alpha`] > 0. Registrations that
     /// fail are skipped (noted in [`Self::report`]); `Err` when all fail.
     pub fn priors(&mut self, query: &CtVolume) -> Result<Vec<(u16, Volume<f32>)>> {
         let fixed = RegImage::from_canonical(query)?;
@@ -112,7 +124,19 @@ impl RegisterLocalizer {
             )));
         }
         let prior = fuse(&fixed, &warped, self.fuse)?;
-        prior_to_canonical(&fixed, &prior)
+        let mut priors = prior_to_canonical(&fixed, &prior)?;
+        if self.alpha > 0.0 {
+            for (organ, p) in &mut priors {
+                if let Some(m) = self
+                    .models
+                    .iter()
+                    .find(|m| m.organ == *organ && m.is_learnt())
+                {
+                    *p = m.refine(p, query, self.alpha)?;
+                }
+            }
+        }
+        Ok(priors)
     }
 }
 

@@ -78,7 +78,7 @@ fn lr_at(lr: f64, step: usize, steps: usize) -> f64 {
 pub(super) fn register(
     fixed: &RegImage,
     moving: &RegImage,
-    init: Affine,
+    inits: &[Affine],
     opts: &RegisterOptions,
     device: &Device,
 ) -> Result<Registration> {
@@ -180,7 +180,7 @@ pub(super) fn register(
         &base,
     );
     // Initial affine in centred coordinates: y = L0·q + (L0·c + t0).
-    let p0 = |shift: [f64; 3]| -> Tensor<2> {
+    let p0 = |init: &Affine, shift: [f64; 3]| -> Tensor<2> {
         let mut v = Vec::with_capacity(12);
         for r in 0..3 {
             for c in 0..3 {
@@ -218,17 +218,33 @@ pub(super) fn register(
         Ok((read(ncc(l.fixed.clone(), m, inside))?, frac))
     };
 
-    // Initial shift along z: a coarse search of the NCC at 6 mm.
-    let mut best = (f64::NEG_INFINITY, 0.0);
+    // Initial shift along z: a coarse search of the NCC at 6 mm. Scans of one region
+    // start and stop at different heights, and a neck can match a skull base nearly as
+    // well as its own level: the best few local maxima are each refined by the coarse
+    // affine, and the one with the highest NCC after it goes on.
     let steps = (opts.z_search_mm / 6.0).floor() as i64;
-    for s in -steps..=steps {
-        let dz = 6.0 * s as f64;
-        let (v, frac) = global(&levels[0], p0([0.0, 0.0, dz]), None)?;
-        if frac > 0.3 && v.is_finite() && v > best.0 + 1e-9 {
-            best = (v, dz);
+    let mut starts = Vec::new();
+    for (ii, init) in inits.iter().enumerate() {
+        let mut profile = Vec::new();
+        for s in -steps..=steps {
+            let dz = 6.0 * s as f64;
+            let (v, frac) = global(&levels[0], p0(init, [0.0, 0.0, dz]), None)?;
+            profile.push((
+                dz,
+                if frac > 0.3 && v.is_finite() {
+                    v
+                } else {
+                    f64::NEG_INFINITY
+                },
+            ));
         }
+        starts.extend(
+            z_starts(&profile, 3, 24.0)
+                .into_iter()
+                .map(|(dz, v)| (ii, dz, v)),
+        );
     }
-    if !best.0.is_finite() {
+    if starts.is_empty() {
         return Err(Error::InvalidArgument(
             "registration: the images do not overlap after initialisation".into(),
         ));
@@ -239,41 +255,59 @@ pub(super) fn register(
             eprintln!("  [{:6.2} s] {what}", t0.elapsed().as_secs_f64());
         }
     };
-    lap(&format!("z search: shift {} mm, ncc {:.3}", best.1, best.0));
-    let p_init = p0([0.0, 0.0, best.1]);
-    let ncc_init = global(&levels[1], p_init.clone(), None)?.0;
-
-    // Affine: Adam on the 12 parameters, coarse then fine.
     let adam = AdamConfig::new().build();
-    let mut theta = Tensor::<1>::zeros([12], &base);
-    for (li, l) in levels.iter().enumerate() {
-        let steps = opts.affine_steps[li];
-        let mut state = None;
-        for step in 0..steps {
-            let th = Tensor::<1>::from_inner(theta.clone()).require_grad();
-            let p = affine_of(&p_init.clone().autodiff(), th.clone());
-            let (m, inside) = warp(l, p, None);
-            let loss = ncc(l.fixed.clone(), m, inside).neg();
-            let value = read(loss.clone().inner())?;
-            if !value.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "registration: the affine loss is not finite ({value}) at step {step}"
-                )));
+    // Adam on the 12 affine parameters at one level, from `theta`.
+    let refine =
+        |l: &Level, p_init: &Tensor<2>, mut theta: Tensor<1>, steps: usize| -> Result<Tensor<1>> {
+            let mut state = None;
+            for step in 0..steps {
+                let th = Tensor::<1>::from_inner(theta.clone()).require_grad();
+                let p = affine_of(&p_init.clone().autodiff(), th.clone());
+                let (m, inside) = warp(l, p, None);
+                let loss = ncc(l.fixed.clone(), m, inside).neg();
+                let value = read(loss.clone().inner())?;
+                if !value.is_finite() {
+                    return Err(Error::InvalidArgument(format!(
+                        "registration: the affine loss is not finite ({value}) at step {step}"
+                    )));
+                }
+                let grads = loss.backward();
+                let g = th.grad(&grads).ok_or_else(|| {
+                    Error::InvalidArgument("registration: no gradient for the affine".into())
+                })?;
+                let (t, s) =
+                    Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
+                theta = t;
+                state = s;
             }
-            let grads = loss.backward();
-            let g = th.grad(&grads).ok_or_else(|| {
-                Error::InvalidArgument("registration: no gradient for the affine".into())
-            })?;
-            let (t, s) =
-                Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
-            theta = t;
-            state = s;
-        }
+            Ok(theta)
+        };
+    let mut best: Option<(f64, usize, f64, Tensor<1>)> = None;
+    for &(ii, dz, v) in &starts {
+        let p = p0(&inits[ii], [0.0, 0.0, dz]);
+        let theta = refine(
+            &levels[0],
+            &p,
+            Tensor::<1>::zeros([12], &base),
+            opts.affine_steps[0],
+        )?;
+        let (after, frac) = global(&levels[0], affine_of(&p, theta.clone()), None)?;
         lap(&format!(
-            "affine level {li}: {} points",
-            l.dims().iter().product::<usize>()
+            "start {ii}, z {dz} mm (ncc {v:.3}): coarse affine ncc {after:.3}"
         ));
+        if frac > 0.3 && after.is_finite() && best.as_ref().is_none_or(|b| after > b.0) {
+            best = Some((after, ii, dz, theta));
+        }
     }
+    let (_, ii, dz, theta) = best.ok_or_else(|| {
+        Error::InvalidArgument(
+            "registration: no starting position keeps the images overlapping".into(),
+        )
+    })?;
+    let p_init = p0(&inits[ii], [0.0, 0.0, dz]);
+    let ncc_init = global(&levels[1], p_init.clone(), None)?.0;
+    let theta = refine(&levels[1], &p_init, theta, opts.affine_steps[1])?;
+    lap(&format!("affine: start {ii}, z {dz} mm, fine level done"));
     let p_aff = affine_of(&p_init, theta);
     let (ncc_aff, frac) = global(&levels[1], p_aff.clone(), None)?;
     if frac < 0.3 || !ncc_aff.is_finite() {
@@ -418,4 +452,50 @@ pub(super) fn register(
         ncc: [ncc_init, ncc_aff, ncc_def],
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The `k` best local maxima of a z-shift profile `(shift mm, NCC)` (non-finite values
+/// never), at least `apart` mm from each other, best first.
+fn z_starts(profile: &[(f64, f64)], k: usize, apart: f64) -> Vec<(f64, f64)> {
+    let mut peaks: Vec<(f64, f64)> = profile
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(_, v))| {
+            v.is_finite()
+                && (i == 0 || profile[i - 1].1 <= v)
+                && (i + 1 == profile.len() || profile[i + 1].1 <= v)
+        })
+        .map(|(_, &p)| p)
+        .collect();
+    peaks.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for p in peaks {
+        if out.len() < k && out.iter().all(|q| (q.0 - p.0).abs() >= apart) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::z_starts;
+
+    #[test]
+    fn z_starts_are_separated_local_maxima_best_first() {
+        let prof: Vec<(f64, f64)> = [0.1, 0.5, 0.4, 0.45, 0.9, 0.3, f64::NEG_INFINITY, 0.6, 0.2]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (6.0 * i as f64, v))
+            .collect();
+        // Maxima: 0.5 at 6, 0.9 at 24, 0.6 at 42 (0.45 at 18 is not one: 0.9 follows).
+        assert_eq!(
+            z_starts(&prof, 3, 12.0),
+            vec![(24.0, 0.9), (42.0, 0.6), (6.0, 0.5)]
+        );
+        // Both others lie 18 mm from the best: dropped when 20 mm apart are asked for.
+        assert_eq!(z_starts(&prof, 3, 20.0), vec![(24.0, 0.9)]);
+        assert_eq!(z_starts(&prof, 2, 12.0), vec![(24.0, 0.9), (42.0, 0.6)]);
+        assert!(z_starts(&[(0.0, f64::NAN)], 3, 6.0).is_empty());
+    }
 }

@@ -60,6 +60,9 @@ pub struct QueryOk {
     pub found: Vec<(u16, f32)>,
     /// Organs predicted outside the query's field of view (not segmented).
     pub outside_view: Vec<u16>,
+    /// Organs the localizer placed with a warning (e.g. MedLAM standing in for a failed
+    /// registration), with the warning.
+    pub warnings: Vec<(u16, String)>,
 }
 
 /// What [`run_queries`] segments, how, and where it writes.
@@ -143,6 +146,11 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
                     .iter()
                     .filter(|o| o.outside_view())
                     .map(|o| o.label)
+                    .collect(),
+                warnings: res
+                    .organs
+                    .iter()
+                    .filter_map(|o| o.warning.clone().map(|w| (o.label, w)))
                     .collect(),
             })
         })();
