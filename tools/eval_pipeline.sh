@@ -7,6 +7,9 @@
 # Usage: tools/eval_pipeline.sh [N_QUERIES=5] [OUT=out/eval_pipeline] [BACKEND=cpu]
 #   FIRST=K skips the first K query cases (to evaluate in parts); ABDOMEN=0 skips the abdomen,
 #   OPENKBP=0 the OpenKBP part.
+#   EVAL_ARGS adds options to the OpenKBP eval-segment, e.g. the registration prior alone:
+#   EVAL_ARGS="--localizer register --eval-modes reg" (its rows beside eval/openkbp's:
+#   `medlsam eval-report eval/openkbp OUT/openkbp`).
 #   N=all takes every remaining case. OpenKBP results accumulate in OUT/openkbp (eval.csv,
 #   times.csv): a stopped run resumes there, and the printed table covers every query in it.
 #   The full run's results are kept in the repository: `ABDOMEN=0 tools/eval_pipeline.sh all eval`
@@ -35,7 +38,7 @@ echo "supports: ${SUP[*]}"
 echo "queries:  ${QRY[*]}"
 if [ "${OPENKBP:-1}" != 0 ]; then
   echo "== OpenKBP: MedLAM SPL 6 mm and WPL boxes vs oracle boxes (true per-slice boxes + 10 px margin)"
-  "$BIN" eval-segment "${args[@]}" --organs all --slab-mm 6 --backend "$BACKEND" --out "$OUT/openkbp"
+  "$BIN" eval-segment "${args[@]}" --organs all --slab-mm 6 --backend "$BACKEND" --out "$OUT/openkbp" ${EVAL_ARGS:-}
 fi
 [ "${ABDOMEN:-1}" = 0 ] && exit 0
 A="$D/abdomen"

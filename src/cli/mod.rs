@@ -106,10 +106,12 @@ enum Command {
     /// from them; prints DSC per organ for each mode.
     EvalSegment(Box<segment::SegmentArgs>),
     /// Print the summary of an eval-segment output folder (OUT/eval.csv, OUT/times.csv)
-    /// without evaluating anything, e.g. of a run still in progress.
+    /// without evaluating anything, e.g. of a run still in progress. Several folders:
+    /// their modes side by side on the queries all of them finished.
     EvalReport {
-        /// The folder eval-segment wrote (its --out).
-        dir: PathBuf,
+        /// The folders eval-segment wrote (its --out).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Benchmarks (timings and peak memory).
     #[command(subcommand)]
@@ -142,7 +144,7 @@ pub fn main() -> ExitCode {
         Command::EvalLocalize(a) => localize::eval_localize_command(*a),
         Command::Segment(a) => segment::segment(*a),
         Command::EvalSegment(a) => segment::eval_segment(*a),
-        Command::EvalReport { dir } => segment::eval_report(&dir),
+        Command::EvalReport { dirs } => segment::eval_report(&dirs),
         Command::Bench(c) => bench::bench(c),
     };
     match result {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use medlsam::device::BackendChoice;
 use medlsam::medlam::LocalizeOptions;
 use medlsam::run::config::{Organs, RunConfig, parse_organs, read_list};
-use medlsam::run::evaluate::{evaluate_pipeline, read_results, summary_table};
+use medlsam::run::evaluate::{evaluate_pipeline, merged_summary, read_results, summary_table};
 use medlsam::run::outputs::DicomOutputs;
 use medlsam::run::segment::{
     QueryReport, SupportRun, TrueBoxRun, segment_true_boxes, segment_with_supports,
@@ -79,6 +79,10 @@ pub struct SegmentArgs {
     /// needs DICOM queries.
     #[arg(long)]
     dicom_seg: bool,
+    /// eval-segment only: evaluate just these of the --localizer's modes (e.g. reg or
+    /// reg,oracle; default all of them).
+    #[arg(long, value_delimiter = ',')]
+    eval_modes: Vec<String>,
     /// Output folder (default: the config's seg_save_path, else medlsam_out).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -184,6 +188,11 @@ fn peak_memory() -> String {
 
 /// `medlsam segment`.
 pub fn segment(a: SegmentArgs) -> Result<()> {
+    if !a.eval_modes.is_empty() {
+        return Err(Error::InvalidArgument(
+            "--eval-modes belongs to eval-segment".into(),
+        ));
+    }
     if let Some(label) = &a.boxes_from_label {
         return segment_true_boxes_command(&a, label);
     }
@@ -351,6 +360,7 @@ pub fn eval_segment(a: SegmentArgs) -> Result<()> {
     let mut qi = 0;
     let (results, failures) = evaluate_pipeline(
         &run,
+        &a.eval_modes,
         &mut |case, mode, p: Progress| {
             if case != current {
                 current = case.to_string();
@@ -388,14 +398,21 @@ pub fn eval_segment(a: SegmentArgs) -> Result<()> {
     }
 }
 
-/// `medlsam eval-report DIR`.
-pub fn eval_report(dir: &Path) -> Result<()> {
-    if !dir.join("times.csv").is_file() {
-        return Err(Error::InvalidArgument(format!(
-            "{} holds no eval-segment results (times.csv)",
-            dir.display()
-        )));
+/// `medlsam eval-report DIR [DIR ...]`.
+pub fn eval_report(dirs: &[PathBuf]) -> Result<()> {
+    let mut all = Vec::new();
+    for dir in dirs {
+        if !dir.join("times.csv").is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no eval-segment results (times.csv)",
+                dir.display()
+            )));
+        }
+        all.push(read_results(dir)?);
     }
-    print!("{}", summary_table(&read_results(dir)?));
+    match all.as_slice() {
+        [one] => print!("{}", summary_table(one)),
+        _ => print!("{}", merged_summary(&all)),
+    }
     Ok(())
 }

@@ -46,6 +46,30 @@ pub fn modes_for(choice: LocalizerChoice) -> &'static [&'static str] {
     }
 }
 
+/// The modes of `choice` named in `only` (all of them when `only` is empty), in the
+/// evaluation's order. `reg_box` and `reg_sam` reuse `reg`'s localization, so they need it.
+pub fn select_modes(choice: LocalizerChoice, only: &[String]) -> Result<Vec<&'static str>> {
+    let all = modes_for(choice);
+    if let Some(m) = only.iter().find(|m| !all.contains(&m.as_str())) {
+        return Err(Error::InvalidArgument(format!(
+            "--eval-modes: {m} is not a mode of --localizer {} (its modes: {})",
+            choice.name(),
+            all.join(", ")
+        )));
+    }
+    let modes: Vec<&'static str> = all
+        .iter()
+        .copied()
+        .filter(|m| only.is_empty() || only.iter().any(|o| o == m))
+        .collect();
+    if modes.iter().any(|m| m.starts_with("reg_")) && !modes.contains(&"reg") {
+        return Err(Error::InvalidArgument(
+            "--eval-modes: reg_box and reg_sam reuse reg's localization: add reg".into(),
+        ));
+    }
+    Ok(modes)
+}
+
 /// Whether a mode runs a localizer of its own (the others reuse one: `reg_box` and
 /// `reg_sam` reuse `reg`'s, `oracle` reads the labels).
 fn localizes(mode: &str) -> bool {
@@ -319,6 +343,7 @@ pub struct Failure {
 /// under `OUT` and the queries that failed in this run (the others continue).
 pub fn evaluate_pipeline(
     run: &SupportRun,
+    only: &[String],
     progress: &mut dyn FnMut(&str, &str, Progress),
     log: &mut dyn FnMut(String),
 ) -> Result<(EvalResults, Vec<Failure>)> {
@@ -337,7 +362,8 @@ pub fn evaluate_pipeline(
             q.image.display()
         )));
     }
-    let modes = modes_for(cfg.localizer.unwrap_or(LocalizerChoice::Medlam));
+    let modes = select_modes(cfg.localizer.unwrap_or(LocalizerChoice::Medlam), only)?;
+    let modes = modes.as_slice();
     let todo = resume(&out, &cfg.queries, modes)?;
     if todo.len() < cfg.queries.len() {
         log(format!(
@@ -549,6 +575,63 @@ where
 /// mode, and the SPL and WPL masks' box IoU; a last row over all instances; then the
 /// time per query.
 pub fn summary_table(res: &EvalResults) -> String {
+    let modes = if res.modes.is_empty() {
+        MODES.iter().map(|m| m.to_string()).collect()
+    } else {
+        res.modes.clone()
+    };
+    dsc_table(res) + &times_summary(res, &modes)
+}
+
+/// Several evaluations side by side (e.g. `eval/openkbp`'s SPL/WPL/oracle and a
+/// registration run on the same queries): the DSC table over the queries every one of
+/// them finished (a mode in two of them is taken from the first), then each one's times
+/// on those queries.
+pub fn merged_summary(all: &[EvalResults]) -> String {
+    let mut common: Vec<&str> = all
+        .first()
+        .map(|r| r.times.iter().map(|t| t.case.as_str()).collect())
+        .unwrap_or_default();
+    common.retain(|c| all.iter().all(|r| r.times.iter().any(|t| t.case == *c)));
+    let mut merged = EvalResults::default();
+    for res in all {
+        for m in &res.modes {
+            if merged.modes.contains(m) {
+                continue;
+            }
+            merged.modes.push(m.clone());
+            merged.rows.extend(
+                res.rows
+                    .iter()
+                    .filter(|r| r.mode == *m && common.contains(&r.case.as_str()))
+                    .cloned(),
+            );
+        }
+    }
+    let mut out = format!(
+        "{} queries in all {} evaluations\n",
+        common.len(),
+        all.len()
+    );
+    out += &dsc_table(&merged);
+    for res in all {
+        let on_common = EvalResults {
+            modes: res.modes.clone(),
+            rows: Vec::new(),
+            times: res
+                .times
+                .iter()
+                .filter(|t| common.contains(&t.case.as_str()))
+                .cloned()
+                .collect(),
+        };
+        out += &times_summary(&on_common, &res.modes);
+    }
+    out
+}
+
+/// [`summary_table`]'s DSC and box IoU part.
+fn dsc_table(res: &EvalResults) -> String {
     let mut labels: Vec<(u16, String)> = res
         .rows
         .iter()
@@ -591,7 +674,7 @@ pub fn summary_table(res: &EvalResults) -> String {
                 .map(|r| f(r).unwrap_or(0.0))
                 .collect()
         };
-        let n = pick("oracle", |r| r.dsc).len();
+        let n = pick(dsc_modes[0], |r| r.dsc).len();
         out += &format!("{label:>5}  {name:<16} {n:>4}");
         for m in &dsc_modes {
             out += &format!("  {}", cell(pick(m, |r| r.dsc)));
@@ -605,7 +688,6 @@ pub fn summary_table(res: &EvalResults) -> String {
         line(&l.to_string(), name, &|r| r.label == *l);
     }
     line("", "all", &|_| true);
-    out += &times_summary(res, &modes);
     out
 }
 
@@ -661,6 +743,63 @@ fn times_summary(res: &EvalResults, modes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_modes_pick_a_subset_in_order_and_keep_reg_before_its_reuses() {
+        let sel = |c, only: &[&str]| {
+            select_modes(c, &only.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(sel(LocalizerChoice::Register, &[]).unwrap(), REGISTER_MODES);
+        assert_eq!(
+            sel(LocalizerChoice::Both, &["oracle", "reg"]).unwrap(),
+            ["reg", "oracle"]
+        );
+        assert!(sel(LocalizerChoice::Medlam, &["reg"]).is_err());
+        assert!(sel(LocalizerChoice::Register, &["reg_sam"]).is_err());
+        assert!(sel(LocalizerChoice::Register, &["nonsense"]).is_err());
+    }
+
+    #[test]
+    fn merged_reports_compare_modes_on_the_queries_all_folders_finished() {
+        let row = |mode: &str, case: &str, dsc: f64| {
+            EvalRow::parse(&format!("{mode},{case},1,Brainstem,100,90,{dsc},1,,1,1")).unwrap()
+        };
+        let times = |case: &str, n: usize| QueryTimes {
+            case: case.into(),
+            boxes: vec![0; n],
+            localize_s: vec![1.0],
+            backend: "cpu".into(),
+            ..Default::default()
+        };
+        let a = EvalResults {
+            modes: vec!["spl".into(), "oracle".into()],
+            rows: vec![
+                row("spl", "q1", 40.0),
+                row("oracle", "q1", 60.0),
+                row("spl", "q2", 10.0),
+                row("oracle", "q2", 20.0),
+            ],
+            times: vec![times("q1", 2), times("q2", 2)],
+        };
+        let b = EvalResults {
+            modes: vec!["reg".into()],
+            rows: vec![row("reg", "q1", 70.0)],
+            times: vec![times("q1", 1)],
+        };
+        let t = merged_summary(&[a, b]);
+        assert!(t.starts_with("1 queries in all 2 evaluations"), "{t}");
+        // Only q1: oracle 60, SPL 40, REG 70.
+        let all = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("all"))
+            .unwrap();
+        let cells: Vec<&str> = all.split_whitespace().collect();
+        assert_eq!(
+            &cells[..8],
+            ["all", "1", "60.0", "±", "0.0", "40.0", "±", "0.0"]
+        );
+        assert!(all.contains("70.0"), "{all}");
+    }
 
     #[test]
     fn rows_survive_the_csv_and_a_stopped_query_is_dropped_on_reading() {
