@@ -7,8 +7,10 @@
 //!
 //! With a MedLAM fallback ([`RegisterLocalizer::with_fallback`]) MedLAM takes over when
 //! every registration fails (no overlap, flat image, loss not finite) and places the
-//! organs the prior does not find; each such organ carries a warning, printed by the
-//! shells and written to `boxes.json`.
+//! organs the prior does not find; with a single registered support (nothing to agree
+//! with) it also checks each organ and takes over where the two place it far apart
+//! ([`CROSS_CHECK_MM`]). Each such organ carries a warning, printed by the shells and
+//! written to `boxes.json`.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use super::{
 use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
 use crate::oracle::localize_from_labels;
 use crate::types::{BoxMode, Localizer, OrganLocalization};
+use crate::volume::labels::BoxVox;
 use crate::volume::{CtVolume, Volume};
 use crate::{Error, Result};
 
@@ -30,6 +33,34 @@ pub const DEFAULT_FUSE: FuseMode = FuseMode::LocalNcc {
     window: 7,
     power: 3.0,
 };
+
+/// With one registered support, MedLAM takes over an organ whose box centre lies more
+/// than this far from MedLAM's (or [`CROSS_CHECK_FRACTION`] of MedLAM's box diagonal, if
+/// more). Chosen on OpenKBP dev queries: each support alone → okbp_006-015.
+pub const CROSS_CHECK_MM: f64 = 30.0;
+/// See [`CROSS_CHECK_MM`].
+pub const CROSS_CHECK_FRACTION: f64 = 0.25;
+
+fn box_centre_mm(b: &BoxVox, query: &CtVolume) -> [f64; 3] {
+    query
+        .affine
+        .voxel_to_world([0, 1, 2].map(|a| 0.5 * (b.min[a] + b.max[a]) as f64))
+}
+
+fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
+}
+
+/// Distance between two boxes' centres on the query grid, mm.
+fn box_centre_distance_mm(a: &BoxVox, b: &BoxVox, query: &CtVolume) -> f64 {
+    distance(box_centre_mm(a, query), box_centre_mm(b, query))
+}
+
+/// A box's diagonal on the query grid, mm.
+fn box_diagonal_mm(b: &BoxVox, query: &CtVolume) -> f64 {
+    let corner = |v: [usize; 3]| query.affine.voxel_to_world(v.map(|x| x as f64));
+    distance(corner(b.min), corner(b.max))
+}
 
 /// Registered supports → organ priors → boxes (see the module doc). Clones share the
 /// prepared supports.
@@ -192,18 +223,49 @@ impl Localizer for RegisterLocalizer {
             .copied()
             .filter(|o| !found.iter().any(|l| l.label == *o))
             .collect();
-        if let (Some(medlam), false) = (&mut self.fallback, missing.is_empty()) {
-            let why = if found.is_empty() {
-                "registration failed: MedLAM placed this organ"
-            } else {
-                "the registered supports did not agree on this organ: MedLAM placed it"
-            };
-            for mut loc in medlam.localize(query, &missing).await? {
-                loc.warning = Some(why.into());
-                found.push(loc);
-            }
-            found.sort_by_key(|l| organs.iter().position(|o| *o == l.label));
+        let Some(medlam) = &mut self.fallback else {
+            return Ok(found);
+        };
+        // One registered support has no other to agree with: MedLAM checks it.
+        let check = self.supports.len() == 1 && !found.is_empty();
+        if missing.is_empty() && !check {
+            return Ok(found);
         }
+        let asked = if check {
+            organs.to_vec()
+        } else {
+            missing.clone()
+        };
+        let located = medlam.localize(query, &asked).await?;
+        if check {
+            for loc in &mut found {
+                let Some(m) = located
+                    .iter()
+                    .find(|m| m.label == loc.label && !m.outside_view())
+                else {
+                    continue;
+                };
+                let d = box_centre_distance_mm(&loc.bbox, &m.bbox, query);
+                let limit =
+                    CROSS_CHECK_MM.max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, query));
+                if d > limit {
+                    *loc = m.clone();
+                    loc.warning = Some(format!(
+                        "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
+                    ));
+                }
+            }
+        }
+        let why = if found.is_empty() {
+            "registration failed: MedLAM placed this organ"
+        } else {
+            "the registered supports did not agree on this organ: MedLAM placed it"
+        };
+        for mut loc in located.into_iter().filter(|l| missing.contains(&l.label)) {
+            loc.warning = Some(why.into());
+            found.push(loc);
+        }
+        found.sort_by_key(|l| organs.iter().position(|o| *o == l.label));
         Ok(found)
     }
 }

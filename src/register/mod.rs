@@ -28,9 +28,8 @@
 //! Failures (no body, flat image, no overlap, loss not finite) are `Err` with a
 //! message, never a panic: the caller falls back to MedLAM boxes.
 //!
-//! The optimisation needs Burn's `autodiff` feature, which this crate enables only
-//! natively (see `Cargo.toml`): in the browser build [`register`] returns an error
-//! saying so, everything else (warping, fusion, resampling) works there too.
+//! The optimisation needs Burn's `autodiff` and `optim` features, enabled natively and in
+//! the browser build (see `Cargo.toml`); the page registers on the CPU backend in wasm.
 
 mod bspline;
 #[cfg(not(target_arch = "wasm32"))]
@@ -38,7 +37,6 @@ pub mod eval;
 mod fuse;
 pub mod intensity;
 pub mod localizer;
-#[cfg(not(target_arch = "wasm32"))]
 mod optimize;
 pub mod sample;
 
@@ -537,19 +535,7 @@ pub fn register(
         }
         None => {}
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        optimize::register(fixed, moving, &inits, opts, device)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = (opts, device, inits);
-        Err(Error::InvalidArgument(
-            "registration needs Burn's autodiff, which the browser build does not include: \
-             use MedLAM boxes"
-                .into(),
-        ))
-    }
+    optimize::register(fixed, moving, &inits, opts, device)
 }
 
 #[cfg(test)]

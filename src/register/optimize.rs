@@ -1,4 +1,5 @@
-//! The optimisation behind [`super::register`] (native only: Burn's autodiff).
+//! The optimisation behind [`super::register`] (Burn's autodiff and Adam, natively and in
+//! the page).
 //!
 //! Fixed points are the voxels of the query's body box plus a margin (optionally only
 //! its superior part), subsampled to stay within a point budget per level: every 2nd
@@ -15,7 +16,7 @@
 //! anatomy into noise, and the dense field is three small matmuls (separable basis), which
 //! is cheap on the CPU and on a GPU alike. It is also what the classical baseline used.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::{Device, Tensor, TensorData};

@@ -30,7 +30,8 @@ use crate::{Error, Result};
 
 /// The modes of `--localizer medlam`: MedLAM's SPL and WPL boxes and the true boxes.
 pub const MODES: [&str; 3] = ["spl", "wpl", "oracle"];
-/// The modes of `--localizer register`: the registration prior alone (`reg`), LiteMedSAM
+/// The modes of `--localizer register`: the registration prior alone (`reg`; with
+/// `--localizer both` MedLAM places what registration cannot, as `segment` does), LiteMedSAM
 /// in the prior's boxes (`reg_box`), the two combined (`reg_sam`, what `segment` does),
 /// and the true boxes.
 pub const REGISTER_MODES: [&str; 4] = ["reg", "reg_box", "reg_sam", "oracle"];
@@ -362,7 +363,8 @@ pub fn evaluate_pipeline(
             q.image.display()
         )));
     }
-    let modes = select_modes(cfg.localizer.unwrap_or(LocalizerChoice::Medlam), only)?;
+    let choice = cfg.localizer.unwrap_or(LocalizerChoice::Medlam);
+    let modes = select_modes(choice, only)?;
     let modes = modes.as_slice();
     let todo = resume(&out, &cfg.queries, modes)?;
     if todo.len() < cfg.queries.len() {
@@ -382,7 +384,9 @@ pub fn evaluate_pipeline(
             Ok(match mode {
                 "spl" => Some(session.run_localizer(LocalizerChoice::Medlam, spl_mode)?),
                 "wpl" => Some(session.run_localizer(LocalizerChoice::Medlam, BoxMode::Wpl)?),
-                "reg" => Some(session.run_localizer(LocalizerChoice::Both, spl_mode)?),
+                // `--localizer register`: registration alone (an organ it cannot place
+                // gets no mask); `both`: MedLAM takes over there, as in `segment`.
+                "reg" => Some(session.run_localizer(choice, spl_mode)?),
                 _ => None,
             })
         };

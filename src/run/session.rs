@@ -34,6 +34,21 @@ pub async fn medlam_localizer(
     })
 }
 
+/// Where the registration runs: the run's device natively; in the browser always Burn's
+/// CPU backend in wasm (its many small autodiff steps were never tried on WebGPU, whose
+/// software adapter in the tests is ~30× slower than the CPU backend).
+fn registration_device(device: &Device) -> Device {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = device;
+        Device::flex()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        device.clone()
+    }
+}
+
 /// The localizer a run chose ([`LocalizerChoice`]), built once.
 #[derive(Clone)]
 pub enum RunLocalizer {
@@ -56,6 +71,7 @@ impl RunLocalizer {
         device: &Device,
     ) -> Result<Self> {
         let medlam = || medlam_localizer(net, config, supports, organs, mode, options, device);
+        let device = &registration_device(device);
         Ok(match choice {
             LocalizerChoice::Medlam => Self::Medlam(Box::new(medlam().await?)),
             LocalizerChoice::Register => Self::Register(Box::new(RegisterLocalizer::new(

@@ -17,12 +17,14 @@ use crate::medlam::localize::LocalizeOptions;
 use crate::medlam::net::{MedLam, MedLamConfig};
 use crate::metrics::{LabelMetrics, evaluate_labels};
 use crate::pipeline::{CanonicalResult, SegmentOptions, segment_canonical};
-use crate::run::session::medlam_localizer;
+use crate::run::session::RunLocalizer;
 use crate::sam::model::SamConfig;
 use crate::sam::predictor::{SamSegmenter, SlicePrompt};
 use crate::sam::preprocess::Preprocess;
 use crate::sam::weights::load_bpk_bytes;
-use crate::types::{BoxMode, OrganLocalization, Progress, SliceSegmenter, StageTimes};
+use crate::types::{
+    BoxMode, LocalizerChoice, OrganLocalization, Progress, SliceSegmenter, StageTimes,
+};
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
 
@@ -162,6 +164,8 @@ impl RunTimes {
 pub struct RunSettings {
     pub organs: Vec<u16>,
     pub mode: BoxMode,
+    /// What places the organs (as the CLI's `--localizer`).
+    pub localizer: LocalizerChoice,
 }
 
 fn support_cases(supports: Vec<SupportInput>) -> Result<Vec<SupportCase>> {
@@ -223,7 +227,8 @@ pub async fn run(
         gpu: models.webgpu,
         ..Default::default()
     };
-    let mut localizer = medlam_localizer(
+    let mut localizer = RunLocalizer::build(
+        settings.localizer,
         &models.medlam,
         &models.medlam_config,
         &cases,
@@ -338,13 +343,10 @@ pub async fn resegment_slice(
     Ok(count)
 }
 
-/// The organs of a result shown with their confidence, in label order,
-/// with whether it was predicted outside the scan's field of view (then not segmented).
-pub fn confidences(organs: &[OrganLocalization]) -> Vec<(u16, f32, bool)> {
-    let mut v: Vec<(u16, f32, bool)> = organs
-        .iter()
-        .map(|o| (o.label, o.confidence, o.outside_view()))
-        .collect();
-    v.sort_by_key(|x| x.0);
+/// The organs of a result in label order, as the page lists them (confidence, what
+/// placed each one, its warning, whether it lies outside the scan's field of view).
+pub fn confidences(organs: &[OrganLocalization]) -> Vec<&OrganLocalization> {
+    let mut v: Vec<&OrganLocalization> = organs.iter().collect();
+    v.sort_by_key(|o| o.label);
     v
 }

@@ -194,23 +194,25 @@ function writePhantom(dir, name, ...args) {
   return [path.join(dir, `${name}.ct.nii.gz`), path.join(dir, `${name}.label.nii.gz`)];
 }
 
-/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights, and
-/// MedLAM boxes as in the page: the registration prior the CLI uses by default needs Burn's
-/// autodiff, which the browser build leaves out).
+/// DSC of the native CLI's `segment` on RUN's inputs (WPL, the web's int8 LiteMedSAM weights, the
+/// default localizer as in the page: registration, MedLAM where it fails or disagrees).
 function nativeRunDsc(kbp) {
   const bin = medlsamBin();
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-native-run-"));
   execFileSync(bin, ["segment",
     "--support-image", kbp(`${RUN.support}.ct.nii.gz`), "--support-label", kbp(`${RUN.support}.label.nii.gz`),
     "--query", kbp(`${RUN.query}.ct.nii.gz`), "--query-label", kbp(`${RUN.query}.label.nii.gz`),
-    "--organs", String(RUN.organ), "--mode", "wpl", "--localizer", "medlam",
+    "--organs", String(RUN.organ), "--mode", "wpl", "--localizer", "both",
     "--weights", "weights/lite_medsam.q8.bpk", "--out", out], { stdio: "ignore" });
   const [header, ...rows] = fs.readFileSync(path.join(out, "metrics.csv"), "utf8").trim().split("\n");
   const col = header.split(",").indexOf("dsc");
   const row = rows.map((r) => r.split(",")).find((r) => r[1] === String(RUN.organ));
   assert(col >= 0 && row, `no DSC of organ ${RUN.organ} in the native metrics.csv`);
+  const boxes = JSON.parse(fs.readFileSync(path.join(out, `${RUN.query}.boxes.json`), "utf8"));
+  const organ = boxes.organs.find((o) => o.label === RUN.organ);
+  assert(organ, `organ ${RUN.organ} not in the native boxes.json`);
   fs.rmSync(out, { recursive: true, force: true });
-  return Number(row[col]);
+  return { dsc: Number(row[col]), localizer: organ.localizer, warning: organ.warning };
 }
 
 /// Tick only these organs in the organ choice.
@@ -390,8 +392,13 @@ await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the
   const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: RUN.name }).first().locator("td").allTextContents();
   assert(row.length >= 3 && Math.abs(Number(row[2]) - dsc) < 0.1, `page metrics ${row} vs ${dsc.toFixed(2)}`);
   assert(dsc >= RUN.minDsc, `DSC ${dsc.toFixed(1)} % below ${RUN.minDsc} %`);
-  const native = nativeRunDsc(kbp);
-  console.log(`  native CLI on the same inputs (int8 LiteMedSAM): DSC ${native.toFixed(1)} %`);
+  // What placed the organ (registration, or MedLAM where it failed or disagreed), as the page says.
+  const placed = await page.locator(`[data-confidence='${RUN.organ}']`).first();
+  const source = await placed.getAttribute("data-source");
+  console.log(`  page: ${await placed.textContent()}`);
+  const { dsc: native, localizer, warning } = nativeRunDsc(kbp);
+  console.log(`  native CLI on the same inputs (int8 LiteMedSAM): DSC ${native.toFixed(1)} %, placed by ${localizer}${warning ? ` (${warning})` : ""}`);
+  assert(source === localizer, `the page's organ was placed by ${source}, the native CLI's by ${localizer}`);
   assert(Math.abs(dsc - native) < 0.5, `the page's DSC ${dsc.toFixed(2)} % differs from the native CLI's ${native.toFixed(2)} %`);
 
   // The viewer shows the result: the overlay on the axial pane is exactly the downloaded mask.

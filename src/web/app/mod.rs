@@ -35,7 +35,7 @@ use super::viewer::{
 use crate::metrics::LabelMetrics;
 use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row};
 use crate::sam::predictor::{PromptPoint, SlicePrompt};
-use crate::types::{BoxMode, OrganLocalization};
+use crate::types::{BoxMode, LocalizerChoice, OrganLocalization};
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
 use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};

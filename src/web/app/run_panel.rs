@@ -82,6 +82,8 @@ pub(super) type RunInputs = (
 );
 
 pub(super) fn run_inputs() -> Result<RunInputs> {
+    let localizer: HtmlSelectElement = by_testid("localizer-select");
+    let localizer = LocalizerChoice::parse(&localizer.value())?;
     let mode: HtmlSelectElement = by_testid("mode-select");
     let slab: HtmlInputElement = by_testid("slab-mm");
     let mode = match mode.value().as_str() {
@@ -124,7 +126,15 @@ pub(super) fn run_inputs() -> Result<RunInputs> {
             .iter()
             .map(|c| (c.canon.clone(), c.truth.clone()))
             .collect();
-        Ok((supports, queries, RunSettings { organs, mode }))
+        Ok((
+            supports,
+            queries,
+            RunSettings {
+                organs,
+                mode,
+                localizer,
+            },
+        ))
     })
 }
 

@@ -144,9 +144,21 @@ pub fn redraw() {
             .result
             .iter()
             .flat_map(|r| run::confidences(&r.organs))
-            .map(|(v, c, outside)| {
-                let note = if outside { " — outside the scan's field of view: not segmented" } else { "" };
-                format!("<div data-confidence='{v}'>{v} {}: localization confidence {c:.2}{note}</div>", html_escape(&a.table.name(v)))
+            .map(|o| {
+                let v = o.label;
+                let note = if o.outside_view() { " — outside the scan's field of view: not segmented" } else { "" };
+                let placed = match o.source {
+                    "register" => "placed by registration",
+                    "medlam" => "placed by MedLAM",
+                    other => other,
+                };
+                let warning = o.warning.as_deref().map_or(String::new(), |w| format!(" ({})", html_escape(w)));
+                format!(
+                    "<div data-confidence='{v}' data-source='{}'>{v} {}: {placed}{warning}, localization confidence {:.2}{note}</div>",
+                    o.source,
+                    html_escape(&a.table.name(v)),
+                    o.confidence
+                )
             })
             .collect();
         organs.set_inner_html(&(html + &marked + &confidence));

@@ -1,0 +1,134 @@
+//! One support at a time: where does registration place each organ compared with MedLAM
+//! and with the truth? The data behind the one-support cross-check of
+//! `RegisterLocalizer` (MedLAM takes over an organ when the two disagree).
+//!
+//! ```sh
+//! cargo run --release --example single_support -- [--supports 1-5] [--queries 6-15] \
+//!     [--data ../shared/data] > single.csv
+//! ```
+//! One CSV row per (support, query, organ present in both): the registration prior's DSC,
+//! the distance (mm) between the centres of the boxes of the prior, MedLAM (WPL) and the
+//! truth, and the truth box's diagonal.
+
+use std::path::PathBuf;
+
+use medlsam::metrics::dice_pct;
+use medlsam::oracle::localize_from_labels;
+use medlsam::register::{RegisterLocalizer, prior_labels};
+use medlsam::run::config::{CasePaths, Organs};
+use medlsam::run::session::Session;
+use medlsam::types::{BoxMode, Localizer, OrganLocalization};
+use medlsam::volume::labels::{BoxVox, mask_of};
+use medlsam::volume::{Affine, read_nifti_path};
+
+fn cases(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().expect("number"), b.parse().expect("number"));
+        out.extend((a..=b).map(|n| format!("okbp_{n:03}")));
+    }
+    out
+}
+
+fn centre(b: &BoxVox, affine: &Affine) -> [f64; 3] {
+    affine.voxel_to_world([0, 1, 2].map(|a| 0.5 * (b.min[a] + b.max[a]) as f64))
+}
+
+fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut supports = cases("1-5");
+    let mut queries = cases("6-15");
+    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    while let Some(a) = args.next() {
+        let v = args.next().expect("a value");
+        match a.as_str() {
+            "--supports" => supports = cases(&v),
+            "--queries" => queries = cases(&v),
+            "--data" => data = PathBuf::from(v),
+            _ => panic!("unknown argument {a}"),
+        }
+    }
+    let dir = data.join("openkbp");
+    let exists = |c: &String| dir.join(format!("{c}.ct.nii.gz")).is_file();
+    supports.retain(exists);
+    queries.retain(exists);
+    assert!(
+        !queries.is_empty(),
+        "no OpenKBP queries under {}",
+        dir.display()
+    );
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/medlam.bpk");
+    let device = burn::tensor::Device::flex();
+    println!("support,query,organ,reg_dsc,reg_err_mm,medlam_err_mm,disagree_mm,truth_diag_mm");
+    for s in &supports {
+        let paths = [CasePaths {
+            image: dir.join(format!("{s}.ct.nii.gz")),
+            label: Some(dir.join(format!("{s}.label.nii.gz"))),
+        }];
+        let session = Session::open(
+            &paths,
+            &Organs::All,
+            &weights,
+            device.clone(),
+            Default::default(),
+            &mut |_| {},
+        )
+        .expect("support");
+        let mut medlam = session.localizer(BoxMode::Wpl).expect("MedLAM");
+        let mut reg =
+            RegisterLocalizer::new(&session.supports, &session.organs, BoxMode::Wpl, &device)
+                .expect("registration");
+        for q in &queries {
+            let ct = read_nifti_path(dir.join(format!("{q}.ct.nii.gz")))
+                .and_then(|f| f.into_ct())
+                .expect("query CT");
+            let truth = read_nifti_path(dir.join(format!("{q}.label.nii.gz")))
+                .and_then(|f| f.into_labels())
+                .expect("query labels");
+            let (ct, r) = ct.to_canonical();
+            let truth = truth.reoriented(&r);
+            let organs = &session.organs;
+            let boxes =
+                |l: &[OrganLocalization], o: u16| l.iter().find(|x| x.label == o).map(|x| x.bbox);
+            let truth_boxes = localize_from_labels(&truth, organs, BoxMode::Wpl, "oracle");
+            let found = pollster::block_on(medlam.localize(&ct, organs)).expect("MedLAM");
+            let priors = match reg.priors(&ct) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{s} → {q}: {e}");
+                    continue;
+                }
+            };
+            let labels = prior_labels(&priors).expect("labels");
+            let reg_boxes = localize_from_labels(&labels, organs, BoxMode::Wpl, "register");
+            for &o in organs {
+                let Some(tb) = boxes(&truth_boxes, o) else {
+                    continue;
+                };
+                let tc = centre(&tb, &ct.affine);
+                let diag = dist(
+                    ct.affine.voxel_to_world(tb.min.map(|v| v as f64)),
+                    ct.affine.voxel_to_world(tb.max.map(|v| v as f64)),
+                );
+                let rc = boxes(&reg_boxes, o).map(|b| centre(&b, &ct.affine));
+                let mc = boxes(&found, o).map(|b| centre(&b, &ct.affine));
+                let dsc = dice_pct(&mask_of(&labels, o), &mask_of(&truth, o))
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0.0);
+                let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
+                println!(
+                    "{s},{q},{o},{dsc:.1},{},{},{},{diag:.1}",
+                    f(rc.map(|c| dist(c, tc))),
+                    f(mc.map(|c| dist(c, tc))),
+                    f(rc.zip(mc).map(|(a, b)| dist(a, b))),
+                );
+            }
+        }
+    }
+}
