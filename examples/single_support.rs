@@ -97,7 +97,7 @@ fn main() {
                 |l: &[OrganLocalization], o: u16| l.iter().find(|x| x.label == o).map(|x| x.bbox);
             let truth_boxes = localize_from_labels(&truth, organs, BoxMode::Wpl, "oracle");
             let found = pollster::block_on(medlam.localize(&ct, organs)).expect("MedLAM");
-            let priors = match reg.priors(&ct) {
+            let priors = match pollster::block_on(reg.priors(&ct)) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("{s} → {q}: {e}");

@@ -97,6 +97,31 @@ pub async fn yield_on_cpu(device: &burn::tensor::Device) {
     let _ = device;
 }
 
+/// Gives the page a turn ([`yield_on_cpu`]) when more than 100 ms of work passed since
+/// the last one: for loops of many small steps on the CPU backend in the browser (the
+/// registration's optimisers), where yielding at every step would cost more than it gives.
+pub struct Pacer {
+    last: std::cell::Cell<web_time::Instant>,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self {
+            last: std::cell::Cell::new(web_time::Instant::now()),
+        }
+    }
+}
+
+impl Pacer {
+    /// Yield to the page if its last turn is over 100 ms ago (wasm CPU backend only).
+    pub async fn tick(&self, device: &burn::tensor::Device) {
+        if self.last.get().elapsed() > std::time::Duration::from_millis(100) {
+            yield_on_cpu(device).await;
+            self.last.set(web_time::Instant::now());
+        }
+    }
+}
+
 /// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.
 #[cfg(target_arch = "wasm32")]
 pub async fn yield_to_browser() {

@@ -57,7 +57,15 @@ fn registration_beats_body_box_alignment_on_real_ct() {
         top_mm: 250.0,
         ..Default::default()
     };
-    let reg = register(&query, &support, None, &opts, &Device::flex()).unwrap();
+    let reg = pollster::block_on(register(
+        &query,
+        &support,
+        None,
+        &opts,
+        &Device::flex(),
+        &Default::default(),
+    ))
+    .unwrap();
     let base = Registration {
         affine: body_box_init(&query, &support).unwrap(),
         deform: None,

@@ -130,7 +130,14 @@ pub fn run(
         let mut failures = Vec::new();
         for (si, (img, _, points)) in supports.iter().enumerate() {
             let start = points_init(&located, points);
-            match register(fixed, img, start.as_ref(), &opts.register, device) {
+            match pollster::block_on(register(
+                fixed,
+                img,
+                start.as_ref(),
+                &opts.register,
+                device,
+                &Default::default(),
+            )) {
                 Ok(r) => regs.push((si, r)),
                 Err(e) => failures.push(format!("{}: {e}", opts.supports[si])),
             }

@@ -44,6 +44,7 @@ pub use bspline::BsplineGrid;
 pub use fuse::{FuseMode, FusedPrior, WarpedSupport, fuse, prior_to_canonical, warp_labels};
 pub use localizer::{RegisterLocalizer, prior_labels};
 
+use crate::device::Pacer;
 use crate::medlam::prep::Prepared;
 use crate::volume::labels::BoxVox;
 use crate::volume::resample::{ResampleGrid, sample_linear};
@@ -518,12 +519,16 @@ pub fn points_init(fixed: &[OrganPoints], moving: &[OrganPoints]) -> Option<Affi
 /// [`affine_from_points`]). Each start is shifted along z to the best few NCC maxima,
 /// refined by the coarse affine, and the best of them goes on. Runs on `device` (its
 /// autodiff version).
-pub fn register(
+///
+/// Async: on the CPU backend in the browser it gives the page a turn every 100 ms
+/// (`pacer`); natively it never waits (`pollster::block_on` it).
+pub async fn register(
     fixed: &RegImage,
     moving: &RegImage,
     init: Option<&Affine>,
     opts: &RegisterOptions,
     device: &Device,
+    pacer: &Pacer,
 ) -> Result<Registration> {
     let mut inits = vec![body_box_init(fixed, moving)?];
     match init {
@@ -535,7 +540,7 @@ pub fn register(
         }
         None => {}
     }
-    optimize::register(fixed, moving, &inits, opts, device)
+    optimize::register(fixed, moving, &inits, opts, device, pacer).await
 }
 
 #[cfg(test)]
@@ -578,13 +583,14 @@ mod tests {
         let empty = RegImage::from_parts([8, 8, 8], data, Affine::identity()).unwrap();
         let e = empty.body_box().unwrap_err().to_string();
         assert!(e.contains("no body"), "{e}");
-        let e = register(
+        let e = pollster::block_on(register(
             &flat,
             &flat,
             None,
             &RegisterOptions::default(),
             &Device::flex(),
-        )
+            &Pacer::default(),
+        ))
         .unwrap_err()
         .to_string();
         assert!(e.contains("flat"), "{e}");
@@ -619,13 +625,14 @@ mod tests {
             deformable: false,
             ..Default::default()
         };
-        let reg = register(
+        let reg = pollster::block_on(register(
             &fixed,
             &moving,
             Some(&Affine::identity()),
             &opts,
             &Device::flex(),
-        )
+            &Pacer::default(),
+        ))
         .unwrap();
         let b = fixed.body_box().unwrap();
         for c in 0..8 {

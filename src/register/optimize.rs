@@ -24,6 +24,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::bspline::BsplineGrid;
 use super::sample::{local_ncc, ncc, trilinear};
 use super::{RegImage, RegisterOptions, Registration};
+use crate::device::Pacer;
 use crate::volume::Affine;
 use crate::volume::labels::BoxVox;
 use crate::{Error, Result};
@@ -76,12 +77,13 @@ fn lr_at(lr: f64, step: usize, steps: usize) -> f64 {
     lr * (1.0 - 0.8 * step as f64 / steps.max(1) as f64)
 }
 
-pub(super) fn register(
+pub(super) async fn register(
     fixed: &RegImage,
     moving: &RegImage,
     inits: &[Affine],
     opts: &RegisterOptions,
     device: &Device,
+    pacer: &Pacer,
 ) -> Result<Registration> {
     let t0 = Instant::now();
     let fbox = fixed.body_box()?;
@@ -258,31 +260,35 @@ pub(super) fn register(
     };
     let adam = AdamConfig::new().build();
     // Adam on the 12 affine parameters at one level, from `theta`.
-    let refine =
-        |l: &Level, p_init: &Tensor<2>, mut theta: Tensor<1>, steps: usize| -> Result<Tensor<1>> {
-            let mut state = None;
-            for step in 0..steps {
-                let th = Tensor::<1>::from_inner(theta.clone()).require_grad();
-                let p = affine_of(&p_init.clone().autodiff(), th.clone());
-                let (m, inside) = warp(l, p, None);
-                let loss = ncc(l.fixed.clone(), m, inside).neg();
-                let value = read(loss.clone().inner())?;
-                if !value.is_finite() {
-                    return Err(Error::InvalidArgument(format!(
-                        "registration: the affine loss is not finite ({value}) at step {step}"
-                    )));
-                }
-                let grads = loss.backward();
-                let g = th.grad(&grads).ok_or_else(|| {
-                    Error::InvalidArgument("registration: no gradient for the affine".into())
-                })?;
-                let (t, s) =
-                    Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
-                theta = t;
-                state = s;
+    let refine = async |l: &Level,
+                        p_init: &Tensor<2>,
+                        mut theta: Tensor<1>,
+                        steps: usize|
+           -> Result<Tensor<1>> {
+        let mut state = None;
+        for step in 0..steps {
+            pacer.tick(device).await;
+            let th = Tensor::<1>::from_inner(theta.clone()).require_grad();
+            let p = affine_of(&p_init.clone().autodiff(), th.clone());
+            let (m, inside) = warp(l, p, None);
+            let loss = ncc(l.fixed.clone(), m, inside).neg();
+            let value = read(loss.clone().inner())?;
+            if !value.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "registration: the affine loss is not finite ({value}) at step {step}"
+                )));
             }
-            Ok(theta)
-        };
+            let grads = loss.backward();
+            let g = th.grad(&grads).ok_or_else(|| {
+                Error::InvalidArgument("registration: no gradient for the affine".into())
+            })?;
+            let (t, s) =
+                Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
+            theta = t;
+            state = s;
+        }
+        Ok(theta)
+    };
     let mut best: Option<(f64, usize, f64, Tensor<1>)> = None;
     for &(ii, dz, v) in &starts {
         let p = p0(&inits[ii], [0.0, 0.0, dz]);
@@ -291,7 +297,8 @@ pub(super) fn register(
             &p,
             Tensor::<1>::zeros([12], &base),
             opts.affine_steps[0],
-        )?;
+        )
+        .await?;
         let (after, frac) = global(&levels[0], affine_of(&p, theta.clone()), None)?;
         lap(&format!(
             "start {ii}, z {dz} mm (ncc {v:.3}): coarse affine ncc {after:.3}"
@@ -307,7 +314,7 @@ pub(super) fn register(
     })?;
     let p_init = p0(&inits[ii], [0.0, 0.0, dz]);
     let ncc_init = global(&levels[1], p_init.clone(), None)?.0;
-    let theta = refine(&levels[1], &p_init, theta, opts.affine_steps[1])?;
+    let theta = refine(&levels[1], &p_init, theta, opts.affine_steps[1]).await?;
     lap(&format!("affine: start {ii}, z {dz} mm, fine level done"));
     let p_aff = affine_of(&p_init, theta);
     let (ncc_aff, frac) = global(&levels[1], p_aff.clone(), None)?;
@@ -400,6 +407,7 @@ pub(super) fn register(
             let mut state = None;
             let d = l.dims();
             for step in 0..steps {
+                pacer.tick(device).await;
                 let c = Tensor::<1>::from_inner(coef.clone()).require_grad();
                 let disp = dense(c.clone(), &bases[li], d);
                 let (m, inside) = warp(l, p_fixed.clone(), Some(disp));
