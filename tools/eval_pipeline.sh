@@ -10,6 +10,7 @@
 #   EVAL_ARGS adds options to the OpenKBP eval-segment, e.g. the registration prior alone:
 #   EVAL_ARGS="--localizer register --eval-modes reg" (its rows beside eval/openkbp's:
 #   `medlsam eval-report eval/openkbp OUT/openkbp`).
+#   ABDOMEN_ARGS does the same for the abdominal rows.
 #   N=all takes every remaining case. OpenKBP results accumulate in OUT/openkbp (eval.csv,
 #   times.csv): a stopped run resumes there, and the printed table covers every query in it.
 #   The full run's results are kept in the repository: `ABDOMEN=0 tools/eval_pipeline.sh all eval`
@@ -51,7 +52,7 @@ ev() { # NAME SUPPORT ORGANS QUERY [extra args]
   echo "== Abdomen: $name (support $sup, organs $organs → query $qry)"
   "$BIN" eval-segment --support-image "$A/$sup.ct.nii.gz" --support-label "$A/$sup.label.nii.gz" \
     --query "$A/$qry.ct.nii.gz" --query-label "$A/$qry.label.nii.gz" --organs "$organs" \
-    --slab-mm 6 --backend "$BACKEND" --out "$OUT/abdomen_$name" "$@" 2>/dev/null
+    --slab-mm 6 --backend "$BACKEND" --out "$OUT/abdomen_$name" "$@" ${ABDOMEN_ARGS:-} 2>/dev/null
 }
 ev spleen ts_example 1,2,3,5 msd_spleen_008
 ev spleen_alone ts_example 1 msd_spleen_008
