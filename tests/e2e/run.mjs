@@ -215,6 +215,29 @@ function nativeRunDsc(kbp) {
   return { dsc: Number(row[col]), localizer: organ.localizer, warning: organ.warning };
 }
 
+/// One OpenKBP support (CT, label map, the label names) and one query (CT, label map) through the
+/// page's inputs.
+async function loadOpenKbp({ support, query }) {
+  const kbp = (f) => path.join(data, "openkbp", f);
+  const steps = [["support-image-input", `${support}.ct.nii.gz`, /1 support CT/],
+    ["support-label-input", `${support}.label.nii.gz`, /1 support label map/],
+    ["label-table-input", "labels.json", /label names/],
+    ["query-input", `${query}.ct.nii.gz`, /1 query CT/],
+    ["query-label-input", `${query}.label.nii.gz`, /1 query label map/]];
+  for (const [input, file, status] of steps) {
+    await page.getByTestId(input).setInputFiles([kbp(file)]);
+    await waitStatus(status);
+  }
+}
+
+/// Start timing the gaps between the ticks of a 50 ms timer in the page (read: `window.__gaps`).
+async function watchStalls() {
+  await page.evaluate(() => {
+    window.__gaps = []; let last = performance.now();
+    setInterval(() => { const n = performance.now(); window.__gaps.push(n - last); last = n; }, 50);
+  });
+}
+
 /// Tick only these organs in the organ choice.
 async function chooseOrgans(labels) {
   const boxes = await page.locator("[data-testid='organ-select'] input").all();
@@ -338,16 +361,7 @@ await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the
   const gpu = await page.getByTestId("gpu-status").textContent();
   assert(/CPU in WebAssembly/.test(gpu) && /backend=cpu/.test(gpu), `gpu status: ${gpu}`);
   const kbp = (f) => path.join(data, "openkbp", f);
-  await page.getByTestId("support-image-input").setInputFiles([kbp(`${RUN.support}.ct.nii.gz`)]);
-  await waitStatus(/1 support CT/);
-  await page.getByTestId("support-label-input").setInputFiles([kbp(`${RUN.support}.label.nii.gz`)]);
-  await waitStatus(/1 support label map/);
-  await page.getByTestId("label-table-input").setInputFiles([kbp("labels.json")]);
-  await waitStatus(/label names/);
-  await page.getByTestId("query-input").setInputFiles([kbp(`${RUN.query}.ct.nii.gz`)]);
-  await waitStatus(/1 query CT/);
-  await page.getByTestId("query-label-input").setInputFiles([kbp(`${RUN.query}.label.nii.gz`)]);
-  await waitStatus(/1 query label map/);
+  await loadOpenKbp(RUN);
   await chooseOrgans([RUN.organ]);
   await page.getByTestId("mode-select").selectOption("wpl");
   // The page keeps running during the Run: gaps between the ticks of a 50 ms timer. The CPU
@@ -355,10 +369,7 @@ await test("a full Run on real CT (CPU in WebAssembly) segments the organ of the
   // after every MedLAM forward pass of at most 2 patches: the longest gap was 0.9 s here
   // (encoding a slice in one piece stalled it ~6 s per slice; MedLAM's query patches in
   // one go, 13.5 s).
-  await page.evaluate(() => {
-    window.__gaps = []; let last = performance.now();
-    setInterval(() => { const n = performance.now(); window.__gaps.push(n - last); last = n; }, 50);
-  });
+  await watchStalls();
   const t0 = Date.now();
   const s = await runToEnd();
   console.log(`  ${RUN.support} → ${RUN.query}, ${RUN.name}, WPL: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
@@ -417,22 +428,10 @@ await test("registration places the organs in the page as in the native CLI (CPU
   await page.goto(origin + "/?backend=cpu");
   await waitStatus(/ready/);
   const kbp = (f) => path.join(data, "openkbp", f);
-  await page.getByTestId("support-image-input").setInputFiles([kbp(`${REG.support}.ct.nii.gz`)]);
-  await waitStatus(/1 support CT/);
-  await page.getByTestId("support-label-input").setInputFiles([kbp(`${REG.support}.label.nii.gz`)]);
-  await waitStatus(/1 support label map/);
-  await page.getByTestId("label-table-input").setInputFiles([kbp("labels.json")]);
-  await waitStatus(/label names/);
-  await page.getByTestId("query-input").setInputFiles([kbp(`${REG.query}.ct.nii.gz`)]);
-  await waitStatus(/1 query CT/);
-  await page.getByTestId("query-label-input").setInputFiles([kbp(`${REG.query}.label.nii.gz`)]);
-  await waitStatus(/1 query label map/);
+  await loadOpenKbp(REG);
   assert((await page.getByTestId("localizer-select").inputValue()) === "both", "the page's default localizer is not both");
   await page.getByTestId("mode-select").selectOption("spl");
-  await page.evaluate(() => {
-    window.__gaps = []; let last = performance.now();
-    setInterval(() => { const n = performance.now(); window.__gaps.push(n - last); last = n; }, 50);
-  });
+  await watchStalls();
   const t0 = Date.now();
   const s = await runToEnd();
   console.log(`  ${REG.support} → ${REG.query}, all organs, SPL 6 mm: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
