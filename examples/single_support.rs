@@ -12,14 +12,14 @@
 
 use std::path::PathBuf;
 
-use medlsam::metrics::dice_pct;
+use medlsam::metrics::{box_centre_distance_mm, box_diagonal_mm, dice_pct};
 use medlsam::oracle::localize_from_labels;
 use medlsam::register::{RegisterLocalizer, prior_labels};
 use medlsam::run::config::{CasePaths, Organs};
 use medlsam::run::session::Session;
 use medlsam::types::{BoxMode, Localizer, OrganLocalization};
 use medlsam::volume::labels::{BoxVox, mask_of};
-use medlsam::volume::{Affine, read_nifti_path};
+use medlsam::volume::read_nifti_path;
 
 fn cases(spec: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -29,14 +29,6 @@ fn cases(spec: &str) -> Vec<String> {
         out.extend((a..=b).map(|n| format!("okbp_{n:03}")));
     }
     out
-}
-
-fn centre(b: &BoxVox, affine: &Affine) -> [f64; 3] {
-    affine.voxel_to_world([0, 1, 2].map(|a| 0.5 * (b.min[a] + b.max[a]) as f64))
-}
-
-fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
-    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
 }
 
 fn main() {
@@ -110,13 +102,11 @@ fn main() {
                 let Some(tb) = boxes(&truth_boxes, o) else {
                     continue;
                 };
-                let tc = centre(&tb, &ct.affine);
-                let diag = dist(
-                    ct.affine.voxel_to_world(tb.min.map(|v| v as f64)),
-                    ct.affine.voxel_to_world(tb.max.map(|v| v as f64)),
-                );
-                let rc = boxes(&reg_boxes, o).map(|b| centre(&b, &ct.affine));
-                let mc = boxes(&found, o).map(|b| centre(&b, &ct.affine));
+                let diag = box_diagonal_mm(&tb, &ct.affine);
+                let rb = boxes(&reg_boxes, o);
+                let mb = boxes(&found, o);
+                let from_truth =
+                    |b: Option<BoxVox>| b.map(|b| box_centre_distance_mm(&b, &tb, &ct.affine));
                 let dsc = dice_pct(&mask_of(&labels, o), &mask_of(&truth, o))
                     .ok()
                     .flatten()
@@ -124,9 +114,10 @@ fn main() {
                 let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
                 println!(
                     "{s},{q},{o},{dsc:.1},{},{},{},{diag:.1}",
-                    f(rc.map(|c| dist(c, tc))),
-                    f(mc.map(|c| dist(c, tc))),
-                    f(rc.zip(mc).map(|(a, b)| dist(a, b))),
+                    f(from_truth(rb)),
+                    f(from_truth(mb)),
+                    f(rb.zip(mb)
+                        .map(|(a, b)| box_centre_distance_mm(&a, &b, &ct.affine))),
                 );
             }
         }

@@ -230,16 +230,32 @@ pub fn wall_distance_mm(a: &BoxVox, b: &BoxVox, spacing_mm: [f64; 3]) -> f64 {
     sum / 6.0
 }
 
+/// Distance (mm) between two world points.
+pub fn world_distance_mm(a: [f64; 3], b: [f64; 3]) -> f64 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// Distance (mm) between the centres of two inclusive voxel boxes on the grid of `affine`.
+pub fn box_centre_distance_mm(a: &BoxVox, b: &BoxVox, affine: &Affine) -> f64 {
+    let centre =
+        |x: &BoxVox| affine.voxel_to_world([0, 1, 2].map(|i| 0.5 * (x.min[i] + x.max[i]) as f64));
+    world_distance_mm(centre(a), centre(b))
+}
+
+/// Length (mm) of an inclusive voxel box's diagonal, corner voxel to corner voxel, on the
+/// grid of `affine`.
+pub fn box_diagonal_mm(b: &BoxVox, affine: &Affine) -> f64 {
+    let corner = |v: [usize; 3]| affine.voxel_to_world(v.map(|x| x as f64));
+    world_distance_mm(corner(b.min), corner(b.max))
+}
+
 /// ALE (mm): mean world distance between corresponding extreme points (voxel indices of one grid).
 pub fn ale_mm(pred: &[[usize; 3]; 6], truth: &[[usize; 3]; 6], affine: &Affine) -> f64 {
     let w = |p: [usize; 3]| affine.voxel_to_world(p.map(|x| x as f64));
     let sum: f64 = pred
         .iter()
         .zip(truth)
-        .map(|(&p, &t)| {
-            let (a, b) = (w(p), w(t));
-            ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
-        })
+        .map(|(&p, &t)| world_distance_mm(w(p), w(t)))
         .sum();
     sum / 6.0
 }

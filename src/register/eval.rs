@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use super::intensity::learn_models;
+use super::intensity::{learn_models, model_for};
 use super::{
     FuseMode, OrganMaps, OrganPoints, RegImage, RegisterOptions, fuse, label_points, points_init,
     prior_to_canonical, register, warp_labels,
@@ -178,7 +178,7 @@ pub fn run(
             for &alpha in &opts.alphas {
                 let mut refined = Vec::new();
                 for (o, p) in &last {
-                    match models.iter().find(|m| m.organ == *o && m.is_learnt()) {
+                    match model_for(&models, *o) {
                         Some(m) => refined.push((*o, m.refine(p, &query.ct, alpha)?)),
                         None => refined.push((*o, p.clone())),
                     }

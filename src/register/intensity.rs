@@ -146,6 +146,11 @@ pub fn learn_models(
     Ok(models)
 }
 
+/// The learnt model of `organ` among `models` (`None`: no support had it).
+pub fn model_for(models: &[IntensityModel], organ: u16) -> Option<&IntensityModel> {
+    models.iter().find(|m| m.organ == organ && m.is_learnt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,15 +16,15 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 
-use super::intensity::{DEFAULT_ALPHA, DEFAULT_BAND_MM, IntensityModel, learn_models};
+use super::intensity::{DEFAULT_ALPHA, DEFAULT_BAND_MM, IntensityModel, learn_models, model_for};
 use super::{
     FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
 };
 use crate::device::Pacer;
 use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
+use crate::metrics::{box_centre_distance_mm, box_diagonal_mm};
 use crate::oracle::localize_from_labels;
 use crate::types::{BoxMode, Localizer, OrganLocalization};
-use crate::volume::labels::BoxVox;
 use crate::volume::{CtVolume, Volume};
 use crate::{Error, Result};
 
@@ -44,27 +44,6 @@ pub const DEFAULT_FUSE: FuseMode = FuseMode::LocalNcc {
 pub const CROSS_CHECK_MM: f64 = 25.0;
 /// See [`CROSS_CHECK_MM`].
 pub const CROSS_CHECK_FRACTION: f64 = 0.25;
-
-fn box_centre_mm(b: &BoxVox, query: &CtVolume) -> [f64; 3] {
-    query
-        .affine
-        .voxel_to_world([0, 1, 2].map(|a| 0.5 * (b.min[a] + b.max[a]) as f64))
-}
-
-fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
-    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
-}
-
-/// Distance between two boxes' centres on the query grid, mm.
-fn box_centre_distance_mm(a: &BoxVox, b: &BoxVox, query: &CtVolume) -> f64 {
-    distance(box_centre_mm(a, query), box_centre_mm(b, query))
-}
-
-/// A box's diagonal on the query grid, mm.
-fn box_diagonal_mm(b: &BoxVox, query: &CtVolume) -> f64 {
-    let corner = |v: [usize; 3]| query.affine.voxel_to_world(v.map(|x| x as f64));
-    distance(corner(b.min), corner(b.max))
-}
 
 /// Registered supports → organ priors → boxes (see the module doc). Clones share the
 /// prepared supports.
@@ -137,7 +116,6 @@ impl RegisterLocalizer {
     pub async fn priors(&mut self, query: &CtVolume) -> Result<Vec<(u16, Volume<f32>)>> {
         // In the browser on the CPU backend: the page gets a turn between steps.
         let pacer = Pacer::default();
-        let cpu = Device::flex();
         let fixed = RegImage::from_canonical(query)?;
         self.report.clear();
         let mut warped = Vec::new();
@@ -148,14 +126,14 @@ impl RegisterLocalizer {
                         "{name}: NCC {:.3} → {:.3} → {:.3} in {:.1} s",
                         r.ncc[0], r.ncc[1], r.ncc[2], r.seconds
                     ));
-                    pacer.tick(&cpu).await;
+                    pacer.tick(&self.device).await;
                     warped.push(warp_labels(&fixed, image, maps, &r)?);
                 }
                 Err(e) => self
                     .report
                     .push(format!("{name}: registration failed: {e}")),
             }
-            pacer.tick(&cpu).await;
+            pacer.tick(&self.device).await;
         }
         if warped.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -164,16 +142,12 @@ impl RegisterLocalizer {
             )));
         }
         let prior = fuse(&fixed, &warped, self.fuse)?;
-        pacer.tick(&cpu).await;
+        pacer.tick(&self.device).await;
         let mut priors = prior_to_canonical(&fixed, &prior)?;
         if self.alpha > 0.0 {
             for (organ, p) in &mut priors {
-                pacer.tick(&cpu).await;
-                if let Some(m) = self
-                    .models
-                    .iter()
-                    .find(|m| m.organ == *organ && m.is_learnt())
-                {
+                pacer.tick(&self.device).await;
+                if let Some(m) = model_for(&self.models, *organ) {
                     *p = m.refine(p, query, self.alpha)?;
                 }
             }
@@ -256,9 +230,9 @@ impl Localizer for RegisterLocalizer {
                 else {
                     continue;
                 };
-                let d = box_centre_distance_mm(&loc.bbox, &m.bbox, query);
-                let limit =
-                    CROSS_CHECK_MM.max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, query));
+                let d = box_centre_distance_mm(&loc.bbox, &m.bbox, &query.affine);
+                let limit = CROSS_CHECK_MM
+                    .max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, &query.affine));
                 if d > limit {
                     *loc = m.clone();
                     loc.warning = Some(format!(

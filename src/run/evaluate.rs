@@ -258,6 +258,17 @@ pub struct EvalResults {
     pub times: Vec<QueryTimes>,
 }
 
+impl EvalResults {
+    /// The evaluation's modes; [`MODES`] when nothing was evaluated yet.
+    fn modes_or_default(&self) -> Vec<String> {
+        if self.modes.is_empty() {
+            MODES.iter().map(|m| m.to_string()).collect()
+        } else {
+            self.modes.clone()
+        }
+    }
+}
+
 /// The header and the non-empty lines of a CSV file; `None` when it does not exist.
 fn csv_lines(path: &Path) -> Result<Option<(String, Vec<String>)>> {
     let text = match std::fs::read_to_string(path) {
@@ -579,12 +590,7 @@ where
 /// mode, and the SPL and WPL masks' box IoU; a last row over all instances; then the
 /// time per query.
 pub fn summary_table(res: &EvalResults) -> String {
-    let modes = if res.modes.is_empty() {
-        MODES.iter().map(|m| m.to_string()).collect()
-    } else {
-        res.modes.clone()
-    };
-    dsc_table(res) + &times_summary(res, &modes)
+    dsc_table(res) + &times_summary(res, &res.modes_or_default())
 }
 
 /// Several evaluations side by side (e.g. `eval/openkbp`'s SPL/WPL/oracle and a
@@ -650,11 +656,7 @@ fn dsc_table(res: &EvalResults) -> String {
     };
     // Columns: DSC of the true boxes first, then of each other mode; box IoU of the modes
     // whose boxes come from a localizer's 3-D box.
-    let modes = if res.modes.is_empty() {
-        MODES.iter().map(|m| m.to_string()).collect()
-    } else {
-        res.modes.clone()
-    };
+    let modes = res.modes_or_default();
     let mut dsc_modes: Vec<&str> = modes.iter().map(String::as_str).collect();
     dsc_modes.sort_by_key(|m| *m != "oracle");
     let iou_modes: Vec<&str> = dsc_modes
