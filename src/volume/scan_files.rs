@@ -11,6 +11,9 @@ use super::rtstruct::read_rtstruct;
 use super::{CtVolume, LabelVolume, read_nifti_bytes};
 use crate::{Error, Result};
 
+/// Files as a page gets them: (path inside what was chosen or dropped, bytes).
+pub type NamedFiles = Vec<(String, Vec<u8>)>;
+
 /// The files of one scan: a NIfTI file or a folder of DICOM files.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScanFiles {
@@ -21,7 +24,7 @@ pub enum ScanFiles {
     /// `files`: (path inside the page's selection, bytes), DICOM or not.
     DicomFolder {
         folder: String,
-        files: Vec<(String, Vec<u8>)>,
+        files: NamedFiles,
     },
 }
 
@@ -51,8 +54,8 @@ fn is_nifti_name(path: &str) -> bool {
 /// folder without one gives its NIfTI files, each a scan, or (when it has none either)
 /// a DICOM set that the reader refuses with a message; loose DICOM files together are
 /// one set (named after the first), loose other files each a NIfTI scan.
-pub fn group_scans(files: Vec<(String, Vec<u8>)>) -> Vec<ScanFiles> {
-    let mut groups: Vec<(Option<String>, Vec<(String, Vec<u8>)>)> = Vec::new();
+pub fn group_scans(files: NamedFiles) -> Vec<ScanFiles> {
+    let mut groups: Vec<(Option<String>, NamedFiles)> = Vec::new();
     for (path, bytes) in files {
         let path = path.trim_start_matches('/').to_string();
         let top = path.split_once('/').map(|(t, _)| t.to_string());

@@ -20,7 +20,7 @@ fn relative_path(f: &web_sys::File) -> String {
         .unwrap_or_else(|| f.name())
 }
 
-pub(super) async fn read_files(files: Vec<web_sys::File>) -> Result<Vec<(String, Vec<u8>)>> {
+pub(super) async fn read_files(files: Vec<web_sys::File>) -> Result<NamedFiles> {
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let name = relative_path(&f);
@@ -29,7 +29,7 @@ pub(super) async fn read_files(files: Vec<web_sys::File>) -> Result<Vec<(String,
     Ok(out)
 }
 
-pub(super) async fn files_of(input: &HtmlInputElement) -> Result<Vec<(String, Vec<u8>)>> {
+pub(super) async fn files_of(input: &HtmlInputElement) -> Result<NamedFiles> {
     let mut files = Vec::new();
     if let Some(list) = input.files() {
         files.extend((0..list.length()).filter_map(|n| list.get(n)));
@@ -80,7 +80,7 @@ async fn callback_result(
 pub(super) async fn read_dropped(
     entries: Vec<web_sys::FileSystemEntry>,
     files: Vec<web_sys::File>,
-) -> Result<Vec<(String, Vec<u8>)>> {
+) -> Result<NamedFiles> {
     let mut out = read_files(files).await?;
     let mut stack: Vec<web_sys::FileSystemEntry> = entries.into_iter().rev().collect();
     while let Some(entry) = stack.pop() {
@@ -190,7 +190,7 @@ pub(super) fn check_pairs(cases: usize, labels: usize, what: &str) -> Result<()>
 }
 
 /// Read the CTs among files (NIfTI files; DICOM folders, each one series).
-pub(super) fn read_cases(files: Vec<(String, Vec<u8>)>) -> Result<Vec<Case>> {
+pub(super) fn read_cases(files: NamedFiles) -> Result<Vec<Case>> {
     group_scans(files)
         .iter()
         .map(|s| read_scan(s).map(scan_case))
@@ -201,7 +201,7 @@ pub(super) async fn on_support_images(input: HtmlInputElement) -> Result<String>
     load_supports(files_of(&input).await?)
 }
 
-pub(super) fn load_supports(files: Vec<(String, Vec<u8>)>) -> Result<String> {
+pub(super) fn load_supports(files: NamedFiles) -> Result<String> {
     let cases = read_cases(files)?;
     let n = cases.len();
     let dicom = cases.iter().filter(|c| c.dicom.is_some()).count();
@@ -285,7 +285,7 @@ pub(super) async fn on_queries(input: HtmlInputElement) -> Result<String> {
     load_queries(files_of(&input).await?)
 }
 
-pub(super) fn load_queries(files: Vec<(String, Vec<u8>)>) -> Result<String> {
+pub(super) fn load_queries(files: NamedFiles) -> Result<String> {
     let cases = read_cases(files)?;
     let n = cases.len();
     let dicom = cases.iter().filter(|c| c.dicom.is_some()).count();

@@ -41,7 +41,9 @@ use crate::types::{BoxMode, LocalizerChoice, OrganLocalization};
 use crate::volume::dicom::DicomInfo;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
-use crate::volume::scan_files::{LabelFile, ScanFiles, ScanRead, group_scans, read_scan};
+use crate::volume::scan_files::{
+    LabelFile, NamedFiles, ScanFiles, ScanRead, group_scans, read_scan,
+};
 use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
 use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume, write_labels_nifti_bytes};
 use crate::{Error, Result};
@@ -197,7 +199,7 @@ fn after_load(result: Result<String>) {
 }
 
 /// Folders and files dropped on the element with this test id go to `load`.
-fn on_drop(id: &str, load: fn(Vec<(String, Vec<u8>)>) -> Result<String>) {
+fn on_drop(id: &str, load: fn(NamedFiles) -> Result<String>) {
     let el: HtmlElement = by_testid(id);
     let over = Closure::<dyn FnMut(Event)>::new(|e: Event| e.prevent_default());
     el.add_event_listener_with_callback("dragover", over.as_ref().unchecked_ref())
@@ -212,7 +214,16 @@ fn on_drop(id: &str, load: fn(Vec<(String, Vec<u8>)>) -> Result<String>) {
         wasm_bindgen_futures::spawn_local(async move {
             set_status("reading…", false);
             hide_downloads();
-            let files = read_dropped(entries, files).await;
+            let files = read_dropped(entries, files).await.and_then(|f| {
+                if f.is_empty() {
+                    // A text or link dragged in: keep what is loaded.
+                    return Err(Error::InvalidArgument(
+                        "nothing to load in what was dropped: drop CT files or DICOM folders"
+                            .into(),
+                    ));
+                }
+                Ok(f)
+            });
             after_load(files.and_then(load));
         });
     });
