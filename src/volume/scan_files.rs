@@ -52,8 +52,9 @@ fn is_nifti_name(path: &str) -> bool {
 /// folder's files, a bare name for a loose file) into scans, in the order first seen:
 /// a folder with any DICOM file is one DICOM series set (named after the folder); a
 /// folder without one gives its NIfTI files, each a scan, or (when it has none either)
-/// a DICOM set that the reader refuses with a message; loose DICOM files together are
-/// one set (named after the first), loose other files each a NIfTI scan.
+/// a DICOM set that the reader refuses with a message; the loose files (in the place of
+/// the first one) give one set of all the loose DICOM files (named after the first),
+/// then each other loose file as a NIfTI scan.
 pub fn group_scans(files: NamedFiles) -> Vec<ScanFiles> {
     let mut groups: Vec<(Option<String>, NamedFiles)> = Vec::new();
     for (path, bytes) in files {
@@ -208,12 +209,14 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
+            // Folders and the loose files in the order first seen; loose DICOM files
+            // together, before the loose NIfTI files.
             [
                 "dicom a 3",
-                "nifti b/n.nii.gz",
-                "dicom c 1",
                 "dicom s1 2",
-                "nifti x.ct.nii.gz"
+                "nifti x.ct.nii.gz",
+                "nifti b/n.nii.gz",
+                "dicom c 1"
             ]
         );
         assert_eq!(file_case_name("b/n.ct.nii.gz"), "n");
