@@ -644,6 +644,39 @@ async function saveDownload(id, dir) {
   await download.saveAs(file);
   return file;
 }
+/// The page's downloads in `pageOut` against the native CLI's files in `cliOut` (same inputs):
+/// NIfTI masks voxel for voxel; RTSTRUCT and SEG element for element (pydicom) and byte for byte.
+/// Equal masks: the DICOM files must be equal but for DATE_TAGS. Masks a few voxels apart: only
+/// what is made from the mask may differ. Returns the number of mask voxels that differ.
+function compareWithCli(pageOut, cliOut) {
+  const seg = readNifti(fs.readFileSync(path.join(pageOut, `${DCM.case}.seg.nii.gz`)));
+  const native = readNifti(fs.readFileSync(path.join(cliOut, `${DCM.case}.seg.nii.gz`)));
+  assert(JSON.stringify(seg.dim) === JSON.stringify(native.dim), `dims ${seg.dim} vs native ${native.dim}`);
+  let differ = 0;
+  for (let n = 0; n < seg.data.length; n++) if (seg.data[n] !== native.data[n]) differ++;
+  const agree = dice(seg.data, native.data, DCM.organ);
+  console.log(`  page vs native CLI: NIfTI masks DSC ${agree.toFixed(2)} %, ${differ} voxels differ`);
+  assert(agree >= DCM.minAgree, `the page's mask and the native CLI's agree only ${agree.toFixed(2)} %`);
+  for (const f of [`${DCM.case}.rtstruct.dcm`, `${DCM.case}.seg.dcm`]) {
+    const a = fs.readFileSync(path.join(pageOut, f)), b = fs.readFileSync(path.join(cliOut, f));
+    let bytes = a.length === b.length ? 0 : null;
+    if (bytes !== null) for (let n = 0; n < a.length; n++) if (a[n] !== b[n]) bytes++;
+    const diffs = dicomDifferences(path.join(pageOut, f), path.join(cliOut, f));
+    console.log(`  ${f}: page ${a.length} B, CLI ${b.length} B; ${bytes === null ? "sizes differ" : `${bytes} bytes differ`}; ` +
+      `elements that differ besides ${DATE_TAGS.join("/")}: ${diffs.length ? diffs.slice(0, 8).join(", ") : "none"}`);
+    if (differ === 0) {
+      assert(diffs.length === 0, `${f}: with equal masks the page's file differs from the CLI's in ${diffs.join(", ")}`);
+      assert(bytes !== null && bytes <= 14 * 2, `${f}: ${bytes === null ? "sizes differ" : `${bytes} bytes differ`} (only the date and time may)`);
+    } else {
+      // The masks differ by a few voxels (the registration's sums run in another order in
+      // wasm): only what is made from the mask may differ (the UIDs derived from its digest,
+      // the contours, the frames' pixels); patient, study, references, names are the same.
+      const other = diffs.filter((d) => !MASK_MADE.test(d));
+      assert(other.length === 0, `${f}: the page's file differs from the CLI's beyond the mask: ${other.join(", ")}`);
+    }
+  }
+  return differ;
+}
 await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the native CLI's (CPU in WebAssembly)", async () => {
   assert(havePydicom(), "python3 with pydicom and numpy is needed (pip install pydicom)");
   page = await newPage();
@@ -678,32 +711,7 @@ await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the n
   // The native CLI on the same inputs.
   execFileSync(medlsamBin(), ["segment", "--support-image", abd(`${DCM.support}.ct.nii.gz`), "--support-label", abd(`${DCM.support}.label.nii.gz`),
     "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", cliOut], { stdio: "ignore" });
-  const seg = readNifti(fs.readFileSync(path.join(pageOut, `${DCM.case}.seg.nii.gz`)));
-  const native = readNifti(fs.readFileSync(path.join(cliOut, `${DCM.case}.seg.nii.gz`)));
-  assert(JSON.stringify(seg.dim) === JSON.stringify(native.dim), `dims ${seg.dim} vs native ${native.dim}`);
-  let differ = 0;
-  for (let n = 0; n < seg.data.length; n++) if (seg.data[n] !== native.data[n]) differ++;
-  const agree = dice(seg.data, native.data, DCM.organ);
-  console.log(`  page vs native CLI: NIfTI masks DSC ${agree.toFixed(2)} %, ${differ} voxels differ`);
-  assert(agree >= DCM.minAgree, `the page's mask and the native CLI's agree only ${agree.toFixed(2)} %`);
-  for (const f of [`${DCM.case}.rtstruct.dcm`, `${DCM.case}.seg.dcm`]) {
-    const a = fs.readFileSync(path.join(pageOut, f)), b = fs.readFileSync(path.join(cliOut, f));
-    let bytes = a.length === b.length ? 0 : null;
-    if (bytes !== null) for (let n = 0; n < a.length; n++) if (a[n] !== b[n]) bytes++;
-    const diffs = dicomDifferences(path.join(pageOut, f), path.join(cliOut, f));
-    console.log(`  ${f}: page ${a.length} B, CLI ${b.length} B; ${bytes === null ? "sizes differ" : `${bytes} bytes differ`}; ` +
-      `elements that differ besides ${DATE_TAGS.join("/")}: ${diffs.length ? diffs.slice(0, 8).join(", ") : "none"}`);
-    if (differ === 0) {
-      assert(diffs.length === 0, `${f}: with equal masks the page's file differs from the CLI's in ${diffs.join(", ")}`);
-      assert(bytes !== null && bytes <= 14 * 2, `${f}: ${bytes === null ? "sizes differ" : `${bytes} bytes differ`} (only the date and time may)`);
-    } else {
-      // The masks differ by a few voxels (the registration's sums run in another order in
-      // wasm): only what is made from the mask may differ (the UIDs derived from its digest,
-      // the contours, the frames' pixels); patient, study, references, names are the same.
-      const other = diffs.filter((d) => !MASK_MADE.test(d));
-      assert(other.length === 0, `${f}: the page's file differs from the CLI's beyond the mask: ${other.join(", ")}`);
-    }
-  }
+  compareWithCli(pageOut, cliOut);
   await page.screenshot({ path: path.join(shots, "run-dicom.png"), fullPage: true });
 
   // The page's RTSTRUCT back in as the label of a DICOM support (the query's own series): the
@@ -726,6 +734,13 @@ await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the n
   const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: DCM.name }).first().locator("td").allTextContents();
   console.log(`  support from the page's RTSTRUCT, query itself: ${DCM.name} DSC ${row[2]} %; ${s2}`);
   assert(Number(row[2]) >= 90, `DSC ${row[2]} % below 90 %`);
+  // Its downloads against the CLI's on the same inputs (the RTSTRUCT as --support-label).
+  const selfPage = path.join(dir, "self-page"), selfCli = path.join(dir, "self-cli");
+  fs.mkdirSync(selfPage);
+  for (const id of ["download-seg", "download-labels", "download-rtstruct", "download-dicom-seg"]) await saveDownload(id, selfPage);
+  execFileSync(medlsamBin(), ["segment", "--support-image", DCM.query, "--support-label", path.join(pageOut, `${DCM.case}.rtstruct.dcm`),
+    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", selfCli], { stdio: "ignore" });
+  compareWithCli(selfPage, selfCli);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
