@@ -234,7 +234,7 @@ pub(super) fn pair_support_labels(a: &mut App) -> Result<()> {
         roi_names = roi_names.or(table);
     }
     // As natively: an RTSTRUCT's ROI names name the organs, unless a label table was chosen.
-    if let Some(t) = roi_names.filter(|_| a.table.0.is_empty()) {
+    if let Some(t) = roi_names.filter(|_| !a.table_chosen) {
         a.table = t;
     }
     Ok(())
@@ -310,7 +310,10 @@ pub(super) async fn on_label_table(input: HtmlInputElement) -> Result<String> {
     let table =
         LabelTable::from_json(&String::from_utf8_lossy(&bytes)).map_err(|e| prefix(&name, e))?;
     let n = table.0.len();
-    APP.with_borrow_mut(|a| a.table = table);
+    APP.with_borrow_mut(|a| {
+        a.table = table;
+        a.table_chosen = true;
+    });
     Ok(format!("{n} label names loaded"))
 }
 
@@ -350,6 +353,7 @@ pub(super) fn run_demo() -> Result<String> {
         a.support_labels.clear();
         a.queries = vec![query];
         a.query_labels.clear();
+        a.table_chosen = false;
         a.table = LabelTable(
             PHANTOM_LABELS
                 .iter()

@@ -110,6 +110,8 @@ struct App {
     support_labels: Vec<(String, LabelFile)>,
     queries: Vec<Case>,
     table: LabelTable,
+    /// The label table was chosen by the user (labels.json): RTSTRUCT ROI names keep out.
+    table_chosen: bool,
     /// The case shown in the viewer.
     shown: Option<Shown>,
     cursor: [usize; 3],
