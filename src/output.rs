@@ -7,8 +7,12 @@ use serde::Serialize;
 
 use crate::metrics::LabelMetrics;
 use crate::types::OrganLocalization;
+use crate::volume::dicom::DicomInfo;
+use crate::volume::dicom_derived::{DerivedOptions, dicom_date_time};
+use crate::volume::dicom_seg::write_dicom_seg;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::BoxVox;
+use crate::volume::rtstruct::write_rtstruct;
 use crate::volume::{CtVolume, LabelVolume, Reorientation};
 use crate::{Error, Result};
 
@@ -300,6 +304,68 @@ fn encode_png(cv: &Canvas) -> Result<Vec<u8>> {
             .map_err(|e| Error::InvalidArgument(format!("png: {e}")))?;
     }
     Ok(out)
+}
+
+/// The DICOM objects a run writes beside the NIfTI of a DICOM query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DicomOutputs {
+    /// `<case>.rtstruct.dcm`: an RT Structure Set (contours).
+    pub rtstruct: bool,
+    /// `<case>.seg.dcm`: a DICOM Segmentation (binary frames).
+    pub seg: bool,
+}
+
+impl DicomOutputs {
+    /// Both objects.
+    pub const BOTH: Self = Self {
+        rtstruct: true,
+        seg: true,
+    };
+
+    pub fn any(&self) -> bool {
+        self.rtstruct || self.seg
+    }
+}
+
+/// The seconds since 1970 (UTC) now, for the date of derived objects (0 if the clock is
+/// before 1970).
+pub fn unix_now() -> u64 {
+    web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `<case>.rtstruct.dcm` and/or `<case>.seg.dcm` of `organs` in `labels` (the query's
+/// file grid) for a query read from DICOM (`info`), dated `unix_seconds` (UTC): their
+/// file names and bytes. The CLI writes them as files, the page offers them as
+/// downloads: both call this, so their files differ only in the date and time
+/// (StructureSetDate/Time, ContentDate/Time). A SEG needs a frame: a result without
+/// any of the organs gets no SEG (the NIfTI says so).
+pub fn dicom_output_files(
+    case: &str,
+    labels: &LabelVolume,
+    organs: &[u16],
+    names: &LabelTable,
+    info: &DicomInfo,
+    outputs: DicomOutputs,
+    unix_seconds: u64,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let (date, time) = dicom_date_time(unix_seconds);
+    let options = DerivedOptions {
+        date,
+        time,
+        series_number: None,
+    };
+    let mut files = Vec::new();
+    if outputs.rtstruct {
+        let (bytes, _) = write_rtstruct(labels, info, organs, names, &options)?;
+        files.push((format!("{case}.rtstruct.dcm"), bytes));
+    }
+    if outputs.seg && organs.iter().any(|o| labels.data.contains(o)) {
+        let (bytes, _) = write_dicom_seg(labels, info, organs, names, &options)?;
+        files.push((format!("{case}.seg.dcm"), bytes));
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -7,15 +7,15 @@
 use std::path::Path;
 
 use crate::metrics::LabelMetrics;
-use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row, overview_png};
+pub use crate::output::DicomOutputs;
+use crate::output::{
+    METRICS_CSV_HEADER, boxes_json, dicom_output_files, metrics_csv_row, overview_png, unix_now,
+};
 use crate::pipeline::QueryResult;
 use crate::types::OrganLocalization;
 use crate::volume::dicom::DicomInfo;
-use crate::volume::dicom_derived::{DerivedOptions, dicom_date_time};
-use crate::volume::dicom_seg::write_dicom_seg;
 use crate::volume::label_table::LabelTable;
 use crate::volume::nifti_io::write_file;
-use crate::volume::rtstruct::write_rtstruct;
 use crate::volume::{CtVolume, LabelVolume, Reorientation, write_labels_nifti_bytes};
 use crate::{Error, Result};
 
@@ -64,21 +64,6 @@ pub fn write_query_outputs(
     )
 }
 
-/// The DICOM objects a run writes beside the NIfTI of a DICOM query.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DicomOutputs {
-    /// `<case>.rtstruct.dcm`: an RT Structure Set (contours).
-    pub rtstruct: bool,
-    /// `<case>.seg.dcm`: a DICOM Segmentation (binary frames).
-    pub seg: bool,
-}
-
-impl DicomOutputs {
-    pub fn any(&self) -> bool {
-        self.rtstruct || self.seg
-    }
-}
-
 /// `<case>.rtstruct.dcm` and/or `<case>.seg.dcm` of `organs` in `labels` (the query's
 /// file grid), for a query read from DICOM (`info`); dated now (UTC).
 pub fn write_dicom_outputs(
@@ -98,25 +83,9 @@ pub fn write_dicom_outputs(
             "{case}: RTSTRUCT and DICOM SEG outputs need a DICOM query (this one is NIfTI)"
         ))
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (date, time) = dicom_date_time(now);
-    let options = DerivedOptions {
-        date,
-        time,
-        series_number: None,
-    };
-    if outputs.rtstruct {
-        let (bytes, _) = write_rtstruct(labels, info, organs, names, &options)?;
-        write_file(&out.join(format!("{case}.rtstruct.dcm")), &bytes)?;
-    }
-    if outputs.seg {
-        // A SEG needs a frame: an empty result gets none (the NIfTI says so).
-        if organs.iter().any(|o| labels.data.contains(o)) {
-            let (bytes, _) = write_dicom_seg(labels, info, organs, names, &options)?;
-            write_file(&out.join(format!("{case}.seg.dcm")), &bytes)?;
-        }
+    for (name, bytes) in dicom_output_files(case, labels, organs, names, info, outputs, unix_now())?
+    {
+        write_file(&out.join(name), &bytes)?;
     }
     Ok(())
 }

@@ -160,6 +160,16 @@ pub fn read_dicom_series_bytes<N: AsRef<str>, B: AsRef<[u8]>>(
     read_series(&BytesSource(files), series_uid, "the files given")
 }
 
+/// [`read_dicom_series_bytes`] for the files of one folder, as a page gets a chosen or
+/// dropped folder: messages name the folder (`folder`) instead of "the files given".
+pub fn read_dicom_folder_bytes<N: AsRef<str>, B: AsRef<[u8]>>(
+    folder: &str,
+    files: &[(N, B)],
+    series_uid: Option<&str>,
+) -> Result<DicomSeries> {
+    read_series(&BytesSource(files), series_uid, &format!("folder {folder}"))
+}
+
 /// The image series among in-memory files (most images first), without decoding pixels.
 pub fn list_dicom_series_bytes<N: AsRef<str>, B: AsRef<[u8]>>(
     files: &[(N, B)],

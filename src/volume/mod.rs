@@ -17,6 +17,7 @@ pub mod labels;
 pub mod nifti_io;
 pub mod resample;
 pub mod rtstruct;
+pub mod scan_files;
 pub mod synthetic;
 
 pub use geometry::{Affine, Reorientation};

@@ -592,6 +592,227 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+// DICOM in, RTSTRUCT and DICOM SEG out: the committed DICOM slices of 3D-IRCADb patient 1 as the
+// query, chosen with the folder picker; the liver of ircadb_017 (NIfTI) as the support, placed by
+// registration (the prior alone is the mask: quick, and no LiteMedSAM), on the CPU in WebAssembly,
+// as ./dev's dicom_outputs_check runs the CLI. The downloads are checked independently by
+// tools/check_dicom_outputs.py (pydicom: UIDs, references, contours and frames vs the NIfTI) and
+// compared with the native CLI's files on the same inputs: where the two masks are equal, the
+// DICOM objects must be equal element for element except their creation date and time.
+const DCM = { query: "tests/data/dicom/ircadb_001", case: "ircadb_001", support: "ircadb_017", organ: 1, name: "liver", minAgree: 99 };
+const DATE_TAGS = ["StructureSetDate", "StructureSetTime", "ContentDate", "ContentTime"];
+/// The elements of an RTSTRUCT or SEG made from the mask itself.
+const MASK_MADE = /^(meta\.MediaStorageSOPInstanceUID|SOPInstanceUID|SeriesInstanceUID|.*DimensionOrganizationUID|PixelData|ROIContourSequence\[\d+\]\.ContourSequence.*)$/;
+/// The DICOM elements (file meta included, sequences walked) that differ between two files,
+/// leaving out DATE_TAGS; by pydicom.
+function dicomDifferences(a, b) {
+  const py = `
+import sys, pydicom
+skip = set(sys.argv[3].split(","))
+def walk(x, y, at, out):
+    for t in sorted({e.tag for e in x} | {e.tag for e in y}):
+        ex, ey = x.get(t), y.get(t)
+        name = (ex or ey).keyword or str(t)
+        if name in skip:
+            continue
+        if ex is None or ey is None:
+            out.append(at + name + " (missing in one)")
+        elif ex.VR == "SQ":
+            if len(ex.value) != len(ey.value):
+                out.append(f"{at}{name} ({len(ex.value)} vs {len(ey.value)} items)")
+            else:
+                for i, (p, q) in enumerate(zip(ex.value, ey.value)):
+                    walk(p, q, f"{at}{name}[{i}].", out)
+        elif ex.value != ey.value:
+            out.append(at + name)
+a, b = pydicom.dcmread(sys.argv[1]), pydicom.dcmread(sys.argv[2])
+out = []
+walk(a.file_meta, b.file_meta, "meta.", out)
+walk(a, b, "", out)
+print("\\n".join(out))
+`;
+  const out = execFileSync("python3", ["-c", py, a, b, DATE_TAGS.join(",")], { encoding: "utf8" }).trim();
+  return out ? out.split("\n") : [];
+}
+function havePydicom() {
+  try { execFileSync("python3", ["-c", "import pydicom, numpy"], { stdio: "ignore" }); return true; } catch { return false; }
+}
+/// Save the download behind a link into `dir` under its suggested name; returns the path.
+async function saveDownload(id, dir) {
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId(id).click()]);
+  const file = path.join(dir, download.suggestedFilename());
+  await download.saveAs(file);
+  return file;
+}
+/// The page's downloads in `pageOut` against the native CLI's files in `cliOut` (same inputs):
+/// NIfTI masks voxel for voxel; RTSTRUCT and SEG element for element (pydicom) and byte for byte.
+/// Equal masks: the DICOM files must be equal but for DATE_TAGS. Masks a few voxels apart: only
+/// what is made from the mask may differ. Returns the number of mask voxels that differ.
+function compareWithCli(pageOut, cliOut) {
+  const seg = readNifti(fs.readFileSync(path.join(pageOut, `${DCM.case}.seg.nii.gz`)));
+  const native = readNifti(fs.readFileSync(path.join(cliOut, `${DCM.case}.seg.nii.gz`)));
+  assert(JSON.stringify(seg.dim) === JSON.stringify(native.dim), `dims ${seg.dim} vs native ${native.dim}`);
+  let differ = 0;
+  for (let n = 0; n < seg.data.length; n++) if (seg.data[n] !== native.data[n]) differ++;
+  const agree = dice(seg.data, native.data, DCM.organ);
+  console.log(`  page vs native CLI: NIfTI masks DSC ${agree.toFixed(2)} %, ${differ} voxels differ`);
+  assert(agree >= DCM.minAgree, `the page's mask and the native CLI's agree only ${agree.toFixed(2)} %`);
+  for (const f of [`${DCM.case}.rtstruct.dcm`, `${DCM.case}.seg.dcm`]) {
+    const a = fs.readFileSync(path.join(pageOut, f)), b = fs.readFileSync(path.join(cliOut, f));
+    let bytes = a.length === b.length ? 0 : null;
+    if (bytes !== null) for (let n = 0; n < a.length; n++) if (a[n] !== b[n]) bytes++;
+    const diffs = dicomDifferences(path.join(pageOut, f), path.join(cliOut, f));
+    console.log(`  ${f}: page ${a.length} B, CLI ${b.length} B; ${bytes === null ? "sizes differ" : `${bytes} bytes differ`}; ` +
+      `elements that differ besides ${DATE_TAGS.join("/")}: ${diffs.length ? diffs.slice(0, 8).join(", ") : "none"}`);
+    if (differ === 0) {
+      assert(diffs.length === 0, `${f}: with equal masks the page's file differs from the CLI's in ${diffs.join(", ")}`);
+      assert(bytes !== null && bytes <= 14 * 2, `${f}: ${bytes === null ? "sizes differ" : `${bytes} bytes differ`} (only the date and time may)`);
+    } else {
+      // The masks differ by a few voxels (the registration's sums run in another order in
+      // wasm): only what is made from the mask may differ (the UIDs derived from its digest,
+      // the contours, the frames' pixels); patient, study, references, names are the same.
+      const other = diffs.filter((d) => !MASK_MADE.test(d));
+      assert(other.length === 0, `${f}: the page's file differs from the CLI's beyond the mask: ${other.join(", ")}`);
+    }
+  }
+  return differ;
+}
+await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the native CLI's (CPU in WebAssembly)", async () => {
+  assert(havePydicom(), "python3 with pydicom and numpy is needed (pip install pydicom)");
+  page = await newPage();
+  await page.goto(origin + "/?backend=cpu");
+  await waitStatus(/ready/);
+  const abd = (f) => path.join(data, "abdomen", f);
+  for (const [input, file, re] of [["support-image-input", abd(`${DCM.support}.ct.nii.gz`), /1 support CT/],
+    ["support-label-input", abd(`${DCM.support}.label.nii.gz`), /1 support label map/],
+    ["label-table-input", abd(`${DCM.support}.labels.json`), /label names/],
+    ["query-folder-input", DCM.query, /1 query CT\(s\) loaded \(1 DICOM series\)|error/]]) {
+    await page.getByTestId(input).setInputFiles(input === "query-folder-input" ? DCM.query : [file]);
+    const s = await waitStatus(re);
+    assert(!/error/.test(s), s);
+  }
+  assert(/^ircadb_001 —/.test(await page.getByTestId("viewer-info").textContent()), "the DICOM query is not shown");
+  await chooseOrgans([DCM.organ]);
+  await page.getByTestId("localizer-select").selectOption("register");
+  await page.getByTestId("mode-select").selectOption("spl");
+  const t0 = Date.now();
+  const s = await runToEnd();
+  console.log(`  ${DCM.support} → ${DCM.case} (DICOM, ${fs.readdirSync(DCM.query).length} slices), ${DCM.name}, registration: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-web-dicom-"));
+  const pageOut = path.join(dir, "page"), cliOut = path.join(dir, "cli");
+  fs.mkdirSync(pageOut);
+  const files = {};
+  for (const id of ["download-seg", "download-labels", "download-rtstruct", "download-dicom-seg"]) files[id] = path.basename(await saveDownload(id, pageOut));
+  assert(files["download-rtstruct"] === `${DCM.case}.rtstruct.dcm` && files["download-dicom-seg"] === `${DCM.case}.seg.dcm`,
+    `file names ${JSON.stringify(files)}`);
+  // Independently of the Rust code: the page's RTSTRUCT and SEG against its own NIfTI mask.
+  const check = execFileSync("python3", ["tools/check_dicom_outputs.py", "--query", DCM.query, "--out", pageOut, "--case", DCM.case], { encoding: "utf8" });
+  console.log(check.trim().split("\n").map((l) => "  page: " + l).join("\n"));
+  // The native CLI on the same inputs.
+  execFileSync(medlsamBin(), ["segment", "--support-image", abd(`${DCM.support}.ct.nii.gz`), "--support-label", abd(`${DCM.support}.label.nii.gz`),
+    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", cliOut], { stdio: "ignore" });
+  compareWithCli(pageOut, cliOut);
+  await page.screenshot({ path: path.join(shots, "run-dicom.png"), fullPage: true });
+
+  // The page's RTSTRUCT back in as the label of a DICOM support (the query's own series): the
+  // registration of the query to itself must give back its mask (as ./dev does with the CLI's).
+  page = await newPage();
+  await page.goto(origin + "/?backend=cpu");
+  await waitStatus(/ready/);
+  for (const [input, file, re] of [["support-folder-input", DCM.query, /1 support CT\(s\) loaded \(1 DICOM series\)|error/],
+    ["support-label-input", [path.join(pageOut, `${DCM.case}.rtstruct.dcm`)], /1 support label map|error/],
+    ["query-folder-input", DCM.query, /1 query CT\(s\) loaded \(1 DICOM series\)|error/],
+    ["query-label-input", [path.join(pageOut, `${DCM.case}.seg.nii.gz`)], /1 query label map|error/]]) {
+    await page.getByTestId(input).setInputFiles(file);
+    const s = await waitStatus(re);
+    assert(!/error/.test(s), s);
+  }
+  const organs = await page.getByTestId("organ-select").textContent();
+  assert(new RegExp(`${DCM.organ} ${DCM.name}`).test(organs), `organ choice (names from the RTSTRUCT's ROIs): ${organs}`);
+  await page.getByTestId("localizer-select").selectOption("register");
+  const s2 = await runToEnd();
+  const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: DCM.name }).first().locator("td").allTextContents();
+  console.log(`  support from the page's RTSTRUCT, query itself: ${DCM.name} DSC ${row[2]} %; ${s2}`);
+  assert(Number(row[2]) >= 90, `DSC ${row[2]} % below 90 %`);
+  // Its downloads against the CLI's on the same inputs (the RTSTRUCT as --support-label).
+  const selfPage = path.join(dir, "self-page"), selfCli = path.join(dir, "self-cli");
+  fs.mkdirSync(selfPage);
+  for (const id of ["download-seg", "download-labels", "download-rtstruct", "download-dicom-seg"]) await saveDownload(id, selfPage);
+  execFileSync(medlsamBin(), ["segment", "--support-image", DCM.query, "--support-label", path.join(pageOut, `${DCM.case}.rtstruct.dcm`),
+    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", selfCli], { stdio: "ignore" });
+  compareWithCli(selfPage, selfCli);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+await test("a folder without DICOM files is refused with a message and the page stays usable", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-nodicom-"));
+  const folder = path.join(dir, "notes");
+  fs.mkdirSync(folder);
+  fs.writeFileSync(path.join(folder, "README"), "not a scan\n");
+  fs.writeFileSync(path.join(folder, "DICOMDIR"), Buffer.alloc(300, 7));
+  await page.getByTestId("query-folder-input").setInputFiles(folder);
+  const s = await waitStatus(/error/);
+  assert(/folder notes/.test(s) && /no DICOM/.test(s), s);
+  assert((await status().getAttribute("data-state")) === "error", "status not marked as error");
+  await page.getByTestId("demo-button").click();
+  await waitStatus(/demo/);
+  assert(await canvasHasImage("viewer-axial"), "axial pane empty after the error");
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+// Drag and drop: a folder dropped on the query fieldset (the DICOM slices, a non-DICOM README and
+// a subfolder), through the browser's FileSystemEntry API as Chromium gives it (directory entries
+// read in batches); Playwright cannot drag from the desktop, so the drop event carries entries
+// built in the page over real File objects. Then a plain file drop (no entries: dataTransfer.files).
+await test("DICOM folders and files dropped on the fieldsets load", async () => {
+  page = await newPage();
+  await page.goto(origin + "/");
+  await waitStatus(/ready/);
+  const names = fs.readdirSync(DCM.query).sort();
+  const files = names.map((n, i) => [i < 3 ? `${DCM.case}/sub/${n}` : `${DCM.case}/${n}`, fs.readFileSync(path.join(DCM.query, n)).toString("base64")]);
+  files.push([`${DCM.case}/README`, Buffer.from("not DICOM").toString("base64")]);
+  await page.evaluate(([files]) => {
+    const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    // A tree of FileSystemEntry look-alikes: {isFile, isDirectory, name, fullPath, file(), createReader()}.
+    const dir = (fullPath) => {
+      const children = [];
+      return { isFile: false, isDirectory: true, name: fullPath.split("/").pop(), fullPath, children,
+        createReader() { let done = false; return { readEntries(ok) { setTimeout(() => { const b = done ? [] : children; done = true; ok(b); }, 0); } }; } };
+    };
+    const root = dir("/" + files[0][0].split("/")[0]);
+    const dirs = { [root.fullPath]: root };
+    for (const [p, b64] of files) {
+      const parts = p.split("/");
+      let d = root;
+      for (let n = 1; n < parts.length - 1; n++) {
+        const fp = "/" + parts.slice(0, n + 1).join("/");
+        if (!dirs[fp]) { dirs[fp] = dir(fp); d.children.push(dirs[fp]); }
+        d = dirs[fp];
+      }
+      const file = new File([bytes(b64)], parts.at(-1));
+      d.children.push({ isFile: true, isDirectory: false, name: parts.at(-1), fullPath: "/" + p, file(ok) { setTimeout(() => ok(file), 0); } });
+    }
+    const ev = new DragEvent("drop", { bubbles: true, cancelable: true });
+    Object.defineProperty(ev, "dataTransfer", { value: { items: { length: 1, 0: { kind: "file", webkitGetAsEntry: () => root } }, files: { length: 0 } } });
+    document.querySelector("[data-testid='query-drop']").dispatchEvent(ev);
+  }, [files]);
+  const s = await waitStatus(/1 query CT\(s\) loaded|error/);
+  assert(/\(1 DICOM series\)/.test(s), s);
+  const info = await page.getByTestId("viewer-info").textContent();
+  assert(new RegExp(`^${DCM.case} — 512×512×${names.length} voxels`).test(info), `all ${names.length} slices not loaded: ${info}`);
+  // A plain file drop: the browser gives no entries, only dataTransfer.files.
+  const nii = fs.readFileSync(path.join(data, "abdomen", `${DCM.support}.ct.nii.gz`)).toString("base64");
+  await page.evaluate(([b64]) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], "dropped.ct.nii.gz"));
+    const ev = new DragEvent("drop", { bubbles: true, cancelable: true, dataTransfer: dt });
+    document.querySelector("[data-testid='support-drop']").dispatchEvent(ev);
+  }, [nii]);
+  const s2 = await waitStatus(/1 support CT|error/);
+  assert(/1 support CT\(s\) loaded$/.test(s2), s2);
+  assert(/^dropped —/.test(await page.getByTestId("viewer-info").textContent()), "the dropped support is not shown");
+});
+
 await test("no request left the page's origin", async () => {
   assert(foreign.length === 0, `requests to other origins: ${foreign.join(", ")}`);
   const unexpected = consoleErrors.filter((e) => !/favicon/.test(e));

@@ -1,4 +1,6 @@
-//! Downloads of a run's results: the label map (NIfTI), boxes JSON and metrics CSV.
+//! Downloads of a run's results: the label map (NIfTI), boxes JSON and metrics CSV;
+//! for a query read from DICOM also an RTSTRUCT and a DICOM SEG (the CLI's
+//! `--rtstruct --dicom-seg` files, made by the same library function).
 
 use super::*;
 
@@ -10,7 +12,20 @@ pub(super) fn offer_result_downloads() -> Result<()> {
             .labels
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("the shown case has no label map".into()))?;
-        let seg = write_labels_nifti_bytes(&labels.from_canonical(&case.reorientation)?)?;
+        let file_labels = labels.from_canonical(&case.reorientation)?;
+        let seg = write_labels_nifti_bytes(&file_labels)?;
+        let dicom = match (&case.dicom, &case.result) {
+            (Some(info), Some(r)) => dicom_output_files(
+                &case.name,
+                &file_labels,
+                &r.asked,
+                &a.table,
+                info,
+                DicomOutputs::BOTH,
+                unix_now(),
+            )?,
+            _ => Vec::new(),
+        };
         let boxes = case.result.as_ref().map(|r| {
             let j = boxes_json(&case.name, &r.organs, &case.reorientation, &a.table);
             serde_json::to_string_pretty(&j).expect("serialisable")
@@ -27,9 +42,24 @@ pub(super) fn offer_result_downloads() -> Result<()> {
                 );
                 rows.join("\n") + "\n"
             });
-        Ok::<_, Error>((case.name.clone(), seg, boxes, metrics, a.table.to_json()))
+        Ok::<_, Error>((
+            case.name.clone(),
+            seg,
+            boxes,
+            metrics,
+            a.table.to_json(),
+            dicom,
+        ))
     })?;
-    let (name, seg, boxes, metrics, table) = files;
+    let (name, seg, boxes, metrics, table, dicom) = files;
+    for (file, bytes) in dicom {
+        let id = if file.ends_with(".rtstruct.dcm") {
+            "download-rtstruct"
+        } else {
+            "download-dicom-seg"
+        };
+        offer_download(id, &bytes, &file, "application/dicom")?;
+    }
     offer_download(
         "download-seg",
         &seg,
@@ -63,6 +93,8 @@ pub(super) fn hide_downloads() {
         "download-labels",
         "download-boxes",
         "download-metrics",
+        "download-rtstruct",
+        "download-dicom-seg",
     ] {
         let a: HtmlElement = by_testid(id);
         let _ = a.set_attribute("hidden", "");

@@ -33,15 +33,19 @@ use super::viewer::{
     render_pane, result_view, voxel_on_pane,
 };
 use crate::metrics::LabelMetrics;
-use crate::output::{METRICS_CSV_HEADER, boxes_json, metrics_csv_row};
+use crate::output::{
+    DicomOutputs, METRICS_CSV_HEADER, boxes_json, dicom_output_files, metrics_csv_row, unix_now,
+};
 use crate::sam::predictor::{PromptPoint, SlicePrompt};
 use crate::types::{BoxMode, LocalizerChoice, OrganLocalization};
+use crate::volume::dicom::DicomInfo;
 use crate::volume::label_table::LabelTable;
 use crate::volume::labels::classes;
-use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
-use crate::volume::{
-    CtVolume, LabelVolume, Reorientation, Volume, read_nifti_bytes, write_labels_nifti_bytes,
+use crate::volume::scan_files::{
+    LabelFile, NamedFiles, ScanFiles, ScanRead, group_scans, read_scan,
 };
+use crate::volume::synthetic::{PHANTOM_LABELS, PhantomOptions, phantom};
+use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume, write_labels_nifti_bytes};
 use crate::{Error, Result};
 
 /// A loaded CT with optional labels, kept on the canonical grid for viewing.
@@ -58,10 +62,15 @@ struct Case {
     points: Vec<(u16, [[usize; 3]; 6])>,
     /// Queries: localizations and metrics of the last run.
     result: Option<ResultView>,
+    /// What its DICOM series said, when it was read from one (RTSTRUCT labels of a
+    /// support; RTSTRUCT and SEG downloads of a query).
+    dicom: Option<DicomInfo>,
 }
 
 /// What a run gave for one query.
 struct ResultView {
+    /// The organs the run was asked for (label order).
+    asked: Vec<u16>,
     organs: Vec<OrganLocalization>,
     metrics: Option<Vec<LabelMetrics>>,
 }
@@ -98,9 +107,11 @@ struct EditState {
 #[derive(Default)]
 struct App {
     supports: Vec<Case>,
-    support_labels: Vec<(String, LabelVolume)>,
+    support_labels: Vec<(String, LabelFile)>,
     queries: Vec<Case>,
     table: LabelTable,
+    /// The label table was chosen by the user (labels.json): RTSTRUCT ROI names keep out.
+    table_chosen: bool,
     /// The case shown in the viewer.
     shown: Option<Shown>,
     cursor: [usize; 3],
@@ -111,7 +122,7 @@ struct App {
     recentre: bool,
     /// Extreme points being clicked: the organ's label and the points so far.
     marking: Option<(u16, Vec<[usize; 3]>)>,
-    query_labels: Vec<(String, LabelVolume)>,
+    query_labels: Vec<(String, LabelFile)>,
     /// Organs the user unticked in the organ choice.
     unselected: Vec<u16>,
     hide_boxes: bool,
@@ -166,21 +177,61 @@ where
         wasm_bindgen_futures::spawn_local(async move {
             set_status("reading…", false);
             hide_downloads();
-            match f(input).await {
-                Ok(msg) => {
-                    set_status(&msg, false);
-                    redraw();
-                    render_organ_choice();
-                    render_edit_organs();
-                }
-                Err(e) => set_status(&format!("error: {e}"), true),
-            }
+            after_load(f(input).await);
         });
     });
     let el: HtmlElement = by_testid(id);
     el.add_event_listener_with_callback(event, handler.as_ref().unchecked_ref())
         .expect("listener");
     handler.forget();
+}
+
+/// Loading of what the user chose or dropped: status, redraw, the organ and correction
+/// choices; an error leaves the page as it was, with its message.
+fn after_load(result: Result<String>) {
+    match result {
+        Ok(msg) => {
+            set_status(&msg, false);
+            redraw();
+            render_organ_choice();
+            render_edit_organs();
+        }
+        Err(e) => set_status(&format!("error: {e}"), true),
+    }
+}
+
+/// Folders and files dropped on the element with this test id go to `load`.
+fn on_drop(id: &str, load: fn(NamedFiles) -> Result<String>) {
+    let el: HtmlElement = by_testid(id);
+    let over = Closure::<dyn FnMut(Event)>::new(|e: Event| e.prevent_default());
+    el.add_event_listener_with_callback("dragover", over.as_ref().unchecked_ref())
+        .expect("listener");
+    over.forget();
+    let drop = Closure::<dyn FnMut(Event)>::new(move |e: Event| {
+        e.prevent_default();
+        let Ok(d) = e.dyn_into::<web_sys::DragEvent>() else {
+            return;
+        };
+        let (entries, files) = dropped(&d);
+        wasm_bindgen_futures::spawn_local(async move {
+            set_status("reading…", false);
+            hide_downloads();
+            let files = read_dropped(entries, files).await.and_then(|f| {
+                if f.is_empty() {
+                    // A text or link dragged in: keep what is loaded.
+                    return Err(Error::InvalidArgument(
+                        "nothing to load in what was dropped: drop CT files or DICOM folders"
+                            .into(),
+                    ));
+                }
+                Ok(f)
+            });
+            after_load(files.and_then(load));
+        });
+    });
+    el.add_event_listener_with_callback("drop", drop.as_ref().unchecked_ref())
+        .expect("listener");
+    drop.forget();
 }
 
 fn on_click(id: &str, f: impl Fn() + 'static) {
@@ -217,6 +268,10 @@ pub fn start() {
     on_async("support-image-input", "change", on_support_images);
     on_async("support-label-input", "change", on_support_labels);
     on_async("query-input", "change", on_queries);
+    on_async("support-folder-input", "change", on_support_images);
+    on_async("query-folder-input", "change", on_queries);
+    on_drop("support-drop", load_supports);
+    on_drop("query-drop", load_queries);
     on_async("label-table-input", "change", on_label_table);
     on_async("query-label-input", "change", on_query_labels);
     on_event("organ-select", "change", |e| {
@@ -347,6 +402,8 @@ pub fn start() {
             // The file inputs no longer describe what is loaded.
             for id in [
                 "support-image-input",
+                "support-folder-input",
+                "query-folder-input",
                 "support-label-input",
                 "label-table-input",
                 "query-input",

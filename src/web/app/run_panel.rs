@@ -164,6 +164,7 @@ pub(super) async fn on_run() -> Result<String> {
     crate::web::yield_to_browser().await;
     let mut models = take_models().await?;
     let names = APP.with_borrow(|a| a.table.clone());
+    let asked = settings.organs.clone();
     let n = queries.len();
     let start = web_time::Instant::now();
     let result = run::run(
@@ -189,6 +190,7 @@ pub(super) async fn on_run() -> Result<String> {
                     }
                     c.labels = Some(out.result.labels);
                     c.result = Some(ResultView {
+                        asked: asked.clone(),
                         organs: out.result.organs,
                         metrics: out.metrics,
                     });
