@@ -351,3 +351,20 @@ fn rtstruct_and_seg_value_lengths_beyond_the_file_are_refused_without_allocating
     );
     assert!(max < 16 * MIB, "{max} bytes allocated");
 }
+
+#[test]
+fn dicom_rows_and_columns_larger_than_the_file_are_refused_before_allocating() {
+    let mut b = std::fs::read(dicom_slices().join("image_50")).unwrap();
+    // 16384 × 16384 pixels claimed by a 0.5 MB slice (was: a 512 MiB volume allocated
+    // before the pixel data were found short).
+    for tag in [0x0010, 0x0011] {
+        let at = element_at(&b, 0x0028, tag);
+        b[at + 8..at + 10].copy_from_slice(&16384u16.to_le_bytes());
+    }
+    let (e, max) = dicom_err(&[("image_50", b)]);
+    assert!(
+        e.contains("image_50: 1 frame(s) of 16384×16384 pixels of 16 bits need 536870912 bytes"),
+        "{e}"
+    );
+    assert!(max < 64 * MIB, "{max} bytes allocated");
+}

@@ -238,6 +238,8 @@ trait Source {
     fn bytes(&self, i: usize) -> Result<Cow<'_, [u8]>>;
     /// A reader over the file from its start (for header-only parsing).
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>>;
+    /// The file's size in bytes.
+    fn size(&self, i: usize) -> Result<u64>;
 }
 
 struct BytesSource<'a, N, B>(&'a [(N, B)]);
@@ -254,6 +256,9 @@ impl<N: AsRef<str>, B: AsRef<[u8]>> Source for BytesSource<'_, N, B> {
     }
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>> {
         Ok(Box::new(self.0[i].1.as_ref()))
+    }
+    fn size(&self, i: usize) -> Result<u64> {
+        Ok(self.0[i].1.as_ref().len() as u64)
     }
 }
 
@@ -336,6 +341,9 @@ impl Source for PathSource {
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>> {
         Ok(Box::new(std::io::BufReader::new(self.open(i)?)))
     }
+    fn size(&self, i: usize) -> Result<u64> {
+        Ok(self.open(i)?.metadata()?.len())
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -413,6 +421,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// before the pixel data.
 pub(crate) fn parse<R: Read>(
     mut open: impl FnMut() -> Result<R>,
+    size: Option<u64>,
     name: &str,
     header_only: bool,
 ) -> Result<Option<DefaultDicomObject>> {
@@ -443,7 +452,8 @@ pub(crate) fn parse<R: Read>(
     // The parser allocates a value's claimed length before reading it: a few bytes could
     // make it zero 4 GiB. Walk the element headers first, without allocating.
     let after_dicm = std::io::Cursor::new(head[skip..].to_vec()).chain(r);
-    check_lengths(after_dicm, header_only).map_err(corrupt)?;
+    let rest_size = size.map(|s| s.saturating_sub(skip as u64));
+    check_lengths(after_dicm, rest_size, header_only).map_err(corrupt)?;
     let mut r = open()?;
     std::io::copy(&mut (&mut r).take(skip as u64), &mut std::io::sink())?;
     let rest = std::io::Cursor::new(b"DICM".to_vec()).chain(r);
@@ -456,10 +466,11 @@ pub(crate) fn parse<R: Read>(
         .map_err(|e| corrupt(chain(&e)))
 }
 
-/// A reader that counts the bytes read.
+/// A reader that counts the bytes read, and knows the stream's length when it can.
 struct Counted<R> {
     inner: R,
     pos: u64,
+    len: Option<u64>,
 }
 
 impl<R: Read> Read for Counted<R> {
@@ -485,6 +496,20 @@ impl<R: Read> Counted<R> {
             }
         }
         Ok(Some(b))
+    }
+
+    /// An error if a length read at this point runs past the end of the stream (when
+    /// its length is known), in whatever context the parser reads it.
+    fn fits(&self, tag: (u16, u16), len: u32) -> std::result::Result<(), String> {
+        match self.len {
+            Some(total) if len != u32::MAX && self.pos + len as u64 > total => Err(format!(
+                "element ({:04X},{:04X}) claims a value of {len} bytes but the file ends {} bytes later",
+                tag.0,
+                tag.1,
+                total.saturating_sub(self.pos)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Skip a value of `len` bytes by reading it (no allocation): an error if the
@@ -537,8 +562,16 @@ fn long_vr(vr: &[u8; 2]) -> bool {
 /// endian, deflated; into sequences and items; over pixel fragments) and skipping
 /// values by reading them, so nothing is allocated from a claimed length. With
 /// `header_only`, stops at the top-level PixelData. A cut header is left to the parser.
-pub(crate) fn check_lengths(r: impl Read, header_only: bool) -> std::result::Result<(), String> {
-    let mut r = Counted { inner: r, pos: 0 };
+pub(crate) fn check_lengths(
+    r: impl Read,
+    len: Option<u64>,
+    header_only: bool,
+) -> std::result::Result<(), String> {
+    let mut r = Counted {
+        inner: r,
+        pos: 0,
+        len,
+    };
     // File meta group: explicit VR little endian, as long as (0002,0000) says (as
     // dicom-object reads it).
     let Some(h) = r.take_array::<8>()? else {
@@ -580,6 +613,7 @@ pub(crate) fn check_lengths(r: impl Read, header_only: bool) -> std::result::Res
                 "file meta element ({g:04X},{e:04X}) has an undefined length"
             ));
         }
+        r.fits((g, e), len)?;
         if (g, e) == (0x0002, 0x0010) && len <= 128 {
             let mut v = vec![0u8; len as usize];
             if r.read_exact(&mut v).is_err() {
@@ -592,22 +626,25 @@ pub(crate) fn check_lengths(r: impl Read, header_only: bool) -> std::result::Res
             r.skip((g, e), len)?;
         }
     }
+    let rest_len = r.len.map(|l| l.saturating_sub(r.pos));
     let rest = r.inner;
     match ts.as_str() {
-        "1.2.840.10008.1.2" => walk_data_set(rest, false, false, header_only),
-        "1.2.840.10008.1.2.2" => walk_data_set(rest, true, true, header_only),
+        "1.2.840.10008.1.2" => walk_data_set(rest, rest_len, false, false, header_only),
+        "1.2.840.10008.1.2.2" => walk_data_set(rest, rest_len, true, true, header_only),
         "1.2.840.10008.1.2.1.99" => walk_data_set(
             flate2::read::DeflateDecoder::new(rest),
+            None,
             true,
             false,
             header_only,
         ),
-        _ => walk_data_set(rest, true, false, header_only),
+        _ => walk_data_set(rest, rest_len, true, false, header_only),
     }
 }
 
 fn walk_data_set(
     r: impl Read,
+    len: Option<u64>,
     explicit: bool,
     big_endian: bool,
     header_only: bool,
@@ -619,7 +656,11 @@ fn walk_data_set(
         Item,
         Fragments,
     }
-    let mut r = Counted { inner: r, pos: 0 };
+    let mut r = Counted {
+        inner: r,
+        pos: 0,
+        len,
+    };
     let u16_of = |b: [u8; 2]| {
         if big_endian {
             u16::from_be_bytes(b)
@@ -654,6 +695,15 @@ fn walk_data_set(
                 return Ok(());
             };
             let len = u32_of(l);
+            r.fits(tag, len)?;
+            if open.is_empty() && tag.1 != 0xE00D {
+                // Outside any sequence dicom-rs reads an item or a sequence delimiter as an
+                // element with a value (an item delimiter it skips).
+                if len != u32::MAX {
+                    r.skip(tag, len)?;
+                }
+                continue;
+            }
             match tag.1 {
                 0xE000 if open.last().is_some_and(|(k, _)| *k == Open::Fragments) => {
                     if len == u32::MAX {
@@ -713,6 +763,7 @@ fn walk_data_set(
             Some(VirtualVr::Xs) => Some(*b"US"),
             _ => None,
         });
+        r.fits(tag, len)?;
         let is_sequence = vr == Some(*b"SQ");
         // dicom-rs reads whole numbers of binary values but steps over the whole length:
         // a length that is not a multiple of the value's size would shift the rest.
@@ -872,7 +923,7 @@ const MAX_FRAMES: usize = 65_535;
 
 fn read_header(src: &dyn Source, i: usize) -> Result<Parsed> {
     let name = src.name(i);
-    let Some(obj) = parse(|| src.reader(i), &name, true)? else {
+    let Some(obj) = parse(|| src.reader(i), src.size(i).ok(), &name, true)? else {
         return Ok(Parsed::NotDicom);
     };
     let modality = text(&obj, tags::MODALITY);
@@ -1349,6 +1400,31 @@ fn read_series(src: &dyn Source, series_uid: Option<&str>, what: &str) -> Result
     let affine = Affine { m };
     affine.inverse()?;
 
+    // Files too small for the pixels their header claims are refused before the volume
+    // is allocated (a few corrupt bytes could ask for 2 GiB): uncompressed pixel data
+    // are in the file; deflate expands at most 1032 times. (RLE and JPEG data are
+    // checked by their decoders.)
+    for h in &volume_headers {
+        let ratio = match h.transfer_syntax.as_str() {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => 1,
+            "1.2.840.10008.1.2.1.99" => 1032,
+            _ => continue,
+        };
+        let need = (h.frame_count() * h.rows * h.cols) as u64 * (h.bits_allocated as u64 / 8);
+        let size = src.size(h.file)?;
+        if size.saturating_mul(ratio) < need {
+            return Err(dicom_err(format!(
+                "{}: {} frame(s) of {}×{} pixels of {} bits need {need} bytes but the file holds \
+                 {size} (truncated, or a wrong Rows/Columns (0028,0010/0011) or NumberOfFrames?)",
+                src.name(h.file),
+                h.frame_count(),
+                h.rows,
+                h.cols,
+                h.bits_allocated
+            )));
+        }
+    }
+
     // Pixels, file by file (a multi-frame file is decoded once).
     let plane = first.rows * first.cols;
     let mut data = vec![0i16; nvox];
@@ -1407,11 +1483,12 @@ fn read_series(src: &dyn Source, series_uid: Option<&str>, what: &str) -> Result
 /// The pixel data of one file, uncompressed (little-endian samples, all frames).
 fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Result<Vec<u8>> {
     let bytes = src.bytes(file)?;
-    let obj = parse(|| Ok(&bytes[..]), name, false)?.ok_or_else(|| {
-        dicom_err(format!(
-            "{name}: not a DICOM file any more (changed while reading?)"
-        ))
-    })?;
+    let obj =
+        parse(|| Ok(&bytes[..]), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
+            dicom_err(format!(
+                "{name}: not a DICOM file any more (changed while reading?)"
+            ))
+        })?;
     let frames = h.frame_count();
     let need = frames * h.rows * h.cols * (h.bits_allocated as usize / 8);
     let elem = obj.get(tags::PIXEL_DATA).ok_or_else(|| {
