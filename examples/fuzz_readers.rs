@@ -7,11 +7,11 @@
 //! cargo run --release --example fuzz_readers -- --target dicom --replay FILE
 //! ```
 //!
-//! Seeds are real files, made at start: a crop of a real OpenKBP CT (and of its label map)
-//! as `.nii` and `.nii.gz`; 4 of the committed 3D-IRCADb slices (`tests/data/dicom`),
-//! subsampled in-plane to 128 × 128 (every 4th pixel, PixelSpacing × 4) for speed, in
-//! explicit and implicit VR; an RTSTRUCT and a SEG written by our own writers on those
-//! slices. Inputs are mutated (bit flips, interesting bytes/integers/floats, biased
+//! Seeds are real files, made at start: a 24 × 20 × 6 crop of a real OpenKBP CT (int16)
+//! and of its label map (uint8, float32), each as `.nii` and `.nii.gz`; 4 + 3 of the
+//! committed 3D-IRCADb slices (`tests/data/dicom`), subsampled in-plane to 128 × 128
+//! (every 4th pixel, PixelSpacing × 4) for speed, in explicit and implicit VR; two
+//! RTSTRUCTs and a SEG written by our own writers on the first 4 (body and bone masks). Inputs are mutated (bit flips, interesting bytes/integers/floats, biased
 //! towards NIfTI header fields and DICOM element headers and values, truncation, chunk
 //! insert/delete/duplicate, splices of two seeds, gzip re-wrap; for DICOM sets also
 //! dropped, duplicated and reordered slices) and fed to the same entry points the CLI
@@ -19,8 +19,10 @@
 //! message (numbers and tags stripped) join the corpus (at most 512).
 //!
 //! A counting global allocator records the largest single allocation and refuses any
-//! over 4 GiB: it saves the input and aborts the process (an allocation failure cannot
-//! be caught). A panic is saved too; the exit status is 1 when anything was found.
+//! over 4 GiB (`--alloc-limit`): the input is saved and counted as a finding; a reader
+//! that asked through `try_reserve` goes on with an error, any other request aborts the
+//! process (after the input was saved: an allocation failure cannot be caught). A
+//! panicking input is saved too; the exit status is 1 when anything was found.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -1132,7 +1134,7 @@ fn main() {
         execs: 0,
     };
     println!(
-        "seeds (real files, {:.1} s): {} NIfTI, {} DICOM sets, {} RTSTRUCT, {} SEG",
+        "seed {seed}; seeds (real files, {:.1} s): {} NIfTI, {} DICOM sets, {} RTSTRUCT, {} SEG",
         t0.elapsed().as_secs_f64(),
         seeds.nifti.len(),
         seeds.dicom.len(),
