@@ -248,6 +248,8 @@ trait Source {
     fn bytes(&self, i: usize) -> Result<Cow<'_, [u8]>>;
     /// A reader over the file from its start (for header-only parsing).
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>>;
+    /// The file's size in bytes.
+    fn size(&self, i: usize) -> Result<u64>;
 }
 
 struct BytesSource<'a, N, B>(&'a [(N, B)]);
@@ -264,6 +266,9 @@ impl<N: AsRef<str>, B: AsRef<[u8]>> Source for BytesSource<'_, N, B> {
     }
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>> {
         Ok(Box::new(self.0[i].1.as_ref()))
+    }
+    fn size(&self, i: usize) -> Result<u64> {
+        Ok(self.0[i].1.as_ref().len() as u64)
     }
 }
 
@@ -346,6 +351,9 @@ impl Source for PathSource {
     fn reader(&self, i: usize) -> Result<Box<dyn Read + '_>> {
         Ok(Box::new(std::io::BufReader::new(self.open(i)?)))
     }
+    fn size(&self, i: usize) -> Result<u64> {
+        Ok(self.open(i)?.metadata()?.len())
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -418,13 +426,16 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Parse a file from a reader positioned at its start; `header_only` stops before the
-/// pixel data.
-pub(crate) fn parse(
-    mut r: impl Read,
+/// Parse a file; `open` gives a reader positioned at its start (it is called twice:
+/// the element lengths are checked first, see [`check_lengths`]); `header_only` stops
+/// before the pixel data.
+pub(crate) fn parse<R: Read>(
+    mut open: impl FnMut() -> Result<R>,
+    size: Option<u64>,
     name: &str,
     header_only: bool,
 ) -> Result<Option<DefaultDicomObject>> {
+    let mut r = open()?;
     let mut head = [0u8; 132];
     let mut got = 0;
     while got < head.len() {
@@ -436,23 +447,365 @@ pub(crate) fn parse(
         }
     }
     let head = &head[..got];
-    let rest: Box<dyn Read + '_> = if head.get(128..132) == Some(b"DICM") {
-        Box::new(std::io::Cursor::new(b"DICM".to_vec()).chain(r))
+    let corrupt = |m: String| {
+        Error::Dicom(format!(
+            "{name}: cannot be read as DICOM (truncated or corrupt?): {m}"
+        ))
+    };
+    let skip = if head.get(128..132) == Some(b"DICM") {
+        132
     } else if head.starts_with(b"DICM") {
-        Box::new(std::io::Cursor::new(head.to_vec()).chain(r))
+        4
     } else {
         return Ok(None);
     };
+    // The parser allocates a value's claimed length before reading it: a few bytes could
+    // make it zero 4 GiB. Walk the element headers first, without allocating.
+    let after_dicm = std::io::Cursor::new(head[skip..].to_vec()).chain(r);
+    let rest_size = size.map(|s| s.saturating_sub(skip as u64));
+    check_lengths(after_dicm, rest_size, header_only).map_err(corrupt)?;
+    let mut r = open()?;
+    std::io::copy(&mut (&mut r).take(skip as u64), &mut std::io::sink())?;
+    let rest = std::io::Cursor::new(b"DICM".to_vec()).chain(r);
     let mut opts = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
     if header_only {
         opts = opts.read_until(tags::PIXEL_DATA);
     }
-    opts.from_reader(rest).map(Some).map_err(|e| {
-        Error::Dicom(format!(
-            "{name}: cannot be read as DICOM (truncated or corrupt?): {}",
-            chain(&e)
-        ))
-    })
+    opts.from_reader(rest)
+        .map(Some)
+        .map_err(|e| corrupt(chain(&e)))
+}
+
+/// A reader that counts the bytes read, and knows the stream's length when it can.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+    len: Option<u64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Counted<R> {
+    /// Exactly `N` bytes, or `None` at the end of the stream (a cut header is left to
+    /// the parser to report).
+    fn take_array<const N: usize>(&mut self) -> std::result::Result<Option<[u8; N]>, String> {
+        let mut b = [0u8; N];
+        let mut got = 0;
+        while got < N {
+            match self.read(&mut b[got..]) {
+                Ok(0) => return Ok(None),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(Some(b))
+    }
+
+    /// An error if a length read at this point runs past the end of the stream (when
+    /// its length is known), in whatever context the parser reads it.
+    fn fits(&self, tag: (u16, u16), len: u32) -> std::result::Result<(), String> {
+        match self.len {
+            Some(total) if len != u32::MAX && self.pos + len as u64 > total => Err(format!(
+                "element ({:04X},{:04X}) claims a value of {len} bytes but the file ends {} bytes later",
+                tag.0,
+                tag.1,
+                total.saturating_sub(self.pos)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Skip a value of `len` bytes by reading it (no allocation): an error if the
+    /// stream ends first.
+    fn skip(&mut self, tag: (u16, u16), len: u32) -> std::result::Result<(), String> {
+        let n = std::io::copy(&mut (&mut *self).take(len as u64), &mut std::io::sink())
+            .map_err(|e| e.to_string())?;
+        if n < len as u64 {
+            return Err(format!(
+                "element ({:04X},{:04X}) claims a value of {len} bytes but the file ends {n} bytes later",
+                tag.0, tag.1
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether an explicit-VR header has a 4-byte length: all VRs but those PS3.5 7.1.2
+/// lists with a 2-byte length (an unknown VR is read as UN, as dicom-rs does).
+fn long_vr(vr: &[u8; 2]) -> bool {
+    !matches!(
+        vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    )
+}
+
+/// Check that no element of a DICOM stream (positioned after "DICM") claims a value
+/// longer than the rest of the stream, walking its element headers (file meta group,
+/// then the data set in its transfer syntax: implicit or explicit VR, little or big
+/// endian, deflated; into sequences and items; over pixel fragments) and skipping
+/// values by reading them, so nothing is allocated from a claimed length. With
+/// `header_only`, stops at the top-level PixelData. A cut header is left to the parser.
+pub(crate) fn check_lengths(
+    r: impl Read,
+    len: Option<u64>,
+    header_only: bool,
+) -> std::result::Result<(), String> {
+    let mut r = Counted {
+        inner: r,
+        pos: 0,
+        len,
+    };
+    // File meta group: explicit VR little endian, as long as (0002,0000) says (as
+    // dicom-object reads it).
+    let Some(h) = r.take_array::<8>()? else {
+        return Ok(());
+    };
+    let bad_meta = || "the file meta group does not start with its length (0002,0000)".to_string();
+    if h[..4] != [0x02, 0x00, 0x00, 0x00] {
+        return Err(bad_meta());
+    }
+    let len = if long_vr(&[h[4], h[5]]) {
+        r.take_array::<4>()?.map(u32::from_le_bytes)
+    } else {
+        Some(u16::from_le_bytes([h[6], h[7]]) as u32)
+    };
+    let (Some(4), Some(v)) = (len, r.take_array::<4>()?) else {
+        return Err(bad_meta());
+    };
+    let group_end = r.pos + u32::from_le_bytes(v) as u64;
+    let mut ts = String::new();
+    while r.pos < group_end {
+        let Some(h) = r.take_array::<8>()? else {
+            return Ok(());
+        };
+        let (g, e) = (
+            u16::from_le_bytes([h[0], h[1]]),
+            u16::from_le_bytes([h[2], h[3]]),
+        );
+        let vr = [h[4], h[5]];
+        let len = if long_vr(&vr) {
+            let Some(l) = r.take_array::<4>()? else {
+                return Ok(());
+            };
+            u32::from_le_bytes(l)
+        } else {
+            u16::from_le_bytes([h[6], h[7]]) as u32
+        };
+        if len == u32::MAX {
+            return Err(format!(
+                "file meta element ({g:04X},{e:04X}) has an undefined length"
+            ));
+        }
+        r.fits((g, e), len)?;
+        if (g, e) == (0x0002, 0x0010) && len <= 128 {
+            let mut v = vec![0u8; len as usize];
+            if r.read_exact(&mut v).is_err() {
+                return Ok(());
+            }
+            ts = String::from_utf8_lossy(&v)
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        } else {
+            r.skip((g, e), len)?;
+        }
+    }
+    let rest_len = r.len.map(|l| l.saturating_sub(r.pos));
+    let rest = r.inner;
+    match ts.as_str() {
+        "1.2.840.10008.1.2" => walk_data_set(rest, rest_len, false, false, header_only),
+        "1.2.840.10008.1.2.2" => walk_data_set(rest, rest_len, true, true, header_only),
+        "1.2.840.10008.1.2.1.99" => walk_data_set(
+            flate2::read::DeflateDecoder::new(rest),
+            None,
+            true,
+            false,
+            header_only,
+        ),
+        _ => walk_data_set(rest, rest_len, true, false, header_only),
+    }
+}
+
+fn walk_data_set(
+    r: impl Read,
+    len: Option<u64>,
+    explicit: bool,
+    big_endian: bool,
+    header_only: bool,
+) -> std::result::Result<(), String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    #[derive(PartialEq)]
+    enum Open {
+        Sequence,
+        Item,
+        Fragments,
+    }
+    let mut r = Counted {
+        inner: r,
+        pos: 0,
+        len,
+    };
+    let u16_of = |b: [u8; 2]| {
+        if big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_of = |b: [u8; 4]| {
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    // Open containers, each with its end when its length is defined.
+    let mut open: Vec<(Open, Option<u64>)> = Vec::new();
+    let dict = dicom_dictionary_std::StandardDataDictionary;
+    loop {
+        while open
+            .last()
+            .is_some_and(|(_, end)| end.is_some_and(|e| r.pos >= e))
+        {
+            open.pop();
+        }
+        let Some(t) = r.take_array::<4>()? else {
+            return Ok(());
+        };
+        let tag = (u16_of([t[0], t[1]]), u16_of([t[2], t[3]]));
+        if tag.0 == 0xFFFE {
+            // Items and delimiters: no VR, a 4-byte length.
+            let Some(l) = r.take_array::<4>()? else {
+                return Ok(());
+            };
+            let len = u32_of(l);
+            r.fits(tag, len)?;
+            if open.is_empty() && tag.1 != 0xE00D {
+                // Outside any sequence dicom-rs reads an item or a sequence delimiter as an
+                // element with a value (an item delimiter it skips).
+                if len != u32::MAX {
+                    r.skip(tag, len)?;
+                }
+                continue;
+            }
+            match tag.1 {
+                0xE000 if open.last().is_some_and(|(k, _)| *k == Open::Fragments) => {
+                    if len == u32::MAX {
+                        return Err("a pixel data fragment of undefined length".into());
+                    }
+                    r.skip(tag, len)?;
+                }
+                0xE000 => {
+                    let end = (len != u32::MAX).then(|| r.pos + len as u64);
+                    open.push((Open::Item, end));
+                }
+                0xE00D => {
+                    while let Some((k, _)) = open.pop() {
+                        if k == Open::Item {
+                            break;
+                        }
+                    }
+                }
+                0xE0DD => {
+                    while let Some((k, _)) = open.pop() {
+                        if k != Open::Item {
+                            break;
+                        }
+                    }
+                }
+                _ => r.skip(tag, len)?,
+            }
+            continue;
+        }
+        if header_only && open.is_empty() && tag == (0x7FE0, 0x0010) {
+            return Ok(());
+        }
+        let (vr, len) = if explicit {
+            let Some(v) = r.take_array::<2>()? else {
+                return Ok(());
+            };
+            if long_vr(&v) {
+                let Some(l) = r.take_array::<6>()? else {
+                    return Ok(());
+                };
+                (Some(v), u32_of([l[2], l[3], l[4], l[5]]))
+            } else {
+                let Some(l) = r.take_array::<2>()? else {
+                    return Ok(());
+                };
+                (Some(v), u16_of(l) as u32)
+            }
+        } else {
+            let Some(l) = r.take_array::<4>()? else {
+                return Ok(());
+            };
+            (None, u32_of(l))
+        };
+        // The VR: explicit, else the dictionary's (as the parser takes it).
+        let vr = vr.or_else(|| match dict.by_tag(Tag(tag.0, tag.1)).map(|e| e.vr()) {
+            Some(VirtualVr::Exact(v)) => Some(*v.to_string().as_bytes().first_chunk()?),
+            Some(VirtualVr::Xs) => Some(*b"US"),
+            _ => None,
+        });
+        r.fits(tag, len)?;
+        let is_sequence = vr == Some(*b"SQ");
+        // dicom-rs reads whole numbers of binary values but steps over the whole length:
+        // a length that is not a multiple of the value's size would shift the rest.
+        let size = match vr.as_ref() {
+            Some(b"OW" | b"SS" | b"US") => 2,
+            Some(b"AT" | b"FL" | b"OF" | b"OL" | b"SL" | b"UL") => 4,
+            Some(b"FD" | b"OD" | b"OV" | b"SV" | b"UV") => 8,
+            _ => 1,
+        };
+        if len != u32::MAX && len % size != 0 {
+            return Err(format!(
+                "element ({:04X},{:04X}) of VR {} has a length of {len} bytes, not a multiple of {size}",
+                tag.0,
+                tag.1,
+                String::from_utf8_lossy(vr.as_ref().map(|v| &v[..]).unwrap_or(b"??"))
+            ));
+        }
+        if len == u32::MAX {
+            // As dicom-rs: undefined-length PixelData holds fragments, any other
+            // undefined-length element is a sequence.
+            let kind = if tag == (0x7FE0, 0x0010) {
+                Open::Fragments
+            } else {
+                Open::Sequence
+            };
+            open.push((kind, None));
+        } else if is_sequence {
+            open.push((Open::Sequence, Some(r.pos + len as u64)));
+        } else {
+            r.skip(tag, len)?;
+        }
+    }
 }
 
 pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> String {
@@ -580,7 +933,7 @@ const MAX_FRAMES: usize = 65_535;
 
 fn read_header(src: &dyn Source, i: usize) -> Result<Parsed> {
     let name = src.name(i);
-    let Some(obj) = parse(src.reader(i)?, &name, true)? else {
+    let Some(obj) = parse(|| src.reader(i), src.size(i).ok(), &name, true)? else {
         return Ok(Parsed::NotDicom);
     };
     let modality = text(&obj, tags::MODALITY);
@@ -1057,6 +1410,31 @@ fn read_series(src: &dyn Source, series_uid: Option<&str>, what: &str) -> Result
     let affine = Affine { m };
     affine.inverse()?;
 
+    // Files too small for the pixels their header claims are refused before the volume
+    // is allocated (a few corrupt bytes could ask for 2 GiB): uncompressed pixel data
+    // are in the file; deflate expands at most 1032 times. (RLE and JPEG data are
+    // checked by their decoders.)
+    for h in &volume_headers {
+        let ratio = match h.transfer_syntax.as_str() {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => 1,
+            "1.2.840.10008.1.2.1.99" => 1032,
+            _ => continue,
+        };
+        let need = (h.frame_count() * h.rows * h.cols) as u64 * (h.bits_allocated as u64 / 8);
+        let size = src.size(h.file)?;
+        if size.saturating_mul(ratio) < need {
+            return Err(dicom_err(format!(
+                "{}: {} frame(s) of {}×{} pixels of {} bits need {need} bytes but the file holds \
+                 {size} (truncated, or a wrong Rows/Columns (0028,0010/0011) or NumberOfFrames?)",
+                src.name(h.file),
+                h.frame_count(),
+                h.rows,
+                h.cols,
+                h.bits_allocated
+            )));
+        }
+    }
+
     // Pixels, file by file (a multi-frame file is decoded once).
     let plane = first.rows * first.cols;
     let mut data = vec![0i16; nvox];
@@ -1115,11 +1493,12 @@ fn read_series(src: &dyn Source, series_uid: Option<&str>, what: &str) -> Result
 /// The pixel data of one file, uncompressed (little-endian samples, all frames).
 fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Result<Vec<u8>> {
     let bytes = src.bytes(file)?;
-    let obj = parse(&bytes[..], name, false)?.ok_or_else(|| {
-        dicom_err(format!(
-            "{name}: not a DICOM file any more (changed while reading?)"
-        ))
-    })?;
+    let obj =
+        parse(|| Ok(&bytes[..]), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
+            dicom_err(format!(
+                "{name}: not a DICOM file any more (changed while reading?)"
+            ))
+        })?;
     let frames = h.frame_count();
     let need = frames * h.rows * h.cols * (h.bits_allocated as usize / 8);
     let elem = obj.get(tags::PIXEL_DATA).ok_or_else(|| {

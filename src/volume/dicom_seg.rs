@@ -338,7 +338,7 @@ pub fn read_dicom_seg(
     ct: &CtVolume,
     info: &DicomInfo,
 ) -> Result<SegLabels> {
-    let obj = parse(bytes, name, false)?.ok_or_else(|| {
+    let obj = parse(|| Ok(bytes), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
         Error::Dicom(format!(
             "{name}: not a DICOM file (no \"DICM\" marker at byte 128)"
         ))

@@ -243,7 +243,7 @@ pub fn rtstruct_roi_names(bytes: &[u8], name: &str) -> Result<LabelTable> {
 }
 
 fn open(bytes: &[u8], name: &str) -> Result<dicom_object::DefaultDicomObject> {
-    let obj = parse(bytes, name, false)?.ok_or_else(|| {
+    let obj = parse(|| Ok(bytes), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
         Error::Dicom(format!(
             "{name}: not a DICOM file (no \"DICM\" marker at byte 128)"
         ))
