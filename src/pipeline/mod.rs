@@ -18,10 +18,9 @@ use crate::oracle::GivenBoxes;
 use crate::types::{
     Localizer, OrganBoxes, OrganLocalization, Progress, SliceSegmenter, StageTimes,
 };
-use crate::volume::labels::SliceBox;
 use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume};
 use crate::{Error, Result};
-use paint::{boxes_per_slice, paint_with_priors, prior_slice, prompt_box};
+use paint::{Painter, boxes_per_slice};
 
 /// Options of [`segment_query`].
 #[derive(Clone, Debug)]
@@ -162,14 +161,7 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
                 .await?;
         }
     }
-    // Slices whose organs are all painted from their priors.
-    for k in (0..nz).filter(|&k| {
-        !per_slice[k].is_empty() && per_slice[k].iter().all(|&(o, _)| painter.prior_only(o))
-    }) {
-        let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-        let all: Vec<usize> = per_slice[k].iter().map(|&(o, _)| o).collect();
-        painter.paint(plane, k, (Vec::new(), Vec::new()), &all)?;
-    }
+    painter.paint_prior_only(&per_slice, &mut out.data)?;
     progress(Progress {
         stage: "segment",
         done: todo.len(),
@@ -182,79 +174,6 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         slices_encoded,
         boxes_decoded,
     })
-}
-
-/// What the slices of one query are painted with: its organs' localizations, the
-/// options, the prompt margin (pixels) and the slice size.
-struct Painter<'a> {
-    found: &'a [OrganLocalization],
-    opt: &'a SegmentOptions,
-    margin: f64,
-    dims: [usize; 2],
-}
-
-impl Painter<'_> {
-    /// Whether organ `o` is painted from its prior alone (weight 1), not segmented.
-    fn prior_only(&self, o: usize) -> bool {
-        self.opt.prior_weight >= 1.0 && self.found[o].prior.is_some()
-    }
-
-    /// One encoded slice `k`: decode the boxes of the organs the segmenter places
-    /// (`on_slice`, blended with their priors by the prior weight), then paint them with
-    /// the prior-only organs into `plane`. Returns the boxes decoded.
-    async fn decode_slice<S: SliceSegmenter>(
-        &self,
-        segmenter: &mut S,
-        emb: &S::Embedding,
-        k: usize,
-        on_slice: &[(usize, SliceBox)],
-        plane: &mut [u16],
-        times: &mut StageTimes,
-    ) -> Result<usize> {
-        let [nx, ny] = self.dims;
-        let (sam, from_prior): (Vec<_>, Vec<_>) =
-            on_slice.iter().partition(|&&(o, _)| !self.prior_only(o));
-        let boxes: Vec<[f32; 4]> = sam
-            .iter()
-            .map(|(_, sb)| prompt_box(sb, self.margin, nx, ny))
-            .collect();
-        let t = web_time::Instant::now();
-        let mut probs = segmenter.decode_boxes(emb, &boxes).await?;
-        times.decode += t.elapsed();
-        let w = self.opt.prior_weight;
-        for (&(o, _), prob) in sam.iter().zip(probs.iter_mut()) {
-            if self.found[o].prior.is_some() {
-                let prior = prior_slice(&self.found[o], k, [nx, ny])?;
-                for (p, q) in prob.iter_mut().zip(prior) {
-                    *p = w * q + (1.0 - w) * *p;
-                }
-            }
-        }
-        let sam_labels: Vec<u16> = sam.iter().map(|&(o, _)| self.found[o].label).collect();
-        let from_prior: Vec<usize> = from_prior.iter().map(|&(o, _)| o).collect();
-        self.paint(plane, k, (sam_labels, probs), &from_prior)?;
-        Ok(boxes.len())
-    }
-
-    /// Paint slice `k`: the segmenter's `(labels, probabilities)` and the priors of the
-    /// organs `from_prior` compete per pixel.
-    fn paint(
-        &self,
-        plane: &mut [u16],
-        k: usize,
-        segmented: (Vec<u16>, Vec<Vec<f32>>),
-        from_prior: &[usize],
-    ) -> Result<()> {
-        paint_with_priors(
-            plane,
-            k,
-            segmented,
-            from_prior,
-            self.found,
-            self.opt.threshold,
-            self.dims,
-        )
-    }
 }
 
 /// Encode the axial slices `ks` of a canonical CT together (one embedding each).

@@ -1,7 +1,8 @@
 //! Painting slices: each organ's box as a prompt, the segmenter's probabilities and the
 //! organs' priors competing per pixel, the winner's label written into the label map.
 
-use crate::types::OrganLocalization;
+use super::SegmentOptions;
+use crate::types::{OrganLocalization, SliceSegmenter, StageTimes};
 use crate::volume::labels::SliceBox;
 use crate::{Error, Result};
 
@@ -101,4 +102,96 @@ fn paint_slice(
         }
     }
     Ok(())
+}
+
+/// What the slices of one query are painted with: its organs' localizations, the
+/// options, the prompt margin (pixels) and the slice size.
+pub(super) struct Painter<'a> {
+    pub(super) found: &'a [OrganLocalization],
+    pub(super) opt: &'a SegmentOptions,
+    pub(super) margin: f64,
+    pub(super) dims: [usize; 2],
+}
+
+impl Painter<'_> {
+    /// Whether organ `o` is painted from its prior alone (weight 1), not segmented.
+    pub(super) fn prior_only(&self, o: usize) -> bool {
+        self.opt.prior_weight >= 1.0 && self.found[o].prior.is_some()
+    }
+
+    /// One encoded slice `k`: decode the boxes of the organs the segmenter places
+    /// (`on_slice`, blended with their priors by the prior weight), then paint them with
+    /// the prior-only organs into `plane`. Returns the boxes decoded.
+    pub(super) async fn decode_slice<S: SliceSegmenter>(
+        &self,
+        segmenter: &mut S,
+        emb: &S::Embedding,
+        k: usize,
+        on_slice: &[(usize, SliceBox)],
+        plane: &mut [u16],
+        times: &mut StageTimes,
+    ) -> Result<usize> {
+        let [nx, ny] = self.dims;
+        let (sam, from_prior): (Vec<_>, Vec<_>) =
+            on_slice.iter().partition(|&&(o, _)| !self.prior_only(o));
+        let boxes: Vec<[f32; 4]> = sam
+            .iter()
+            .map(|(_, sb)| prompt_box(sb, self.margin, nx, ny))
+            .collect();
+        let t = web_time::Instant::now();
+        let mut probs = segmenter.decode_boxes(emb, &boxes).await?;
+        times.decode += t.elapsed();
+        let w = self.opt.prior_weight;
+        for (&(o, _), prob) in sam.iter().zip(probs.iter_mut()) {
+            if self.found[o].prior.is_some() {
+                let prior = prior_slice(&self.found[o], k, [nx, ny])?;
+                for (p, q) in prob.iter_mut().zip(prior) {
+                    *p = w * q + (1.0 - w) * *p;
+                }
+            }
+        }
+        let sam_labels: Vec<u16> = sam.iter().map(|&(o, _)| self.found[o].label).collect();
+        let from_prior: Vec<usize> = from_prior.iter().map(|&(o, _)| o).collect();
+        self.paint(plane, k, (sam_labels, probs), &from_prior)?;
+        Ok(boxes.len())
+    }
+
+    /// Paint the slices whose organs are all painted from their priors (`per_slice`: the
+    /// boxes on each slice; `labels`: the label map, slice after slice).
+    pub(super) fn paint_prior_only(
+        &self,
+        per_slice: &[Vec<(usize, SliceBox)>],
+        labels: &mut [u16],
+    ) -> Result<()> {
+        let [nx, ny] = self.dims;
+        for (k, on_slice) in per_slice.iter().enumerate() {
+            if on_slice.is_empty() || !on_slice.iter().all(|&(o, _)| self.prior_only(o)) {
+                continue;
+            }
+            let plane = &mut labels[k * nx * ny..(k + 1) * nx * ny];
+            let all: Vec<usize> = on_slice.iter().map(|&(o, _)| o).collect();
+            self.paint(plane, k, (Vec::new(), Vec::new()), &all)?;
+        }
+        Ok(())
+    }
+
+    /// Paint slice `k`: the segmenter's `(labels, probabilities)` and the priors of the
+    /// organs `from_prior` compete per pixel.
+    fn paint(
+        &self,
+        plane: &mut [u16],
+        k: usize,
+        segmented: (Vec<u16>, Vec<Vec<f32>>),
+        from_prior: &[usize],
+    ) -> Result<()> {
+        paint_with_priors(
+            plane,
+            k,
+            segmented,
+            from_prior,
+            self.found,
+            self.opt.threshold,
+            self.dims,
+        )
+    }
 }

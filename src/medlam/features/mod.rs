@@ -104,6 +104,53 @@ fn owned_ranges(m: usize, stride: usize, patch: usize, n: usize) -> Vec<(usize, 
         .collect()
 }
 
+/// The tiles (of `tiles` per axis) to compute: those whose owned grid box at the finest
+/// scale (`ranges` per axis, feature voxels of `stride`) intersects a search (`needed`).
+fn tiles_needed(
+    tiles: [usize; 3],
+    ranges: &[Vec<(usize, usize)>; 3],
+    stride: usize,
+    needed: &dyn Fn([i64; 3], [i64; 3]) -> bool,
+) -> Vec<[usize; 3]> {
+    let mut todo = Vec::new();
+    for tk in 0..tiles[2] {
+        for tj in 0..tiles[1] {
+            for ti in 0..tiles[0] {
+                let t = [ti, tj, tk];
+                let lo = [0, 1, 2].map(|a| (ranges[a][t[a]].0 * stride) as i64);
+                let hi = [0, 1, 2].map(|a| (ranges[a][t[a]].1 * stride) as i64 - 1);
+                if needed(lo, hi) {
+                    todo.push(t);
+                }
+            }
+        }
+    }
+    todo
+}
+
+/// Write a tile's owned feature block into a scale's map at the feature voxels `r`
+/// (per axis) plus the map's margin `g`.
+fn place_block(
+    map: &mut Tensor<5>,
+    block: Tensor<5>,
+    r: [(usize, usize); 3],
+    g: usize,
+    device: &Device,
+) {
+    let c = block.dims()[1];
+    let old = std::mem::replace(map, Tensor::zeros([1, 1, 1, 1, 1], device));
+    *map = old.slice_assign(
+        [
+            0..1,
+            0..c,
+            g + r[2].0..g + r[2].1,
+            g + r[1].0..g + r[1].1,
+            g + r[0].0..g + r[0].1,
+        ],
+        block,
+    );
+}
+
 impl FeatureFrame {
     /// Compute the frame `origin`, `size` of `vol`; `needed(lo, hi)` says whether the
     /// grid box a tile owns (inclusive, frame voxels) must be computed.
@@ -137,21 +184,7 @@ impl FeatureFrame {
         let ranges: Vec<[Vec<(usize, usize)>; 3]> = (0..3)
             .map(|s| [0, 1, 2].map(|a| owned_ranges(size[a] / strides[s], strides[s], p, tiles[a])))
             .collect();
-        // Tiles to compute: their owned grid box (finest scale) intersects a search.
-        let mut todo = Vec::new();
-        for tk in 0..tiles[2] {
-            for tj in 0..tiles[1] {
-                for ti in 0..tiles[0] {
-                    let t = [ti, tj, tk];
-                    let s = strides[2];
-                    let lo = [0, 1, 2].map(|a| (ranges[2][a][t[a]].0 * s) as i64);
-                    let hi = [0, 1, 2].map(|a| (ranges[2][a][t[a]].1 * s) as i64 - 1);
-                    if needed(lo, hi) {
-                        todo.push(t);
-                    }
-                }
-            }
-        }
+        let todo = tiles_needed(tiles, &ranges[2], strides[2], needed);
         for chunk in todo.chunks(crate::device::patch_batch(device, 4)) {
             let centres: Vec<[i64; 3]> = chunk
                 .iter()
@@ -176,19 +209,7 @@ impl FeatureFrame {
                         local[1].clone(),
                         local[0].clone(),
                     ]);
-                    let g = margins[s];
-                    let map =
-                        std::mem::replace(&mut maps[s], Tensor::zeros([1, 1, 1, 1, 1], device));
-                    maps[s] = map.slice_assign(
-                        [
-                            0..1,
-                            0..c,
-                            g + r[2].0..g + r[2].1,
-                            g + r[1].0..g + r[1].1,
-                            g + r[0].0..g + r[0].1,
-                        ],
-                        block,
-                    );
+                    place_block(&mut maps[s], block, r, margins[s], device);
                 }
             }
         }
