@@ -204,3 +204,126 @@ pub(super) fn scalar(t: &Tensor<1>) -> f64 {
         .try_to_vec::<f64>()
         .map_or(f64::NAN, |v| v[0])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::medlam::prep::Prepared;
+    use crate::medlam::sample::{MssDirection, SamplingOptions};
+    use crate::medlam::train_data::{TrainVolume, draw_batch};
+    use crate::volume::resample::ResampleGrid;
+
+    fn one_sample(centres: Vec<[f64; 3]>, mss: Vec<[MssDirection; 2]>) -> Sample {
+        Sample {
+            a: vec![],
+            a_aug: vec![],
+            b: vec![],
+            centres,
+            mss,
+        }
+    }
+
+    #[test]
+    fn uam_loss_is_the_mse_of_the_tanh_offsets_in_cm2() {
+        let dev = Device::flex();
+        // p_A = (0.1, 0, 0.2), p_A' = (0, 0, 0), p_B = (0, 0.05, 0).
+        let p = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![0.1f32, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0],
+                [3, 3],
+            ),
+            &dev,
+        );
+        // True centre offsets (grid voxels of 3 mm): A − B = (10, 0, 20), A' − B = (0, −4, 0).
+        let s = one_sample(
+            vec![[10.0, 0.0, 20.0], [0.0, -4.0, 0.0], [0.0, 0.0, 0.0]],
+            vec![],
+        );
+        let got = scalar(&uam_loss(p, &[s], &dev));
+        let pred1 = [
+            600.0 * 0.1f64.tanh(),
+            600.0 * (-0.05f64).tanh(),
+            1500.0 * 0.2f64.tanh(),
+        ];
+        let true1 = [30.0, 0.0, 60.0];
+        let pred2 = [0.0, 600.0 * (-0.05f64).tanh(), 0.0];
+        let true2 = [0.0, -12.0, 0.0];
+        let mse =
+            |p: [f64; 3], t: [f64; 3]| (0..3).map(|a| (p[a] - t[a]).powi(2)).sum::<f64>() / 3.0;
+        let want = (mse(pred1, true1) + mse(pred2, true2)) / 2.0 / 100.0;
+        assert!((got - want).abs() < 1e-3 * want, "{got} vs {want}");
+    }
+
+    #[test]
+    fn mss_loss_is_the_cross_entropy_over_true_correspondences() {
+        let dev = Device::flex();
+        // B = 1, 2 channels, 2³ feature voxels per patch (A, A', and an unused third).
+        // A: every voxel (1, 0). A': voxel 5 is (1, 0), voxel 6 is (0.6, 0.8), others (0, 1).
+        let mut v = vec![0f32; 3 * 2 * 8];
+        for x in 0..8 {
+            v[x] = 1.0; // A, channel 0
+            let (c0, c1) = match x {
+                5 => (1.0, 0.0),
+                6 => (0.6, 0.8),
+                _ => (0.0, 1.0),
+            };
+            v[16 + x] = c0;
+            v[16 + 8 + x] = c1;
+        }
+        let feat = Tensor::<5>::from_data(TensorData::new(v, [3, 2, 2, 2, 2]), &dev);
+        // A → A': one point (feature voxel 0 of A) whose true correspondences are A' voxels 5 and 6.
+        // A' → A: one point with no correspondence (ignored).
+        let dirs = [
+            MssDirection {
+                query: vec![0],
+                positives: vec![vec![5, 6]],
+            },
+            MssDirection {
+                query: vec![3],
+                positives: vec![vec![]],
+            },
+        ];
+        let s = one_sample(vec![[0.0; 3]; 3], vec![dirs.clone(), dirs.clone(), dirs]);
+        let (loss, top1) = mss_scale_loss(feat, &[s], 2, &dev, true);
+        // Logits 15·cos: voxel 5 → 15, voxel 6 → 9, six others → 0.
+        let log_z = (15f64.exp() + 9f64.exp() + 6.0).ln();
+        let want = -0.5 * ((15.0 - log_z) + (9.0 - log_z));
+        let got = scalar(&loss);
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert_eq!(top1, Some(1.0));
+    }
+
+    #[test]
+    fn losses_of_a_real_batch_are_finite() {
+        let cfg =
+            MedLamConfig::new(16, [2, 4, 4, 8, 8], [8, 4, 4, 4], [8, 4]).with_decoder_levels(3);
+        let dims = [30, 30, 30];
+        let data: Vec<f32> = (0..27000)
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
+        let vol = Prepared::from_parts(
+            dims,
+            data,
+            ResampleGrid::new(dims, [3.0; 3], [3.0; 3]).unwrap(),
+        )
+        .unwrap();
+        let vols = vec![TrainVolume {
+            name: "x".into(),
+            vol,
+        }];
+        let o = SamplingOptions {
+            points: 4,
+            ..Default::default()
+        };
+        let s = draw_batch(&vols, 1, 0, 2, &cfg, &o);
+        let dev = Device::flex();
+        let net = cfg.init(&dev).unwrap();
+        let l = batch_loss(&net, &s, &cfg, &dev, true);
+        let (u, m) = (scalar(&l.uam), scalar(&l.mss));
+        assert!(
+            u.is_finite() && u >= 0.0 && m.is_finite() && m > 0.0,
+            "{u} {m}"
+        );
+        assert!((0.0..=1.0).contains(&l.top1.unwrap()));
+    }
+}

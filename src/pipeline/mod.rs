@@ -9,6 +9,8 @@
 //! query labels. Work happens on the canonical LPS grid (axial slices along
 //! axis 2, rows `j`, columns `i`); results are returned on the file grid.
 
+mod paint;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::device::yield_to_page;
@@ -16,9 +18,9 @@ use crate::oracle::GivenBoxes;
 use crate::types::{
     Localizer, OrganBoxes, OrganLocalization, Progress, SliceSegmenter, StageTimes,
 };
-use crate::volume::labels::SliceBox;
 use crate::volume::{CtVolume, LabelVolume, Reorientation, Volume};
 use crate::{Error, Result};
+use paint::{Painter, boxes_per_slice};
 
 /// Options of [`segment_query`].
 #[derive(Clone, Debug)]
@@ -123,13 +125,17 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     });
 
     let [nx, ny, nz] = canon.dims;
-    let margin = opt.margin_px_1024 * nx.max(ny) as f64 / 1024.0;
+    let painter = Painter {
+        found: &found,
+        opt,
+        margin: opt.margin_px_1024 * nx.max(ny) as f64 / 1024.0,
+        dims: [nx, ny],
+    };
     let per_slice = boxes_per_slice(&found, nz);
     // Organs whose prior alone decides (weight 1) are painted from it, not segmented:
     // a slice holding only such organs is never encoded.
-    let prior_only = |o: usize| opt.prior_weight >= 1.0 && found[o].prior.is_some();
     let todo: Vec<usize> = (0..nz)
-        .filter(|&k| per_slice[k].iter().any(|&(o, _)| !prior_only(o)))
+        .filter(|&k| per_slice[k].iter().any(|&(o, _)| !painter.prior_only(o)))
         .collect();
     let mut out = Volume::filled(canon.dims, 0u16, canon.affine)?;
     let (mut slices_encoded, mut boxes_decoded) = (0, 0);
@@ -149,53 +155,13 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         times.encode += t.elapsed();
         slices_encoded += group.len();
         for (&k, emb) in group.iter().zip(embeddings) {
-            let (sam, from_prior): (Vec<_>, Vec<_>) =
-                per_slice[k].iter().partition(|&&(o, _)| !prior_only(o));
-            let boxes: Vec<[f32; 4]> = sam
-                .iter()
-                .map(|(_, sb)| prompt_box(sb, margin, nx, ny))
-                .collect();
-            let t = web_time::Instant::now();
-            let mut probs = segmenter.decode_boxes(&emb, &boxes).await?;
-            times.decode += t.elapsed();
-            boxes_decoded += boxes.len();
-            for (&(o, _), prob) in sam.iter().zip(probs.iter_mut()) {
-                if found[o].prior.is_some() {
-                    let prior = prior_slice(&found[o], k, [nx, ny])?;
-                    for (p, q) in prob.iter_mut().zip(prior) {
-                        *p = opt.prior_weight * q + (1.0 - opt.prior_weight) * *p;
-                    }
-                }
-            }
-            let sam_labels: Vec<u16> = sam.iter().map(|&(o, _)| found[o].label).collect();
             let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-            paint_with_priors(
-                plane,
-                k,
-                (sam_labels, probs),
-                &from_prior.iter().map(|&(o, _)| o).collect::<Vec<_>>(),
-                &found,
-                opt.threshold,
-                [nx, ny],
-            )?;
+            boxes_decoded += painter
+                .decode_slice(segmenter, &emb, k, &per_slice[k], plane, &mut times)
+                .await?;
         }
     }
-    // Slices whose organs are all painted from their priors.
-    for k in (0..nz)
-        .filter(|&k| !per_slice[k].is_empty() && per_slice[k].iter().all(|&(o, _)| prior_only(o)))
-    {
-        let plane = &mut out.data[k * nx * ny..(k + 1) * nx * ny];
-        let all: Vec<usize> = per_slice[k].iter().map(|&(o, _)| o).collect();
-        paint_with_priors(
-            plane,
-            k,
-            (Vec::new(), Vec::new()),
-            &all,
-            &found,
-            opt.threshold,
-            [nx, ny],
-        )?;
-    }
+    painter.paint_prior_only(&per_slice, &mut out.data)?;
     progress(Progress {
         stage: "segment",
         done: todo.len(),
@@ -208,30 +174,6 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         slices_encoded,
         boxes_decoded,
     })
-}
-
-/// The boxes on each axial slice (`nz` slices): `(organ index, box)` pairs.
-fn boxes_per_slice(found: &[OrganLocalization], nz: usize) -> Vec<Vec<(usize, SliceBox)>> {
-    let mut per_slice: Vec<Vec<(usize, SliceBox)>> = vec![Vec::new(); nz];
-    for (o, loc) in found.iter().enumerate() {
-        for sb in &loc.slice_boxes {
-            if sb.k < nz {
-                per_slice[sb.k].push((o, *sb));
-            }
-        }
-    }
-    per_slice
-}
-
-/// A slice box enlarged by `margin` pixels, clamped to the `nx`×`ny` slice: the
-/// segmenter's prompt `[i_min, j_min, i_max, j_max]`.
-fn prompt_box(sb: &SliceBox, margin: f64, nx: usize, ny: usize) -> [f32; 4] {
-    [
-        (sb.min[0] as f64 - margin).max(0.0) as f32,
-        (sb.min[1] as f64 - margin).max(0.0) as f32,
-        (sb.max[0] as f64 + margin).min((nx - 1) as f64) as f32,
-        (sb.max[1] as f64 + margin).min((ny - 1) as f64) as f32,
-    ]
 }
 
 /// Encode the axial slices `ks` of a canonical CT together (one embedding each).
@@ -254,73 +196,6 @@ async fn encode_slices<S: SliceSegmenter>(
         )));
     }
     Ok(embeddings)
-}
-
-/// Paint one slice: the segmenter's `(labels, probabilities)` and the priors of the
-/// organs `from_prior` (indices into `found`) compete per pixel.
-fn paint_with_priors(
-    plane: &mut [u16],
-    k: usize,
-    (mut labels, mut probs): (Vec<u16>, Vec<Vec<f32>>),
-    from_prior: &[usize],
-    found: &[OrganLocalization],
-    threshold: f32,
-    [nx, ny]: [usize; 2],
-) -> Result<()> {
-    for &o in from_prior {
-        labels.push(found[o].label);
-        probs.push(prior_slice(&found[o], k, [nx, ny])?);
-    }
-    paint_slice(plane, &labels, &probs, threshold, [nx, ny])
-}
-
-/// An organ's prior on axial slice `k` (an `nx`×`ny` slice), checked against the grid.
-fn prior_slice(loc: &OrganLocalization, k: usize, [nx, ny]: [usize; 2]) -> Result<Vec<f32>> {
-    let prior = loc
-        .prior
-        .as_ref()
-        .ok_or_else(|| Error::InvalidArgument(format!("organ {} has no prior", loc.label)))?;
-    if prior.dims[0] != nx || prior.dims[1] != ny || k >= prior.dims[2] {
-        return Err(Error::Mismatch(format!(
-            "the prior of organ {} ({:?}) does not match slice {k} of {nx}×{ny}",
-            loc.label, prior.dims
-        )));
-    }
-    Ok(prior.axial_slice(k).to_vec())
-}
-
-/// Write one slice's masks into its label plane: each pixel takes the label whose
-/// probability is highest and above `threshold` (`labels[n]` for `probs[n]`).
-fn paint_slice(
-    plane: &mut [u16],
-    labels: &[u16],
-    probs: &[Vec<f32>],
-    threshold: f32,
-    [nx, ny]: [usize; 2],
-) -> Result<()> {
-    if probs.len() != labels.len() {
-        return Err(Error::InvalidArgument(format!(
-            "segmenter returned {} masks for {} boxes",
-            probs.len(),
-            labels.len()
-        )));
-    }
-    let mut best = vec![threshold; nx * ny];
-    for (&label, prob) in labels.iter().zip(probs) {
-        if prob.len() != nx * ny {
-            return Err(Error::InvalidArgument(format!(
-                "segmenter returned {} probabilities for a {nx}×{ny} slice",
-                prob.len()
-            )));
-        }
-        for ((p, b), l) in prob.iter().zip(best.iter_mut()).zip(plane.iter_mut()) {
-            if *p > *b {
-                *b = *p;
-                *l = label;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Segment given per-slice boxes (canonical indices, used as they are: no margin)
