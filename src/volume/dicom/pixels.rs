@@ -1,0 +1,168 @@
+//! Pixel data: files too small for the pixels they claim refused before the volume is
+//! allocated, each file's pixel data decoded once, stored values → Hounsfield units.
+
+use std::collections::BTreeMap;
+
+use dicom_core::value::Value;
+use dicom_dictionary_std::tags;
+use dicom_pixeldata::PixelDecoder;
+
+use super::header::Header;
+use super::series::{Slot, dicom_err, transfer_syntax_name};
+use super::source::Source;
+use super::walk::{chain, parse};
+use crate::Result;
+
+/// Files too small for the pixels their header claims are refused before the volume
+/// is allocated (a few corrupt bytes could ask for 2 GiB): uncompressed pixel data are
+/// in the file; deflate expands at most 1032 times. (RLE and JPEG data are checked by
+/// their decoders.)
+pub(super) fn check_file_sizes(src: &dyn Source, headers: &[&Header]) -> Result<()> {
+    for h in headers {
+        let ratio = match h.transfer_syntax.as_str() {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => 1,
+            "1.2.840.10008.1.2.1.99" => 1032,
+            _ => continue,
+        };
+        let need = (h.frame_count() * h.rows * h.cols) as u64 * (h.bits_allocated as u64 / 8);
+        let size = src.size(h.file)?;
+        if size.saturating_mul(ratio) < need {
+            return Err(dicom_err(format!(
+                "{}: {} frame(s) of {}×{} pixels of {} bits need {need} bytes but the file holds \
+                 {size} (truncated, or a wrong Rows/Columns (0028,0010/0011) or NumberOfFrames?)",
+                src.name(h.file),
+                h.frame_count(),
+                h.rows,
+                h.cols,
+                h.bits_allocated
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The volume's voxels in HU (`nvox` of them, slices of `plane` pixels in `slots`
+/// order), file by file: a multi-frame file is decoded once.
+pub(super) fn read_pixels(
+    src: &dyn Source,
+    headers: &[&Header],
+    slots: &[Slot],
+    plane: usize,
+    nvox: usize,
+) -> Result<Vec<i16>> {
+    let mut data = vec![0i16; nvox];
+    let mut file_of: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new(); // file → (k, frame)
+    for (k, s) in slots.iter().enumerate() {
+        file_of.entry(s.header.file).or_default().push((k, s.frame));
+    }
+    for (&file, ks) in &file_of {
+        let name = src.name(file);
+        let h = headers
+            .iter()
+            .find(|h| h.file == file)
+            .expect("slot of a listed file");
+        let raw = decode_pixels(src, file, &name, h)?;
+        for &(k, frame) in ks {
+            let geo = &slots[k].geo;
+            let out = &mut data[k * plane..(k + 1) * plane];
+            to_hu(&raw, frame, plane, h, geo.slope, geo.intercept, out);
+        }
+    }
+    Ok(data)
+}
+
+/// The pixel data of one file, uncompressed (little-endian samples, all frames).
+fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Result<Vec<u8>> {
+    let bytes = src.bytes(file)?;
+    let obj =
+        parse(|| Ok(&bytes[..]), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
+            dicom_err(format!(
+                "{name}: not a DICOM file any more (changed while reading?)"
+            ))
+        })?;
+    let frames = h.frame_count();
+    let need = frames * h.rows * h.cols * (h.bits_allocated as usize / 8);
+    let elem = obj.get(tags::PIXEL_DATA).ok_or_else(|| {
+        dicom_err(format!(
+            "{name}: no PixelData (7FE0,0010): the file is truncated or holds no image"
+        ))
+    })?;
+    let raw: Vec<u8> = match elem.value() {
+        Value::Primitive(p) => p.to_bytes().into_owned(),
+        Value::PixelSequence(_) => obj
+            .decode_pixel_data()
+            .map_err(|e| {
+                dicom_err(format!(
+                    "{name}: the {} pixel data cannot be decoded: {}",
+                    transfer_syntax_name(&h.transfer_syntax).0,
+                    chain(&e)
+                ))
+            })?
+            .into_data(),
+        Value::Sequence(_) => {
+            return Err(dicom_err(format!(
+                "{name}: PixelData (7FE0,0010) is a sequence, not pixels"
+            )));
+        }
+    };
+    if raw.len() < need {
+        return Err(dicom_err(format!(
+            "{name}: PixelData (7FE0,0010) holds {} bytes but {} frame(s) of {}×{} pixels of {} bits need {need} (truncated?)",
+            raw.len(),
+            frames,
+            h.rows,
+            h.cols,
+            h.bits_allocated
+        )));
+    }
+    Ok(raw)
+}
+
+/// Stored values of one frame → HU (rounded, clamped to i16).
+fn to_hu(
+    raw: &[u8],
+    frame: usize,
+    plane: usize,
+    h: &Header,
+    slope: f64,
+    inter: f64,
+    out: &mut [i16],
+) {
+    let bytes = h.bits_allocated as usize / 8;
+    let stored = if h.bits_stored == 0 || h.bits_stored > h.bits_allocated {
+        h.bits_allocated as u32
+    } else {
+        h.bits_stored as u32
+    };
+    let shift = 32 - stored;
+    let frame_bytes = &raw[frame * plane * bytes..(frame + 1) * plane * bytes];
+    let value = |v: u32| -> i64 {
+        // Keep the stored bits only; sign-extend them for signed pixels.
+        if h.signed {
+            (((v << shift) as i32) >> shift) as i64
+        } else {
+            ((v << shift) >> shift) as i64
+        }
+    };
+    let hu = |v: i64| -> i16 {
+        let x = (v as f64 * slope + inter).round();
+        x.clamp(i16::MIN as f64, i16::MAX as f64) as i16
+    };
+    match bytes {
+        1 => {
+            for (o, &b) in out.iter_mut().zip(frame_bytes) {
+                *o = hu(value(b as u32));
+            }
+        }
+        2 => {
+            for (o, c) in out.iter_mut().zip(frame_bytes.chunks_exact(2)) {
+                *o = hu(value(u16::from_le_bytes([c[0], c[1]]) as u32));
+            }
+        }
+        _ => {
+            for (o, c) in out.iter_mut().zip(frame_bytes.chunks_exact(4)) {
+                *o = hu(value(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+        }
+    }
+}
