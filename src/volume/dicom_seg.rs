@@ -17,11 +17,11 @@
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 use super::dicom::{DicomInfo, floats, parse, seq_item, text, uint};
 use super::dicom_derived::{
-    DerivedOptions, EXPLICIT_VR_LE, SliceGeometry, check_mask_matches, code, derived_uid, ds,
+    DerivedOptions, EXPLICIT_VR_LE, Elem, SliceGeometry, check_mask_matches, code, derived_uid, ds,
     ds_multi, el, el_is, el_seq, el_u16, el_ul, file_bytes, frame_of_reference_uid,
     image_reference, image_sop_class, item, mask_digest, patient_study_elements, ras_to_lps,
 };
@@ -61,49 +61,89 @@ pub fn write_dicom_seg(
             "DICOM SEG: no organ to write".into(),
         ));
     }
-    let [w, h, d] = mask.dims;
+    let [w, h, _] = mask.dims;
     if w > u16::MAX as usize || h > u16::MAX as usize {
         return Err(Error::InvalidVolume(format!(
             "DICOM SEG: a {w}×{h} slice is larger than DICOM's 65535 rows/columns"
         )));
     }
-    let digest = mask_digest(mask, organs, names);
-    let series = info.series_uid.as_bytes();
-    let sop_uid = derived_uid("medlsam seg instance", &[series, &digest]);
-    let series_uid = derived_uid("medlsam seg series", &[series, &digest]);
-    let dim_org_uid = derived_uid("medlsam seg dimensions", &[series, &digest]);
+    let uids = SegUids::of(mask, info, organs, names);
     let geo = SliceGeometry::of(&mask.affine, mask.dims);
-    let (date, time) = if options.date.is_empty() {
-        (
-            info.patient.study_date.clone(),
-            info.patient.study_time.clone(),
-        )
-    } else {
-        (options.date.clone(), options.time.clone())
+    let (frames, per_segment) = seg_frames(mask, organs);
+    let summary = SegSummary {
+        sop_instance_uid: uids.sop.clone(),
+        series_uid: uids.series.clone(),
+        frames: per_segment,
     };
-
-    // Frames: (segment number, slice), segment-major.
-    let plane = w * h;
-    let mut frames: Vec<(u16, usize)> = Vec::new();
-    let mut summary = SegSummary {
-        sop_instance_uid: sop_uid.clone(),
-        series_uid: series_uid.clone(),
-        frames: Vec::new(),
-    };
-    for (n, &organ) in organs.iter().enumerate() {
-        let before = frames.len();
-        for k in 0..d {
-            if mask.axial_slice(k).contains(&organ) {
-                frames.push((n as u16 + 1, k));
-            }
-        }
-        summary.frames.push(frames.len() - before);
-    }
     if frames.is_empty() {
         return Err(Error::InvalidArgument(
             "DICOM SEG: no organ has a voxel in the mask (a segmentation needs a frame)".into(),
         ));
     }
+    let bits = pack_frames(mask, organs, &frames);
+
+    let mut e = patient_study_elements(info);
+    e.extend(image_elements(info, options, &uids, frames.len(), [w, h]));
+    e.extend(dimension_elements(&uids.dimensions));
+    e.push(referenced_series(info));
+    e.push(segment_sequence(organs, names));
+    e.push(shared_groups(&geo));
+    e.push(el_seq(
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        frames
+            .iter()
+            .map(|&(seg, k)| frame_groups(info, &geo, seg, k))
+            .collect(),
+    ));
+    e.push(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Value::from(PrimitiveValue::from(bits)),
+    ));
+    let bytes = file_bytes(InMemDicomObject::from_element_iter(e), EXPLICIT_VR_LE)?;
+    Ok((bytes, summary))
+}
+
+/// The UIDs a segmentation is given, derived from the source series and the mask.
+struct SegUids {
+    sop: String,
+    series: String,
+    dimensions: String,
+}
+
+impl SegUids {
+    fn of(mask: &LabelVolume, info: &DicomInfo, organs: &[u16], names: &LabelTable) -> Self {
+        let digest = mask_digest(mask, organs, names);
+        let series = info.series_uid.as_bytes();
+        Self {
+            sop: derived_uid("medlsam seg instance", &[series, &digest]),
+            series: derived_uid("medlsam seg series", &[series, &digest]),
+            dimensions: derived_uid("medlsam seg dimensions", &[series, &digest]),
+        }
+    }
+}
+
+/// The frames, (segment number, slice) segment-major: one per segment and slice where
+/// the segment has a voxel; and the frames of each segment.
+fn seg_frames(mask: &LabelVolume, organs: &[u16]) -> (Vec<(u16, usize)>, Vec<usize>) {
+    let mut frames: Vec<(u16, usize)> = Vec::new();
+    let mut per_segment = Vec::new();
+    for (n, &organ) in organs.iter().enumerate() {
+        let before = frames.len();
+        for k in 0..mask.dims[2] {
+            if mask.axial_slice(k).contains(&organ) {
+                frames.push((n as u16 + 1, k));
+            }
+        }
+        per_segment.push(frames.len() - before);
+    }
+    (frames, per_segment)
+}
+
+/// The frames bit-packed (first pixel in the lowest bit, frames back to back), padded
+/// to an even length.
+fn pack_frames(mask: &LabelVolume, organs: &[u16], frames: &[(u16, usize)]) -> Vec<u8> {
+    let plane = mask.dims[0] * mask.dims[1];
     let mut bits = vec![0u8; (frames.len() * plane).div_ceil(8)];
     for (f, &(seg, k)) in frames.iter().enumerate() {
         let organ = organs[seg as usize - 1];
@@ -117,18 +157,33 @@ pub fn write_dicom_seg(
     if !bits.len().is_multiple_of(2) {
         bits.push(0);
     }
+    bits
+}
 
-    let mut e = patient_study_elements(info);
-    e.extend([
+/// The SOP, series, frame of reference, image pixel and segmentation attributes of
+/// `n_frames` frames of `w`×`h` pixels.
+fn image_elements(
+    info: &DicomInfo,
+    options: &DerivedOptions,
+    uids: &SegUids,
+    n_frames: usize,
+    [w, h]: [usize; 2],
+) -> Vec<Elem> {
+    let (date, time) = if options.date.is_empty() {
+        (&info.patient.study_date, &info.patient.study_time)
+    } else {
+        (&options.date, &options.time)
+    };
+    vec![
         el(tags::IMAGE_TYPE, VR::CS, "DERIVED\\PRIMARY"),
         el(tags::SOP_CLASS_UID, VR::UI, SEG_SOP_CLASS),
-        el(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid),
-        el(tags::CONTENT_DATE, VR::DA, &date),
-        el(tags::CONTENT_TIME, VR::TM, &time),
+        el(tags::SOP_INSTANCE_UID, VR::UI, &uids.sop),
+        el(tags::CONTENT_DATE, VR::DA, date),
+        el(tags::CONTENT_TIME, VR::TM, time),
         el(tags::MODALITY, VR::CS, "SEG"),
         el(tags::SERIES_DESCRIPTION, VR::LO, "MedLSAM segmentation"),
         el(tags::DEVICE_SERIAL_NUMBER, VR::LO, "1"),
-        el(tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
+        el(tags::SERIES_INSTANCE_UID, VR::UI, &uids.series),
         el_is(tags::SERIES_NUMBER, options.series_number.unwrap_or(902)),
         el_is(tags::INSTANCE_NUMBER, 1),
         el(
@@ -139,7 +194,7 @@ pub fn write_dicom_seg(
         el(tags::POSITION_REFERENCE_INDICATOR, VR::LO, ""),
         el_u16(tags::SAMPLES_PER_PIXEL, 1),
         el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
-        el_is(tags::NUMBER_OF_FRAMES, frames.len() as i64),
+        el_is(tags::NUMBER_OF_FRAMES, n_frames as i64),
         el_u16(tags::ROWS, h as u16),
         el_u16(tags::COLUMNS, w as u16),
         el_u16(tags::BITS_ALLOCATED, 1),
@@ -152,50 +207,48 @@ pub fn write_dicom_seg(
         el(tags::CONTENT_DESCRIPTION, VR::LO, "MedLSAM segmentation"),
         el(tags::CONTENT_CREATOR_NAME, VR::PN, ""),
         el(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D"),
-    ]);
-    e.push(el_seq(
-        tags::DIMENSION_ORGANIZATION_SEQUENCE,
-        vec![item(vec![el(
-            tags::DIMENSION_ORGANIZATION_UID,
-            VR::UI,
-            &dim_org_uid,
-        )])],
-    ));
-    e.push(el_seq(
-        tags::DIMENSION_INDEX_SEQUENCE,
-        vec![
-            item(vec![
-                el(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dim_org_uid),
-                el_at(
-                    tags::DIMENSION_INDEX_POINTER,
+    ]
+}
+
+/// The dimension organization and its two indices: segment number, then position.
+fn dimension_elements(dim_org_uid: &str) -> [Elem; 2] {
+    let index = |pointer: Tag, group: Tag, label: &str| {
+        item(vec![
+            el(tags::DIMENSION_ORGANIZATION_UID, VR::UI, dim_org_uid),
+            el_at(tags::DIMENSION_INDEX_POINTER, pointer),
+            el_at(tags::FUNCTIONAL_GROUP_POINTER, group),
+            el(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label),
+        ])
+    };
+    [
+        el_seq(
+            tags::DIMENSION_ORGANIZATION_SEQUENCE,
+            vec![item(vec![el(
+                tags::DIMENSION_ORGANIZATION_UID,
+                VR::UI,
+                dim_org_uid,
+            )])],
+        ),
+        el_seq(
+            tags::DIMENSION_INDEX_SEQUENCE,
+            vec![
+                index(
                     tags::REFERENCED_SEGMENT_NUMBER,
-                ),
-                el_at(
-                    tags::FUNCTIONAL_GROUP_POINTER,
                     tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                ),
-                el(
-                    tags::DIMENSION_DESCRIPTION_LABEL,
-                    VR::LO,
                     "ReferencedSegmentNumber",
                 ),
-            ]),
-            item(vec![
-                el(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dim_org_uid),
-                el_at(tags::DIMENSION_INDEX_POINTER, tags::IMAGE_POSITION_PATIENT),
-                el_at(
-                    tags::FUNCTIONAL_GROUP_POINTER,
+                index(
+                    tags::IMAGE_POSITION_PATIENT,
                     tags::PLANE_POSITION_SEQUENCE,
-                ),
-                el(
-                    tags::DIMENSION_DESCRIPTION_LABEL,
-                    VR::LO,
                     "ImagePositionPatient",
                 ),
-            ]),
-        ],
-    ));
-    // Common Instance Reference: the source series, each image once.
+            ],
+        ),
+    ]
+}
+
+/// Common Instance Reference: the source series, each image once.
+fn referenced_series(info: &DicomInfo) -> Elem {
     let mut instances: Vec<InMemDicomObject> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for uid in &info.sop_instance_uids {
@@ -210,14 +263,19 @@ pub fn write_dicom_seg(
             ]));
         }
     }
-    e.push(el_seq(
+    el_seq(
         tags::REFERENCED_SERIES_SEQUENCE,
         vec![item(vec![
             el_seq(tags::REFERENCED_INSTANCE_SEQUENCE, instances),
             el(tags::SERIES_INSTANCE_UID, VR::UI, &info.series_uid),
         ])],
-    ));
-    e.push(el_seq(
+    )
+}
+
+/// One segment per organ: number, label, generic anatomical category and type, and
+/// the algorithm.
+fn segment_sequence(organs: &[u16], names: &LabelTable) -> Elem {
+    el_seq(
         tags::SEGMENT_SEQUENCE,
         organs
             .iter()
@@ -239,9 +297,13 @@ pub fn write_dicom_seg(
                 ])
             })
             .collect(),
-    ));
+    )
+}
+
+/// The functional groups every frame shares: plane orientation and pixel measures.
+fn shared_groups(geo: &SliceGeometry) -> Elem {
     let thickness = ds(geo.slice_spacing);
-    e.push(el_seq(
+    el_seq(
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![item(vec![
             el_seq(
@@ -261,63 +323,52 @@ pub fn write_dicom_seg(
                 ])],
             ),
         ])],
+    )
+}
+
+/// The functional groups of the frame of segment `seg` on slice `k`: its source image,
+/// dimension indices, position and segment.
+fn frame_groups(info: &DicomInfo, geo: &SliceGeometry, seg: u16, k: usize) -> InMemDicomObject {
+    let mut source = image_reference(info, k);
+    source.push(el_seq(
+        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+        vec![code(
+            "121322",
+            "DCM",
+            "Source image for image processing operation",
+        )],
     ));
-    let per_frame: Vec<InMemDicomObject> = frames
-        .iter()
-        .map(|&(seg, k)| {
-            let mut source = image_reference(info, k);
-            source.push(el_seq(
-                tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-                vec![code(
-                    "121322",
-                    "DCM",
-                    "Source image for image processing operation",
-                )],
-            ));
-            item(vec![
+    item(vec![
+        el_seq(
+            tags::DERIVATION_IMAGE_SEQUENCE,
+            vec![item(vec![
+                el_seq(tags::SOURCE_IMAGE_SEQUENCE, vec![item(source)]),
                 el_seq(
-                    tags::DERIVATION_IMAGE_SEQUENCE,
-                    vec![item(vec![
-                        el_seq(tags::SOURCE_IMAGE_SEQUENCE, vec![item(source)]),
-                        el_seq(
-                            tags::DERIVATION_CODE_SEQUENCE,
-                            vec![code("113076", "DCM", "Segmentation")],
-                        ),
-                    ])],
+                    tags::DERIVATION_CODE_SEQUENCE,
+                    vec![code("113076", "DCM", "Segmentation")],
                 ),
-                el_seq(
-                    tags::FRAME_CONTENT_SEQUENCE,
-                    vec![item(vec![el_ul(
-                        tags::DIMENSION_INDEX_VALUES,
-                        &[seg as u32, k as u32 + 1],
-                    )])],
-                ),
-                el_seq(
-                    tags::PLANE_POSITION_SEQUENCE,
-                    vec![item(vec![el(
-                        tags::IMAGE_POSITION_PATIENT,
-                        VR::DS,
-                        ds_multi(&geo.positions[k]),
-                    )])],
-                ),
-                el_seq(
-                    tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                    vec![item(vec![el_u16(tags::REFERENCED_SEGMENT_NUMBER, seg)])],
-                ),
-            ])
-        })
-        .collect();
-    e.push(el_seq(
-        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-        per_frame,
-    ));
-    e.push(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        Value::from(PrimitiveValue::from(bits)),
-    ));
-    let bytes = file_bytes(InMemDicomObject::from_element_iter(e), EXPLICIT_VR_LE)?;
-    Ok((bytes, summary))
+            ])],
+        ),
+        el_seq(
+            tags::FRAME_CONTENT_SEQUENCE,
+            vec![item(vec![el_ul(
+                tags::DIMENSION_INDEX_VALUES,
+                &[seg as u32, k as u32 + 1],
+            )])],
+        ),
+        el_seq(
+            tags::PLANE_POSITION_SEQUENCE,
+            vec![item(vec![el(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                ds_multi(&geo.positions[k]),
+            )])],
+        ),
+        el_seq(
+            tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+            vec![item(vec![el_u16(tags::REFERENCED_SEGMENT_NUMBER, seg)])],
+        ),
+    ])
 }
 
 /// A label map read from a DICOM SEG: each segment's number is its label value.
@@ -338,6 +389,55 @@ pub fn read_dicom_seg(
     ct: &CtVolume,
     info: &DicomInfo,
 ) -> Result<SegLabels> {
+    let obj = open_seg(bytes, name, info)?;
+    let bad = |m: String| Error::Dicom(format!("{name}: {m}"));
+    let [w, h, _] = ct.dims;
+    let (rows, cols) = (uint(&obj, tags::ROWS), uint(&obj, tags::COLUMNS));
+    if (rows, cols) != (Some(h as u32), Some(w as u32)) {
+        return Err(Error::Mismatch(format!(
+            "{name}: frames of {rows:?}×{cols:?} pixels on a {h}×{w} image"
+        )));
+    }
+    let table = segment_table(&obj, name)?;
+    let frames = obj
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items())
+        .unwrap_or(&[]);
+    let n_frames = frames.len();
+    let plane = w * h;
+    let pixels = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| bad("no PixelData".into()))?
+        .to_bytes()
+        .map_err(|e| bad(format!("PixelData: {e}")))?;
+    if pixels.len() * 8 < n_frames * plane {
+        return Err(bad(format!(
+            "PixelData holds {} bytes, {n_frames} frames need {}",
+            pixels.len(),
+            (n_frames * plane).div_ceil(8)
+        )));
+    }
+    let max_seg = table.0.keys().max().copied().unwrap_or(0) as usize;
+    let (order, counts) = place_frames(frames, ct, max_seg, name)?;
+    let mut labels = LabelVolume::filled(ct.dims, 0, ct.affine)?;
+    for (seg, f, k) in order {
+        let out = &mut labels.data[k * plane..(k + 1) * plane];
+        for (p, o) in out.iter_mut().enumerate() {
+            let b = f * plane + p;
+            if pixels[b / 8] >> (b % 8) & 1 == 1 {
+                *o = seg;
+            }
+        }
+    }
+    Ok(SegLabels {
+        labels,
+        table,
+        frames: counts,
+    })
+}
+
+/// Parse a SEG file: a BINARY segmentation in the image's frame of reference.
+fn open_seg(bytes: &[u8], name: &str, info: &DicomInfo) -> Result<DefaultDicomObject> {
     let obj = parse(|| Ok(bytes), Some(bytes.len() as u64), name, false)?.ok_or_else(|| {
         Error::Dicom(format!(
             "{name}: not a DICOM file (no \"DICM\" marker at byte 128)"
@@ -361,13 +461,11 @@ pub fn read_dicom_seg(
             frame_of_reference_uid(info)
         )));
     }
-    let [w, h, d] = ct.dims;
-    let (rows, cols) = (uint(&obj, tags::ROWS), uint(&obj, tags::COLUMNS));
-    if (rows, cols) != (Some(h as u32), Some(w as u32)) {
-        return Err(Error::Mismatch(format!(
-            "{name}: frames of {rows:?}×{cols:?} pixels on a {h}×{w} image"
-        )));
-    }
+    Ok(obj)
+}
+
+/// The segments' labels by SegmentNumber.
+fn segment_table(obj: &InMemDicomObject, name: &str) -> Result<LabelTable> {
     let mut table = LabelTable::default();
     let items = obj
         .get(tags::SEGMENT_SEQUENCE)
@@ -376,32 +474,28 @@ pub fn read_dicom_seg(
     for s in items {
         let n = uint(s, tags::SEGMENT_NUMBER)
             .filter(|&n| (1..=u16::MAX as u32).contains(&n))
-            .ok_or_else(|| bad("a segment without a SegmentNumber".into()))?;
+            .ok_or_else(|| Error::Dicom(format!("{name}: a segment without a SegmentNumber")))?;
         table.0.insert(n as u16, text(s, tags::SEGMENT_LABEL));
     }
-    let frames = obj
-        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
-        .and_then(|e| e.items())
-        .unwrap_or(&[]);
-    let n_frames = frames.len();
-    let plane = w * h;
-    let pixels = obj
-        .get(tags::PIXEL_DATA)
-        .ok_or_else(|| bad("no PixelData".into()))?
-        .to_bytes()
-        .map_err(|e| bad(format!("PixelData: {e}")))?;
-    if pixels.len() * 8 < n_frames * plane {
-        return Err(bad(format!(
-            "PixelData holds {} bytes, {n_frames} frames need {}",
-            pixels.len(),
-            (n_frames * plane).div_ceil(8)
-        )));
-    }
+    Ok(table)
+}
+
+/// A frame of the SEG placed on the image: (segment number, frame index, slice).
+type FramePlace = (u16, usize, usize);
+
+/// Each frame's (segment, frame, slice), sorted (so the higher segment is painted
+/// last), and the frames of each segment number (1..=`max_seg`).
+fn place_frames(
+    frames: &[InMemDicomObject],
+    ct: &CtVolume,
+    max_seg: usize,
+    name: &str,
+) -> Result<(Vec<FramePlace>, Vec<usize>)> {
+    let bad = |m: String| Error::Dicom(format!("{name}: {m}"));
     let to_voxel = ct.affine.inverse()?;
-    let mut labels = LabelVolume::filled(ct.dims, 0, ct.affine)?;
-    let max_seg = table.0.keys().max().copied().unwrap_or(0) as usize;
+    let d = ct.dims[2];
     let mut counts = vec![0usize; max_seg];
-    let mut order: Vec<(u16, usize, usize)> = Vec::with_capacity(n_frames);
+    let mut order: Vec<FramePlace> = Vec::with_capacity(frames.len());
     for (f, fr) in frames.iter().enumerate() {
         let seg = seq_item(fr, tags::SEGMENT_IDENTIFICATION_SEQUENCE)
             .and_then(|s| uint(s, tags::REFERENCED_SEGMENT_NUMBER))
@@ -429,18 +523,5 @@ pub fn read_dicom_seg(
         counts[seg as usize - 1] += 1;
     }
     order.sort();
-    for (seg, f, k) in order {
-        let out = &mut labels.data[k * plane..(k + 1) * plane];
-        for (p, o) in out.iter_mut().enumerate() {
-            let b = f * plane + p;
-            if pixels[b / 8] >> (b % 8) & 1 == 1 {
-                *o = seg;
-            }
-        }
-    }
-    Ok(SegLabels {
-        labels,
-        table,
-        frames: counts,
-    })
+    Ok((order, counts))
 }
