@@ -28,12 +28,12 @@ use dicom_object::InMemDicomObject;
 use super::contours::{Polygon, fill_even_odd, trace};
 use super::dicom::{DicomInfo, floats, parse, text};
 use super::dicom_derived::{
-    DerivedOptions, EXPLICIT_VR_LE, IMPLICIT_VR_LE, check_mask_matches, derived_uid, ds, el, el_is,
-    el_seq, file_bytes, frame_of_reference_uid, image_reference, item, mask_digest,
+    DerivedOptions, EXPLICIT_VR_LE, Elem, IMPLICIT_VR_LE, check_mask_matches, derived_uid, ds, el,
+    el_is, el_seq, file_bytes, frame_of_reference_uid, image_reference, item, mask_digest,
     patient_study_elements, ras_to_lps,
 };
 use super::label_table::LabelTable;
-use super::{CtVolume, LabelVolume};
+use super::{Affine, CtVolume, LabelVolume};
 use crate::{Error, Result};
 
 /// RT Structure Set Storage.
@@ -108,8 +108,30 @@ pub fn write_rtstruct(
         el(tags::STRUCTURE_SET_DATE, VR::DA, &options.date),
         el(tags::STRUCTURE_SET_TIME, VR::TM, &options.time),
     ]);
-    // Every slice of the series, for the frame of reference's contour image list.
-    let all_images: Vec<InMemDicomObject> = (0..mask.dims[2])
+    e.push(referenced_frame_of_reference(info, &for_uid, mask.dims[2]));
+    let mut summary = RtStructSummary {
+        sop_instance_uid: sop_uid.clone(),
+        series_uid: series_uid.clone(),
+        contours: Vec::new(),
+        points: 0,
+    };
+    let (rois, longest) = roi_sequences(mask, info, organs, names, &for_uid, &mut summary);
+    e.extend(rois);
+    e.push(el(tags::APPROVAL_STATUS, VR::CS, "UNAPPROVED"));
+    // Explicit VR stores a DS in at most 65534 bytes; longer contours need implicit VR.
+    let ts = if longest <= 65_534 {
+        EXPLICIT_VR_LE
+    } else {
+        IMPLICIT_VR_LE
+    };
+    let bytes = file_bytes(InMemDicomObject::from_element_iter(e), ts)?;
+    Ok((bytes, summary))
+}
+
+/// The frame of reference, its study and series, and every slice of the series (the
+/// contour image list).
+fn referenced_frame_of_reference(info: &DicomInfo, for_uid: &str, slices: usize) -> Elem {
+    let all_images: Vec<InMemDicomObject> = (0..slices)
         .map(|k| item(image_reference(info, k)))
         .collect();
     let series_item = item(vec![
@@ -126,57 +148,39 @@ pub fn write_rtstruct(
         el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &info.study_uid),
         el_seq(tags::RT_REFERENCED_SERIES_SEQUENCE, vec![series_item]),
     ]);
-    e.push(el_seq(
+    el_seq(
         tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE,
         vec![item(vec![
-            el(tags::FRAME_OF_REFERENCE_UID, VR::UI, &for_uid),
+            el(tags::FRAME_OF_REFERENCE_UID, VR::UI, for_uid),
             el_seq(tags::RT_REFERENCED_STUDY_SEQUENCE, vec![study_item]),
         ])],
-    ));
+    )
+}
 
+/// StructureSetROISequence, ROIContourSequence and RTROIObservationsSequence, one item
+/// per organ (contours and points counted in `summary`), and the longest ContourData
+/// (characters).
+fn roi_sequences(
+    mask: &LabelVolume,
+    info: &DicomInfo,
+    organs: &[u16],
+    names: &LabelTable,
+    for_uid: &str,
+    summary: &mut RtStructSummary,
+) -> ([Elem; 3], usize) {
     let mut roi_items = Vec::new();
     let mut contour_items = Vec::new();
     let mut observation_items = Vec::new();
-    let mut summary = RtStructSummary {
-        sop_instance_uid: sop_uid.clone(),
-        series_uid: series_uid.clone(),
-        contours: Vec::new(),
-        points: 0,
-    };
     let mut longest = 0usize;
     for (n, &organ) in organs.iter().enumerate() {
         let roi = (n + 1) as i64;
         roi_items.push(item(vec![
             el_is(tags::ROI_NUMBER, roi),
-            el(tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, &for_uid),
+            el(tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, for_uid),
             el(tags::ROI_NAME, VR::LO, names.name(organ)),
             el(tags::ROI_GENERATION_ALGORITHM, VR::CS, "AUTOMATIC"),
         ]));
-        let mut contours = Vec::new();
-        for k in 0..mask.dims[2] {
-            for poly in slice_contours(mask, organ, k) {
-                let mut data = String::with_capacity(poly.len() * 24);
-                for (t, p) in poly.iter().enumerate() {
-                    let w = ras_to_lps(mask.affine.voxel_to_world([p[0], p[1], k as f64]));
-                    if t > 0 {
-                        data.push('\\');
-                    }
-                    data.push_str(&format!("{}\\{}\\{}", ds2(w[0]), ds2(w[1]), ds2(w[2])));
-                }
-                longest = longest.max(data.len());
-                summary.points += poly.len();
-                contours.push(item(vec![
-                    el_seq(
-                        tags::CONTOUR_IMAGE_SEQUENCE,
-                        vec![item(image_reference(info, k))],
-                    ),
-                    el(tags::CONTOUR_GEOMETRIC_TYPE, VR::CS, "CLOSED_PLANAR"),
-                    el_is(tags::NUMBER_OF_CONTOUR_POINTS, poly.len() as i64),
-                    el_is(tags::CONTOUR_NUMBER, contours.len() as i64 + 1),
-                    el(tags::CONTOUR_DATA, VR::DS, data),
-                ]));
-            }
-        }
+        let contours = organ_contours(mask, info, organ, summary, &mut longest);
         summary.contours.push(contours.len());
         let c = COLORS[n % COLORS.len()];
         let mut ci = vec![
@@ -198,18 +202,49 @@ pub fn write_rtstruct(
             el(tags::ROI_INTERPRETER, VR::PN, ""),
         ]));
     }
-    e.push(el_seq(tags::STRUCTURE_SET_ROI_SEQUENCE, roi_items));
-    e.push(el_seq(tags::ROI_CONTOUR_SEQUENCE, contour_items));
-    e.push(el_seq(tags::RTROI_OBSERVATIONS_SEQUENCE, observation_items));
-    e.push(el(tags::APPROVAL_STATUS, VR::CS, "UNAPPROVED"));
-    // Explicit VR stores a DS in at most 65534 bytes; longer contours need implicit VR.
-    let ts = if longest <= 65_534 {
-        EXPLICIT_VR_LE
-    } else {
-        IMPLICIT_VR_LE
-    };
-    let bytes = file_bytes(InMemDicomObject::from_element_iter(e), ts)?;
-    Ok((bytes, summary))
+    let sequences = [
+        el_seq(tags::STRUCTURE_SET_ROI_SEQUENCE, roi_items),
+        el_seq(tags::ROI_CONTOUR_SEQUENCE, contour_items),
+        el_seq(tags::RTROI_OBSERVATIONS_SEQUENCE, observation_items),
+    ];
+    (sequences, longest)
+}
+
+/// The ContourSequence items of one organ, slice by slice (points counted in
+/// `summary`, the longest ContourData kept in `longest`).
+fn organ_contours(
+    mask: &LabelVolume,
+    info: &DicomInfo,
+    organ: u16,
+    summary: &mut RtStructSummary,
+    longest: &mut usize,
+) -> Vec<InMemDicomObject> {
+    let mut contours = Vec::new();
+    for k in 0..mask.dims[2] {
+        for poly in slice_contours(mask, organ, k) {
+            let mut data = String::with_capacity(poly.len() * 24);
+            for (t, p) in poly.iter().enumerate() {
+                let w = ras_to_lps(mask.affine.voxel_to_world([p[0], p[1], k as f64]));
+                if t > 0 {
+                    data.push('\\');
+                }
+                data.push_str(&format!("{}\\{}\\{}", ds2(w[0]), ds2(w[1]), ds2(w[2])));
+            }
+            *longest = (*longest).max(data.len());
+            summary.points += poly.len();
+            contours.push(item(vec![
+                el_seq(
+                    tags::CONTOUR_IMAGE_SEQUENCE,
+                    vec![item(image_reference(info, k))],
+                ),
+                el(tags::CONTOUR_GEOMETRIC_TYPE, VR::CS, "CLOSED_PLANAR"),
+                el_is(tags::NUMBER_OF_CONTOUR_POINTS, poly.len() as i64),
+                el_is(tags::CONTOUR_NUMBER, contours.len() as i64 + 1),
+                el(tags::CONTOUR_DATA, VR::DS, data),
+            ]));
+        }
+    }
+    contours
 }
 
 /// A contour coordinate: 0.01 mm (a contour vertex is never closer than 0.35 pixel to
@@ -347,7 +382,6 @@ pub fn read_rtstruct(
     let (rois, table) = rois(&obj, name)?;
     check_frame_of_reference(&obj, &rois, info, name)?;
     let to_voxel = ct.affine.inverse()?;
-    let [w, h, d] = ct.dims;
     // (slice, label) → polygons in voxel (i, j).
     let mut per_slice: BTreeMap<(usize, u16), Vec<Polygon>> = BTreeMap::new();
     let mut counts = vec![0usize; table.0.len()];
@@ -370,62 +404,11 @@ pub fn read_rtstruct(
         };
         let roi_name = table.name(*label);
         for (c, contour) in sequence(rc, tags::CONTOUR_SEQUENCE).iter().enumerate() {
-            let kind = text(contour, tags::CONTOUR_GEOMETRIC_TYPE);
-            if kind != "CLOSED_PLANAR" {
-                continue; // points and open curves enclose nothing
-            }
             let at = || format!("{name}: ROI {roi_name:?}, contour {}", c + 1);
-            let data = floats(contour, tags::CONTOUR_DATA).unwrap_or_default();
-            if data.len() < 9
-                || !data.len().is_multiple_of(3)
-                || data.iter().any(|v| !v.is_finite())
-            {
-                return Err(Error::Dicom(format!(
-                    "{}: ContourData (3006,0050) is not at least 3 points of 3 numbers",
-                    at()
-                )));
-            }
-            let pts: Vec<[f64; 3]> = data
-                .chunks_exact(3)
-                .map(|p| to_voxel.voxel_to_world(ras_to_lps([p[0], p[1], p[2]])))
-                .collect();
-            let (kmin, kmax) = pts
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-                    (a.min(p[2]), b.max(p[2]))
-                });
-            let z_of = |k: f64| ras_to_lps(ct.affine.voxel_to_world([0.0, 0.0, k]))[2];
-            if kmax - kmin > 0.1 {
-                return Err(Error::Dicom(format!(
-                    "{}: the contour is not in an axial plane of the image (it spans {:.2} \
-                     slices along the slice normal)",
-                    at(),
-                    kmax - kmin
-                )));
-            }
-            let kf = (kmin + kmax) / 2.0;
-            let k = kf.round();
-            if k < 0.0 || k > (d - 1) as f64 || (kf - k).abs() > 0.25 {
-                return Err(Error::Dicom(format!(
-                    "{}: off the image's grid: the contour lies at z = {:.2} mm, {}; the image's \
-                     slices are at z = {:.2} … {:.2} mm every {:.2} mm",
-                    at(),
-                    z_of(kf),
-                    if k < 0.0 || k > (d - 1) as f64 {
-                        "outside the image's slices".to_string()
-                    } else {
-                        format!("between slices {} and {}", kf.floor(), kf.floor() + 1.0)
-                    },
-                    z_of(0.0),
-                    z_of((d - 1) as f64),
-                    ct.spacing_mm()[2]
-                )));
-            }
-            let poly: Polygon = pts.iter().map(|p| [p[0], p[1]]).collect();
-            per_slice
-                .entry((k as usize, *label))
-                .or_default()
-                .push(poly);
+            let Some((k, poly)) = place_contour(contour, ct, &to_voxel, at)? else {
+                continue;
+            };
+            per_slice.entry((k, *label)).or_default().push(poly);
             counts[*label as usize - 1] += 1;
         }
     }
@@ -435,10 +418,85 @@ pub fn read_rtstruct(
             table.0.values().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
+    Ok(RtStructLabels {
+        labels: rasterise(&per_slice, ct)?,
+        table,
+        contours: counts,
+    })
+}
+
+/// A CLOSED_PLANAR contour as the slice it lies in and its polygon in voxel (i, j);
+/// `None` for other contour types (points and open curves enclose nothing). `at` names
+/// the contour in messages.
+fn place_contour(
+    contour: &InMemDicomObject,
+    ct: &CtVolume,
+    to_voxel: &Affine,
+    at: impl Fn() -> String,
+) -> Result<Option<(usize, Polygon)>> {
+    let kind = text(contour, tags::CONTOUR_GEOMETRIC_TYPE);
+    if kind != "CLOSED_PLANAR" {
+        return Ok(None);
+    }
+    let d = ct.dims[2];
+    let data = floats(contour, tags::CONTOUR_DATA).unwrap_or_default();
+    if data.len() < 9 || !data.len().is_multiple_of(3) || data.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Dicom(format!(
+            "{}: ContourData (3006,0050) is not at least 3 points of 3 numbers",
+            at()
+        )));
+    }
+    let pts: Vec<[f64; 3]> = data
+        .chunks_exact(3)
+        .map(|p| to_voxel.voxel_to_world(ras_to_lps([p[0], p[1], p[2]])))
+        .collect();
+    let (kmin, kmax) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p[2]), b.max(p[2]))
+        });
+    let z_of = |k: f64| ras_to_lps(ct.affine.voxel_to_world([0.0, 0.0, k]))[2];
+    if kmax - kmin > 0.1 {
+        return Err(Error::Dicom(format!(
+            "{}: the contour is not in an axial plane of the image (it spans {:.2} \
+             slices along the slice normal)",
+            at(),
+            kmax - kmin
+        )));
+    }
+    let kf = (kmin + kmax) / 2.0;
+    let k = kf.round();
+    if k < 0.0 || k > (d - 1) as f64 || (kf - k).abs() > 0.25 {
+        return Err(Error::Dicom(format!(
+            "{}: off the image's grid: the contour lies at z = {:.2} mm, {}; the image's \
+             slices are at z = {:.2} … {:.2} mm every {:.2} mm",
+            at(),
+            z_of(kf),
+            if k < 0.0 || k > (d - 1) as f64 {
+                "outside the image's slices".to_string()
+            } else {
+                format!("between slices {} and {}", kf.floor(), kf.floor() + 1.0)
+            },
+            z_of(0.0),
+            z_of((d - 1) as f64),
+            ct.spacing_mm()[2]
+        )));
+    }
+    let poly: Polygon = pts.iter().map(|p| [p[0], p[1]]).collect();
+    Ok(Some((k as usize, poly)))
+}
+
+/// The label map: each (slice, label)'s polygons filled by the even-odd rule, later
+/// labels over earlier ones.
+fn rasterise(
+    per_slice: &BTreeMap<(usize, u16), Vec<Polygon>>,
+    ct: &CtVolume,
+) -> Result<LabelVolume> {
+    let [w, h, _] = ct.dims;
     let mut labels = LabelVolume::filled(ct.dims, 0, ct.affine)?;
     let plane = w * h;
     let mut scratch = vec![false; plane];
-    for ((k, label), polys) in &per_slice {
+    for ((k, label), polys) in per_slice {
         scratch.iter_mut().for_each(|v| *v = false);
         fill_even_odd(polys, w, h, &mut scratch, true);
         let out = &mut labels.data[k * plane..(k + 1) * plane];
@@ -448,9 +506,5 @@ pub fn read_rtstruct(
             }
         }
     }
-    Ok(RtStructLabels {
-        labels,
-        table,
-        contours: counts,
-    })
+    Ok(labels)
 }
