@@ -49,6 +49,92 @@ impl Ellipsoid {
     }
 }
 
+/// The phantom's body, tissues and organs in mm (body frame, see [`phantom`]).
+struct Anatomy {
+    body: Ellipsoid,
+    fat_inner: Ellipsoid,
+    liver: Ellipsoid,
+    spleen: Ellipsoid,
+    lkid: Ellipsoid,
+    rkid: Ellipsoid,
+    spine: Ellipsoid,
+    lung_l: Ellipsoid,
+    lung_r: Ellipsoid,
+}
+
+impl Anatomy {
+    /// Patient size, position and organ shapes drawn from `rng`.
+    fn draw(rng: &mut Rng) -> Self {
+        let s = rng.range(0.85, 1.15); // patient size
+        let shift = [
+            rng.range(-10.0, 10.0),
+            rng.range(-8.0, 8.0),
+            rng.range(-12.0, 12.0),
+        ];
+        let organ = |rng: &mut Rng, c: [f64; 3], r: [f64; 3]| Ellipsoid {
+            c: [0, 1, 2].map(|a| shift[a] + c[a] * s + rng.range(-6.0, 6.0)),
+            r: [0, 1, 2].map(|a| r[a] * s * rng.range(0.85, 1.15)),
+        };
+        Self {
+            body: Ellipsoid {
+                c: shift,
+                r: [130.0 * s, 95.0 * s, 1e9],
+            },
+            fat_inner: Ellipsoid {
+                c: shift,
+                r: [118.0 * s, 84.0 * s, 1e9],
+            },
+            // Organs (x toward patient's left): liver on the right (−x), spleen on the left.
+            liver: organ(rng, [-55.0, -5.0, 25.0], [60.0, 50.0, 45.0]),
+            spleen: organ(rng, [70.0, 25.0, 30.0], [22.0, 30.0, 35.0]),
+            lkid: organ(rng, [45.0, 40.0, -20.0], [18.0, 20.0, 32.0]),
+            rkid: organ(rng, [-45.0, 40.0, -28.0], [18.0, 20.0, 32.0]),
+            spine: Ellipsoid {
+                c: [shift[0], shift[1] + 50.0 * s, 0.0],
+                r: [16.0 * s, 16.0 * s, 1e9],
+            },
+            lung_l: Ellipsoid {
+                c: [shift[0] + 55.0 * s, shift[1] + 5.0, shift[2] + 140.0],
+                r: [45.0 * s, 60.0 * s, 70.0],
+            },
+            lung_r: Ellipsoid {
+                c: [shift[0] - 55.0 * s, shift[1] + 5.0, shift[2] + 140.0],
+                r: [45.0 * s, 60.0 * s, 70.0],
+            },
+        }
+    }
+
+    /// HU (before noise) and organ label at point `p`.
+    fn tissue(&self, p: [f64; 3]) -> (f64, u16) {
+        if !self.body.inside(p) {
+            (-1000.0, 0)
+        } else if self.spine.inside(p) {
+            (
+                if (p[2] / 30.0).fract().abs() < 0.15 {
+                    80.0
+                } else {
+                    650.0
+                },
+                0,
+            )
+        } else if self.lung_l.inside(p) || self.lung_r.inside(p) {
+            (-820.0, 0)
+        } else if self.liver.inside(p) {
+            (60.0, 1)
+        } else if self.spleen.inside(p) {
+            (48.0, 2)
+        } else if self.lkid.inside(p) {
+            (32.0, 3)
+        } else if self.rkid.inside(p) {
+            (32.0, 4)
+        } else if !self.fat_inner.inside(p) {
+            (-100.0, 0)
+        } else {
+            (25.0, 0)
+        }
+    }
+}
+
 /// An abdominal phantom CT (HU) and its organ label map, in mm coordinates
 /// centred on the volume. Positions in the body frame are LPS-like: +x toward
 /// the patient's left, +y posterior, +z superior.
@@ -57,42 +143,7 @@ pub fn phantom(opt: &PhantomOptions) -> Result<(CtVolume, LabelVolume)> {
     let [nx, ny, nz] = opt.dims;
     let sp = opt.spacing_mm;
     let half = [0, 1, 2].map(|a| (opt.dims[a] as f64 - 1.0) * sp[a] / 2.0);
-    let s = rng.range(0.85, 1.15); // patient size
-    let shift = [
-        rng.range(-10.0, 10.0),
-        rng.range(-8.0, 8.0),
-        rng.range(-12.0, 12.0),
-    ];
-    let body = Ellipsoid {
-        c: shift,
-        r: [130.0 * s, 95.0 * s, 1e9],
-    };
-    let fat_inner = Ellipsoid {
-        c: shift,
-        r: [118.0 * s, 84.0 * s, 1e9],
-    };
-    let organ = |rng: &mut Rng, c: [f64; 3], r: [f64; 3]| Ellipsoid {
-        c: [0, 1, 2].map(|a| shift[a] + c[a] * s + rng.range(-6.0, 6.0)),
-        r: [0, 1, 2].map(|a| r[a] * s * rng.range(0.85, 1.15)),
-    };
-    // Organs (x toward patient's left): liver on the right (−x), spleen on the left.
-    let liver = organ(&mut rng, [-55.0, -5.0, 25.0], [60.0, 50.0, 45.0]);
-    let spleen = organ(&mut rng, [70.0, 25.0, 30.0], [22.0, 30.0, 35.0]);
-    let lkid = organ(&mut rng, [45.0, 40.0, -20.0], [18.0, 20.0, 32.0]);
-    let rkid = organ(&mut rng, [-45.0, 40.0, -28.0], [18.0, 20.0, 32.0]);
-    let spine = Ellipsoid {
-        c: [shift[0], shift[1] + 50.0 * s, 0.0],
-        r: [16.0 * s, 16.0 * s, 1e9],
-    };
-    let lung_l = Ellipsoid {
-        c: [shift[0] + 55.0 * s, shift[1] + 5.0, shift[2] + 140.0],
-        r: [45.0 * s, 60.0 * s, 70.0],
-    };
-    let lung_r = Ellipsoid {
-        c: [shift[0] - 55.0 * s, shift[1] + 5.0, shift[2] + 140.0],
-        r: [45.0 * s, 60.0 * s, 70.0],
-    };
-
+    let anatomy = Anatomy::draw(&mut rng);
     let mut ct = Vec::with_capacity(nx * ny * nz);
     let mut lab = Vec::with_capacity(nx * ny * nz);
     for k in 0..nz {
@@ -104,32 +155,7 @@ pub fn phantom(opt: &PhantomOptions) -> Result<(CtVolume, LabelVolume)> {
                     k as f64 * sp[2] - half[2],
                 ];
                 let noise = rng.range(-12.0, 12.0);
-                let (hu, l) = if !body.inside(p) {
-                    (-1000.0, 0)
-                } else if spine.inside(p) {
-                    (
-                        if (p[2] / 30.0).fract().abs() < 0.15 {
-                            80.0
-                        } else {
-                            650.0
-                        },
-                        0,
-                    )
-                } else if lung_l.inside(p) || lung_r.inside(p) {
-                    (-820.0, 0)
-                } else if liver.inside(p) {
-                    (60.0, 1)
-                } else if spleen.inside(p) {
-                    (48.0, 2)
-                } else if lkid.inside(p) {
-                    (32.0, 3)
-                } else if rkid.inside(p) {
-                    (32.0, 4)
-                } else if !fat_inner.inside(p) {
-                    (-100.0, 0)
-                } else {
-                    (25.0, 0)
-                };
+                let (hu, l) = anatomy.tissue(p);
                 ct.push((hu + noise).round() as i16);
                 lab.push(l);
             }
@@ -141,24 +167,26 @@ pub fn phantom(opt: &PhantomOptions) -> Result<(CtVolume, LabelVolume)> {
     let mut lab = Volume::from_data(opt.dims, lab, affine)?;
     if opt.ras {
         // Same anatomy stored with i and j reversed: the affine changes, the world positions do not.
-        fn flip<T: Copy>(v: &mut Vec<T>, nx: usize, ny: usize, nz: usize) {
-            let mut out = Vec::with_capacity(v.len());
-            for k in 0..nz {
-                for j in (0..ny).rev() {
-                    for i in (0..nx).rev() {
-                        out.push(v[i + nx * (j + ny * k)]);
-                    }
-                }
-            }
-            *v = out;
-        }
-        flip(&mut ct.data, nx, ny, nz);
-        flip(&mut lab.data, nx, ny, nz);
+        flip_ij(&mut ct.data, opt.dims);
+        flip_ij(&mut lab.data, opt.dims);
         let ras = Affine::from_diagonal([sp[0], sp[1], sp[2]], [-half[0], -half[1], -half[2]]);
         ct.affine = ras;
         lab.affine = ras;
     }
     Ok((ct, lab))
+}
+
+/// Voxel data with the i and j axes reversed.
+fn flip_ij<T: Copy>(v: &mut Vec<T>, [nx, ny, nz]: [usize; 3]) {
+    let mut out = Vec::with_capacity(v.len());
+    for k in 0..nz {
+        for j in (0..ny).rev() {
+            for i in (0..nx).rev() {
+                out.push(v[i + nx * (j + ny * k)]);
+            }
+        }
+    }
+    *v = out;
 }
 
 #[cfg(test)]
