@@ -10,7 +10,9 @@
 //! Seeds are real files, made at start: a 24 × 20 × 6 crop of a real OpenKBP CT (int16)
 //! and of its label map (uint8, float32), each as `.nii` and `.nii.gz`; 4 + 3 of the
 //! committed 3D-IRCADb slices (`tests/data/dicom`), subsampled in-plane to 128 × 128
-//! (every 4th pixel, PixelSpacing × 4) for speed, in explicit and implicit VR; two
+//! (every 4th pixel, PixelSpacing × 4) for speed, in explicit and implicit VR, and the
+//! explicit set re-encoded by DCMTK as RLE, JPEG lossless, JPEG baseline, deflate and
+//! big endian (DCMTK's `dcmcrle`, `dcmcjpeg`, `dcmconv` must be installed); two
 //! RTSTRUCTs and a SEG written by our own writers on the first 4 (body and bone masks). Inputs are mutated (bit flips, interesting bytes/integers/floats, biased
 //! towards NIfTI header fields and DICOM element headers and values, truncation, chunk
 //! insert/delete/duplicate, splices of two seeds, gzip re-wrap; for DICOM sets also
@@ -404,6 +406,46 @@ fn dicom_seed_set(root: &Path, first: usize, n: usize, ts: &str) -> Vec<(String,
         .collect()
 }
 
+/// The explicit-VR seed set re-encoded by DCMTK (Debian package `dcmtk`, which `./dev
+/// setup` installs) into the compressed and rarer syntaxes the reader decodes: RLE, JPEG
+/// lossless (process 14), JPEG baseline (8-bit, lossy), deflate and big endian. Each set
+/// must read back as a series before fuzzing starts.
+fn dcmtk_seed_sets(explicit: &[(String, Vec<u8>)], tmp: &Path) -> Vec<Vec<(String, Vec<u8>)>> {
+    const TOOLS: [(&str, &str); 5] = [
+        ("dcmcrle", ""),
+        ("dcmcjpeg", "+el"),
+        ("dcmcjpeg", "+eb"),
+        ("dcmconv", "+td"),
+        ("dcmconv", "+tb"),
+    ];
+    let dir = tmp.join("dcmtk-seeds");
+    std::fs::create_dir_all(&dir).expect("a folder for the DCMTK seeds");
+    TOOLS
+        .iter()
+        .map(|&(tool, flag)| {
+            let set: Vec<(String, Vec<u8>)> = explicit
+                .iter()
+                .map(|(name, bytes)| {
+                    let (src, dst) = (dir.join(format!("{name}.in")), dir.join(name));
+                    std::fs::write(&src, bytes).unwrap();
+                    let mut cmd = std::process::Command::new(tool);
+                    if !flag.is_empty() {
+                        cmd.arg(flag);
+                    }
+                    let ok = cmd.arg(&src).arg(&dst).status().unwrap_or_else(|e| {
+                        panic!("cannot run {tool} ({e}): the fuzzer's seeds need DCMTK (apt-get install dcmtk; ./dev setup does)")
+                    });
+                    assert!(ok.success(), "{tool} {flag} failed on seed {name}");
+                    (name.clone(), std::fs::read(&dst).unwrap())
+                })
+                .collect();
+            read_dicom_series_bytes(&set, None)
+                .unwrap_or_else(|e| panic!("the {tool} {flag} seed set does not read: {e}"));
+            set
+        })
+        .collect()
+}
+
 /// Body (> −400 HU, lungs and bowel gas as holes) and bone (≥ 200 HU) of a CT.
 fn real_mask(ct: &CtVolume) -> LabelVolume {
     ct.map(|v| {
@@ -426,9 +468,11 @@ struct Seeds {
     info: DicomInfo,
 }
 
-fn make_seeds(root: &Path, data: &Path) -> Seeds {
+fn make_seeds(root: &Path, data: &Path, tmp: &Path) -> Seeds {
     let explicit = dicom_seed_set(root, 50, 4, "1.2.840.10008.1.2.1");
     let implicit = dicom_seed_set(root, 60, 3, "1.2.840.10008.1.2");
+    let mut dicom = vec![explicit.clone(), implicit];
+    dicom.extend(dcmtk_seed_sets(&explicit, tmp));
     let series = read_dicom_series_bytes(&explicit, None).expect("the seed series reads");
     let mask = real_mask(&series.ct);
     let names = LabelTable(
@@ -452,7 +496,7 @@ fn make_seeds(root: &Path, data: &Path) -> Seeds {
         .0;
     Seeds {
         nifti: nifti_seeds(data),
-        dicom: vec![explicit, implicit],
+        dicom,
         rtstruct: vec![rt_bone, rt],
         seg: vec![seg],
         ct: series.ct,
@@ -1126,7 +1170,7 @@ fn main() {
         *PANIC_MSG.lock().unwrap() = Some(format!("at {loc}: {msg}"));
     }));
     let t0 = Instant::now();
-    let seeds = make_seeds(&root, &data);
+    let seeds = make_seeds(&root, &data, &findings);
     let mut ctx = Ctx {
         ct: seeds.ct.clone(),
         info: seeds.info.clone(),
