@@ -68,6 +68,15 @@ impl ActivationOps<Flex> for Flex {
 
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // 0.5 * x * (1 + erf(x / sqrt(2)))
+        #[cfg(feature = "simd")]
+        let tensor = match crate::ops::unary::simd_map_f32(
+            tensor,
+            crate::simd::math::gelu_inplace_f32,
+            crate::simd::math::gelu_f32,
+        ) {
+            Ok(out) => return out,
+            Err(tensor) => tensor,
+        };
         use crate::ops::unary::{erf_f32, erf_f64};
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
@@ -103,6 +112,15 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        #[cfg(feature = "simd")]
+        let tensor = match crate::ops::unary::simd_map_f32(
+            tensor,
+            crate::simd::math::sigmoid_inplace_f32,
+            crate::simd::math::sigmoid_f32,
+        ) {
+            Ok(out) => return out,
+            Err(tensor) => tensor,
+        };
         unary_op(tensor, sigmoid_f32, sigmoid_f64)
     }
 

@@ -157,12 +157,54 @@ where
     )
 }
 
+/// Apply a SIMD f32 kernel (`crate::simd::math`) element-wise: in place when
+/// the tensor owns its contiguous buffer, else into a new contiguous buffer.
+/// Returns the tensor unchanged (`Err`) when it is not f32.
+#[cfg(feature = "simd")]
+pub(crate) fn simd_map_f32(
+    tensor: FlexTensor,
+    inplace: fn(&mut [f32]),
+    map: fn(&[f32], &mut [f32]),
+) -> Result<FlexTensor, FlexTensor> {
+    if tensor.dtype() != DType::F32 {
+        return Err(tensor);
+    }
+    let n = tensor.layout().num_elements();
+    if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
+    {
+        let mut tensor = tensor;
+        inplace(&mut tensor.storage_mut::<f32>()[..n]);
+        return Ok(tensor);
+    }
+    if let Some(src) = tensor.as_slice::<f32>() {
+        let mut out = alloc::vec![0.0f32; n];
+        map(src, &mut out);
+        return Ok(FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(tensor.layout().shape().clone()),
+            DType::F32,
+        ));
+    }
+    let mut tensor = tensor.to_contiguous();
+    inplace(&mut tensor.storage_mut::<f32>()[..n]);
+    Ok(tensor)
+}
+
 // ============================================================================
 // Specific unary operations
 // ============================================================================
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
+    #[cfg(feature = "simd")]
+    let tensor = match simd_map_f32(
+        tensor,
+        crate::simd::math::exp_inplace_f32,
+        crate::simd::math::exp_f32,
+    ) {
+        Ok(out) => return out,
+        Err(tensor) => tensor,
+    };
     unary_op(tensor, |x| x.exp(), |x| x.exp())
 }
 
@@ -341,6 +383,15 @@ pub fn trunc(tensor: FlexTensor) -> FlexTensor {
 
 /// Error function
 pub fn erf(tensor: FlexTensor) -> FlexTensor {
+    #[cfg(feature = "simd")]
+    let tensor = match simd_map_f32(
+        tensor,
+        crate::simd::math::erf_inplace_f32,
+        crate::simd::math::erf_f32,
+    ) {
+        Ok(out) => return out,
+        Err(tensor) => tensor,
+    };
     unary_op(tensor, erf_f32, erf_f64)
 }
 

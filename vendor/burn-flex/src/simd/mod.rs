@@ -13,6 +13,10 @@
 #[cfg(feature = "simd")]
 pub mod kernels;
 
+// Vectorised exp / erf / GELU / sigmoid (polynomial approximations)
+#[cfg(feature = "simd")]
+pub mod math;
+
 // SIMD-aligned memory allocation
 #[cfg(feature = "simd")]
 pub mod aligned;
