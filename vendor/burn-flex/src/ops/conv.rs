@@ -1159,7 +1159,212 @@ macro_rules! conv3d_depthwise_typed {
     };
 }
 
-conv3d_depthwise_typed!(conv3d_depthwise_f32, f32, DType::F32);
+/// f32 depthwise: the register-blocked SIMD kernel for stride 1 and
+/// dilation 1 (TinyViT/MobileNet/ConvNeXt-style `3x3`/`7x7` layers), else the
+/// generic accumulate path.
+fn conv3d_depthwise_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<3>,
+) -> FlexTensor {
+    #[cfg(feature = "simd")]
+    if options.stride[1..] == [1, 1] && options.dilation[1..] == [1, 1] {
+        return conv3d_depthwise_f32_s1(x, weight, bias, options);
+    }
+    conv3d_depthwise_impl::<f32>(x, weight, bias, options, DType::F32)
+}
+
+/// Depthwise f32 convolution with stride 1 and dilation 1 (same
+/// preconditions as `conv3d_depthwise_impl` otherwise).
+///
+/// `conv3d_depthwise_impl` accumulates each kernel tap into the output in
+/// memory (a load and a store of the output per tap) and adds the bias in a
+/// separate single-threaded pass. Here each plane is first copied into a
+/// zero-padded scratch plane (so no bounds or padding checks remain, and
+/// `0 * inf = NaN` at the borders comes out as IEEE arithmetic gives it);
+/// then every output vector is summed over all taps in registers (four
+/// vectors at a time), the bias added, and stored once. Taps are summed in
+/// the same order as the generic path (`kh`, then `kw`), with fused
+/// multiply-adds where the target has them.
+#[cfg(feature = "simd")]
+fn conv3d_depthwise_f32_s1(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<3>,
+) -> FlexTensor {
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let x_shape = x.layout().shape();
+    let w_shape = weight.layout().shape();
+    let (batch_size, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[3], x_shape[4]);
+    let (kernel_h, kernel_w) = (w_shape[3], w_shape[4]);
+    let [_, pad_h, pad_w] = options.padding_begin();
+    let out_h = calculate_conv_output_size(kernel_h, 1, pad_h, 1, in_h);
+    let out_w = calculate_conv_output_size(kernel_w, 1, pad_w, 1, in_w);
+    let padded_w = in_w + 2 * pad_w;
+    let padded_len = (in_h + 2 * pad_h) * padded_w;
+    let out_spatial = out_h * out_w;
+    let k_spatial = kernel_h * kernel_w;
+    let total = [batch_size, channels, out_spatial]
+        .iter()
+        .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+        .expect("conv depthwise: output dimensions would overflow");
+
+    let x_data: &[f32] = x.storage();
+    let w_data: &[f32] = weight.storage();
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| {
+        let data: &[f32] = b.storage();
+        assert_eq!(
+            data.len(),
+            channels,
+            "conv depthwise: bias length ({}) must equal channels ({channels})",
+            data.len()
+        );
+        data
+    });
+    let in_spatial = in_h * in_w;
+    let mut output = vec![0.0f32; total];
+
+    // One (batch, channel) plane; `padded` is scratch reused across planes
+    // (its border stays zero, the interior is overwritten).
+    let plane = |bc: usize, out_plane: &mut [f32], padded: &mut Vec<f32>| {
+        let c = bc % channels;
+        let src = &x_data[bc * in_spatial..(bc + 1) * in_spatial];
+        let src = if pad_h == 0 && pad_w == 0 {
+            src
+        } else {
+            if padded.len() != padded_len {
+                padded.clear();
+                padded.resize(padded_len, 0.0);
+            }
+            for (ih, row) in src.chunks_exact(in_w).enumerate() {
+                let start = (ih + pad_h) * padded_w + pad_w;
+                padded[start..start + in_w].copy_from_slice(row);
+            }
+            &padded[..]
+        };
+        depthwise_plane_s1_f32(
+            src,
+            padded_w,
+            &w_data[c * k_spatial..(c + 1) * k_spatial],
+            kernel_h,
+            kernel_w,
+            bias_data.map_or(0.0, |b| b[c]),
+            out_plane,
+            out_w,
+        );
+    };
+
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        output
+            .par_chunks_mut(out_spatial.max(1))
+            .enumerate()
+            .for_each_init(Vec::new, |padded, (bc, out_plane)| {
+                plane(bc, out_plane, padded)
+            });
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut padded = Vec::new();
+        for (bc, out_plane) in output.chunks_mut(out_spatial.max(1)).enumerate() {
+            plane(bc, out_plane, &mut padded);
+        }
+    }
+
+    let out_shape = Shape::from(vec![batch_size, channels, 1, out_h, out_w]);
+    FlexTensor::new(
+        Bytes::from_elems(output),
+        Layout::contiguous(out_shape),
+        DType::F32,
+    )
+}
+
+/// One output plane of a stride-1 depthwise convolution over an already
+/// padded input plane `src` (row length `src_w`): `out[oh][ow] = bias +
+/// sum_{kh, kw} w[kh][kw] * src[oh + kh][ow + kw]`.
+#[cfg(feature = "simd")]
+#[allow(clippy::too_many_arguments)]
+#[macerator::with_simd]
+fn depthwise_plane_s1_f32<S: macerator::Simd>(
+    src: &[f32],
+    src_w: usize,
+    w: &[f32],
+    kernel_h: usize,
+    kernel_w: usize,
+    bias: f32,
+    out: &mut [f32],
+    out_w: usize,
+) {
+    use macerator::{Scalar, vload_unaligned, vstore_unaligned};
+    let lanes = <f32 as Scalar>::lanes::<S>();
+    if out_w == 0 {
+        return;
+    }
+    let out_h = out.len() / out_w;
+    debug_assert!(src.len() >= (out_h + kernel_h - 1) * src_w);
+    debug_assert!(out_w + kernel_w - 1 <= src_w);
+    let bias_v = bias.splat::<S>();
+    for oh in 0..out_h {
+        let out_row = &mut out[oh * out_w..(oh + 1) * out_w];
+        let mut ow = 0;
+        // SAFETY (all loads below): for every output column `o < out_w`
+        // and tap (kh, kw), `(oh + kh) * src_w + o + kw` is inside `src`
+        // (asserted above); vectors cover `o..o + lanes` with
+        // `o + lanes <= out_w`.
+        while ow + 4 * lanes <= out_w {
+            let zero = 0.0f32.splat::<S>();
+            let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+            for kh in 0..kernel_h {
+                let row = unsafe { src.as_ptr().add((oh + kh) * src_w + ow) };
+                for kw in 0..kernel_w {
+                    let wv = w[kh * kernel_w + kw].splat::<S>();
+                    unsafe {
+                        let p = row.add(kw);
+                        a0 = vload_unaligned::<S, _>(p).mul_add(wv, a0);
+                        a1 = vload_unaligned::<S, _>(p.add(lanes)).mul_add(wv, a1);
+                        a2 = vload_unaligned::<S, _>(p.add(2 * lanes)).mul_add(wv, a2);
+                        a3 = vload_unaligned::<S, _>(p.add(3 * lanes)).mul_add(wv, a3);
+                    }
+                }
+            }
+            unsafe {
+                let o = out_row.as_mut_ptr().add(ow);
+                vstore_unaligned::<S, _>(o, a0 + bias_v);
+                vstore_unaligned::<S, _>(o.add(lanes), a1 + bias_v);
+                vstore_unaligned::<S, _>(o.add(2 * lanes), a2 + bias_v);
+                vstore_unaligned::<S, _>(o.add(3 * lanes), a3 + bias_v);
+            }
+            ow += 4 * lanes;
+        }
+        while ow + lanes <= out_w {
+            let mut a = 0.0f32.splat::<S>();
+            for kh in 0..kernel_h {
+                let row = unsafe { src.as_ptr().add((oh + kh) * src_w + ow) };
+                for kw in 0..kernel_w {
+                    let wv = w[kh * kernel_w + kw].splat::<S>();
+                    a = unsafe { vload_unaligned::<S, _>(row.add(kw)) }.mul_add(wv, a);
+                }
+            }
+            unsafe { vstore_unaligned::<S, _>(out_row.as_mut_ptr().add(ow), a + bias_v) };
+            ow += lanes;
+        }
+        for (o, out_val) in out_row.iter_mut().enumerate().skip(ow) {
+            let mut a = 0.0f32;
+            for kh in 0..kernel_h {
+                let row = &src[(oh + kh) * src_w + o..];
+                for kw in 0..kernel_w {
+                    a += row[kw] * w[kh * kernel_w + kw];
+                }
+            }
+            *out_val = a + bias;
+        }
+    }
+}
 conv3d_depthwise_typed!(conv3d_depthwise_f64, f64, DType::F64);
 conv3d_depthwise_typed!(conv3d_depthwise_f16, f16, DType::F16);
 
