@@ -105,6 +105,106 @@ pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
     }
 }
 
+/// `x @ weight + bias` for f32 (`x: [..., d_in]`, `weight: [d_in, d_out]`,
+/// `bias: [d_out]`), the leading dims of `x` folded into the rows of one
+/// gemm. With a bias, the output is first filled with the bias rows and gemm
+/// accumulates into it (`read_dst`), which saves the separate broadcast-add
+/// pass over the whole output that the generic `matmul` + `add` costs.
+/// Returns the inputs unchanged (`Err`) for other dtypes or shapes.
+#[allow(clippy::type_complexity)]
+pub fn linear_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+) -> Result<FlexTensor, (FlexTensor, FlexTensor, Option<FlexTensor>)> {
+    let w_shape = weight.layout().shape().clone();
+    let x_shape = x.layout().shape().clone();
+    let ndims = x_shape.num_dims();
+    if x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32)
+        || w_shape.num_dims() != 2
+        || ndims < 1
+        || x_shape[ndims - 1] != w_shape[0]
+    {
+        return Err((x, weight, bias));
+    }
+    let (k, n) = (w_shape[0], w_shape[1]);
+    let x = if x.layout().is_contiguous() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let m = if k == 0 {
+        x.layout().num_elements()
+    } else {
+        x.layout().num_elements() / k
+    };
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| {
+        let data: &[f32] = b.storage();
+        let start = b.layout().start_offset();
+        assert_eq!(
+            b.layout().num_elements(),
+            n,
+            "linear: bias length must equal d_output"
+        );
+        &data[start..start + n]
+    });
+
+    let total = checked_size(m, n);
+    let mut out = vec![0.0f32; total];
+    if let (Some(b), true) = (bias_data, n > 0) {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            out.par_chunks_mut(n * 64)
+                .for_each(|rows| rows.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)));
+        }
+        #[cfg(not(feature = "rayon"))]
+        out.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b));
+    }
+
+    if m > 0 && n > 0 {
+        let (w_rs, w_cs) = get_2d_strides(weight.layout());
+        let x_data: &[f32] = x.storage();
+        let w_data: &[f32] = weight.storage();
+        // SAFETY: x holds m * k contiguous elements from its start offset;
+        // weight's strides address its [k, n] view; out holds m * n.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                bias_data.is_some(),
+                x_data.as_ptr().add(x.layout().start_offset()),
+                1,
+                k as isize,
+                w_data.as_ptr().add(weight.layout().start_offset()),
+                w_cs,
+                w_rs,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                get_parallelism(m, n, k),
+            );
+        }
+    }
+
+    let mut dims: Vec<usize> = x_shape.iter().copied().collect();
+    dims[ndims - 1] = n;
+    Ok(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(Shape::from(dims)),
+        DType::F32,
+    ))
+}
+
 /// Extract 2D matrix strides from a tensor layout.
 /// Returns (row_stride, col_stride) for the last two dimensions.
 fn get_2d_strides(layout: &Layout) -> (isize, isize) {

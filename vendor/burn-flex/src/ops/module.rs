@@ -43,6 +43,34 @@ pub(crate) fn cast_from_f32<E: Element + Pod + Copy>(
 }
 
 impl ModuleOps<Flex> for Flex {
+    fn linear(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        bias: Option<FloatTensor<Flex>>,
+    ) -> FloatTensor<Flex> {
+        match crate::ops::matmul::linear_f32(x, weight, bias) {
+            Ok(out) => out,
+            Err((x, weight, bias)) => {
+                // Other dtypes: the leading dims folded into rows, then
+                // matmul and a broadcast bias add.
+                let shape = x.shape();
+                let ndims = shape.num_dims();
+                let d_input = shape[ndims - 1];
+                let d_output = weight.shape()[1];
+                let rows = shape.num_elements() / d_input.max(1);
+                let x = Flex::float_reshape(x, Shape::new([rows, d_input]));
+                let mut out = Flex::float_matmul(x, weight);
+                if let Some(bias) = bias {
+                    let bias = Flex::float_reshape(bias, Shape::new([1, d_output]));
+                    out = Flex::float_add(out, bias);
+                }
+                let mut dims: alloc::vec::Vec<usize> = shape.iter().copied().collect();
+                dims[ndims - 1] = d_output;
+                Flex::float_reshape(out, Shape::from(dims))
+            }
+        }
+    }
+
     fn conv1d(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
