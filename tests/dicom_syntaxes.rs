@@ -65,8 +65,16 @@ fn check_lossless(tool: &str, args: &[&str], tag: &str, syntax_uid: &str) {
         s.info.transfer_syntax
     );
     assert_same_geometry(&s, &o, tag);
-    let differ = s.ct.data.iter().zip(&o.ct.data).filter(|(a, b)| a != b).count();
-    assert_eq!(differ, 0, "{tag}: {differ} voxels differ from the uncompressed series");
+    let differ =
+        s.ct.data
+            .iter()
+            .zip(&o.ct.data)
+            .filter(|(a, b)| a != b)
+            .count();
+    assert_eq!(
+        differ, 0,
+        "{tag}: {differ} voxels differ from the uncompressed series"
+    );
 }
 
 #[test]
@@ -104,14 +112,13 @@ fn check_lossy(args: &[&str], tag: &str, syntax_uid: &str, max_mean_abs_hu: f64)
     // A lossy copy gets new SOP Instance UIDs but stays in the series.
     assert_same_geometry(&s, &o, tag);
     let n = o.ct.data.len() as f64;
-    let mean_abs: f64 = s
-        .ct
-        .data
-        .iter()
-        .zip(&o.ct.data)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .sum::<f64>()
-        / n;
+    let mean_abs: f64 =
+        s.ct.data
+            .iter()
+            .zip(&o.ct.data)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / n;
     // Soft tissue (what is segmented): HU in −200..300 must stay within a few steps.
     let (mut m, mut c) = (0.0, 0usize);
     for (a, b) in s.ct.data.iter().zip(&o.ct.data) {
