@@ -89,16 +89,20 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
     })?;
     let raw: Vec<u8> = match elem.value() {
         Value::Primitive(p) => p.to_bytes().into_owned(),
-        Value::PixelSequence(_) => obj
-            .decode_pixel_data()
-            .map_err(|e| {
-                dicom_err(format!(
-                    "{name}: the {} pixel data cannot be decoded: {}",
-                    transfer_syntax_name(&h.transfer_syntax).0,
-                    chain(&e)
-                ))
-            })?
-            .into_data(),
+        Value::PixelSequence(seq) => {
+            if h.transfer_syntax == RLE_LOSSLESS {
+                check_rle(name, h, seq.fragments())?;
+            }
+            obj.decode_pixel_data()
+                .map_err(|e| {
+                    dicom_err(format!(
+                        "{name}: the {} pixel data cannot be decoded: {}",
+                        transfer_syntax_name(&h.transfer_syntax).0,
+                        chain(&e)
+                    ))
+                })?
+                .into_data()
+        }
         Value::Sequence(_) => {
             return Err(dicom_err(format!(
                 "{name}: PixelData (7FE0,0010) is a sequence, not pixels"
@@ -116,6 +120,81 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
         )));
     }
     Ok(raw)
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// RLE Lossless frames (DICOM PS3.5 annex G) checked before dicom-rs decodes them: its
+/// decoder (0.10.1, `rle_lossless.rs`) slices the 64-byte header and indexes segments that
+/// decode shorter than Rows × Columns without checking, and panics on a corrupt file. Each
+/// fragment (one per frame) needs a header with 1..=15 segments, at least one per byte of a
+/// sample, offsets inside the fragment in increasing order, and each segment the decoder
+/// reads must expand to at least Rows × Columns bytes.
+fn check_rle(name: &str, h: &Header, fragments: &[impl AsRef<[u8]>]) -> Result<()> {
+    let plane = h.rows * h.cols;
+    let per_sample = (h.bits_allocated as usize / 8).max(1);
+    for (i, frag) in fragments.iter().enumerate() {
+        let f = frag.as_ref();
+        let bad = |what: String| dicom_err(format!("{name}: RLE Lossless frame {}: {what}", i + 1));
+        if f.len() < 64 {
+            return Err(bad(format!(
+                "{} bytes, shorter than the 64-byte RLE header (truncated?)",
+                f.len()
+            )));
+        }
+        let word = |k: usize| {
+            u32::from_le_bytes([f[4 * k], f[4 * k + 1], f[4 * k + 2], f[4 * k + 3]]) as usize
+        };
+        let n = word(0);
+        if !(per_sample..=15).contains(&n) {
+            return Err(bad(format!(
+                "the header lists {n} segments; {}-bit pixels need {per_sample} to 15",
+                h.bits_allocated
+            )));
+        }
+        let mut ends: Vec<usize> = (1..=n).map(word).collect();
+        ends.push(f.len());
+        if ends[0] < 64 || ends.windows(2).any(|w| w[0] > w[1]) {
+            return Err(bad(format!(
+                "segment offsets {:?} are not increasing within the {}-byte fragment",
+                &ends[..n],
+                f.len()
+            )));
+        }
+        for s in 0..per_sample {
+            let got = packbits_len(&f[ends[s]..ends[s + 1]]);
+            if got < plane {
+                return Err(bad(format!(
+                    "segment {} expands to {got} bytes, Rows × Columns is {plane} (corrupt or truncated)",
+                    s + 1
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The number of bytes a PackBits segment expands to, read as dicom-rs reads it (a literal
+/// run cut by the end of the segment counts what is there; a repeat run without its byte,
+/// nothing).
+fn packbits_len(seg: &[u8]) -> usize {
+    let (mut i, mut out) = (0, 0);
+    while i < seg.len() {
+        let h = seg[i] as i8;
+        i += 1;
+        if h >= 0 {
+            let n = h as usize + 1;
+            out += n.min(seg.len() - i);
+            i += n;
+        } else if h != -128 {
+            if i >= seg.len() {
+                break;
+            }
+            out += (1 - h as isize) as usize;
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Stored values of one frame → HU (rounded, clamped to i16).

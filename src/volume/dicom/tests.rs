@@ -156,6 +156,10 @@ fn pixel_element(raws: &[&[u16]], ts: &str) -> DataElement<InMemDicomObject> {
 }
 
 fn encode(i: &Img) -> Vec<u8> {
+    encode_with_pixels(i, pixel_element(&[&i.raw], i.ts))
+}
+
+fn encode_with_pixels(i: &Img, pixels: DataElement<InMemDicomObject>) -> Vec<u8> {
     let mut e = common_elements(i);
     e.extend([
         el(tags::SLICE_THICKNESS, VR::DS, ds(&[2.5])),
@@ -164,7 +168,7 @@ fn encode(i: &Img) -> Vec<u8> {
         el(tags::PIXEL_SPACING, VR::DS, ds(&i.spacing)),
         el(tags::RESCALE_INTERCEPT, VR::DS, ds(&[i.intercept])),
         el(tags::RESCALE_SLOPE, VR::DS, ds(&[i.slope])),
-        pixel_element(&[&i.raw], i.ts),
+        pixels,
     ]);
     write(InMemDicomObject::from_element_iter(e), i.ts)
 }
@@ -339,6 +343,62 @@ fn rle_compressed_slices_decode() {
     let s = read(&rle).unwrap();
     check_geometry(&s, &rle);
     assert!(s.info.transfer_syntax.contains("RLE Lossless"));
+}
+
+/// Corrupt RLE frames are refused with the frame and the fault named; dicom-rs 0.10.1's
+/// decoder panicked on each of these (found by `examples/fuzz_readers.rs --dcmtk-seeds`).
+#[test]
+fn corrupt_rle_frames_are_errors_not_panics() {
+    let mut i = img(0.0, 0);
+    i.ts = RLE;
+    i.raw = vec![0x0102, 0x0304, 0x0506, 0x0708, 0x090a, 0x0b0c];
+    let good = rle_frame(&i.raw);
+    let with = |f: Vec<u8>| {
+        let e = DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![f])),
+        );
+        let bytes = encode_with_pixels(&i, e);
+        read_dicom_series_bytes(&[("rle", bytes)], None)
+    };
+    assert!(with(good.clone()).is_ok());
+    let set = |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let short = good[..40].to_vec();
+    let mut many = good.clone();
+    set(&mut many, 0, 0xffff_fff0);
+    let mut one = good.clone();
+    set(&mut one, 0, 1);
+    let mut backwards = good.clone();
+    set(&mut backwards, 8, 60);
+    let mut outside = good.clone();
+    set(&mut outside, 8, 100_000);
+    // The low-byte segment cut to one literal byte: it expands to 1 of the 6 bytes needed.
+    let hi_end = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
+    let mut cut = good[..hi_end].to_vec();
+    cut.extend([0u8, 7]);
+    // A repeat run without its byte.
+    let mut dangling = good[..hi_end].to_vec();
+    dangling.push(0xfb);
+    for (what, f, want) in [
+        ("short", short, "shorter than the 64-byte RLE header"),
+        ("many", many, "segments"),
+        ("one", one, "need 2 to 15"),
+        ("backwards", backwards, "not increasing"),
+        ("outside", outside, "not increasing"),
+        (
+            "cut",
+            cut,
+            "segment 2 expands to 1 bytes, Rows × Columns is 6",
+        ),
+        ("dangling", dangling, "segment 2 expands to 0 bytes"),
+    ] {
+        let m = with(f).unwrap_err().to_string();
+        assert!(
+            m.contains("rle: RLE Lossless frame 1") && m.contains(want),
+            "{what}: {m}"
+        );
+    }
 }
 
 #[test]
