@@ -377,9 +377,10 @@ fn corrupt_rle_frames_are_errors_not_panics() {
     let hi_end = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
     let mut cut = good[..hi_end].to_vec();
     cut.extend([0u8, 7]);
-    // A repeat run without its byte.
+    // Two literal bytes, then a repeat run without its byte (fragments keep an even
+    // length: an odd one is padded with a zero, which would complete the run).
     let mut dangling = good[..hi_end].to_vec();
-    dangling.push(0xfb);
+    dangling.extend([1u8, 7, 8, 0xfb]);
     for (what, f, want) in [
         ("short", short, "shorter than the 64-byte RLE header"),
         ("many", many, "segments"),
@@ -391,7 +392,7 @@ fn corrupt_rle_frames_are_errors_not_panics() {
             cut,
             "segment 2 expands to 1 bytes, Rows × Columns is 6",
         ),
-        ("dangling", dangling, "segment 2 expands to 0 bytes"),
+        ("dangling", dangling, "segment 2 expands to 2 bytes"),
     ] {
         let m = with(f).unwrap_err().to_string();
         assert!(
