@@ -236,6 +236,9 @@ pub(super) fn case_path(data_dir: &Path, case: &str, kind: &str) -> PathBuf {
     data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"))
 }
 
+/// Each method's name and organ localizations on one query.
+type MethodResults = Vec<(String, Vec<OrganLocalization>)>;
+
 /// Every method (the baseline first) on one query case; returns their localizations and
 /// the query's canonical label map.
 fn eval_case(
@@ -245,7 +248,7 @@ fn eval_case(
     supports: &[SupportCase],
     atlas: &Atlas,
     case: &str,
-) -> Result<(Vec<(String, Vec<OrganLocalization>)>, LabelVolume)> {
+) -> Result<(MethodResults, LabelVolume)> {
     let ct = load_ct(&case_path(&o.data_dir, case, "ct"))?;
     let lab = load_labels(&case_path(&o.data_dir, case, "label"))?;
     let (canon, _) = ct.to_canonical();
@@ -275,7 +278,7 @@ fn eval_case(
 fn score_results(
     draw: usize,
     case: &str,
-    results: Vec<(String, Vec<OrganLocalization>)>,
+    results: MethodResults,
     lab: &LabelVolume,
     rows: &mut Vec<EvalRow>,
 ) -> String {
