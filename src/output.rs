@@ -199,31 +199,8 @@ pub fn overview_png(
     let (s, _) = seg.to_canonical();
     let [nx, ny, nz] = c.dims;
     let sp = c.spacing_mm();
-    // Axial slices: quartiles of the segmented (or boxed) slice range, else the middle.
-    let mut ks: Vec<usize> = (0..nz)
-        .filter(|&k| s.axial_slice(k).iter().any(|&v| v > 0))
-        .collect();
-    if ks.is_empty() {
-        ks = organs
-            .iter()
-            .flat_map(|o| o.slice_boxes.iter().map(|b| b.k))
-            .collect();
-        ks.sort_unstable();
-    }
-    let picks: Vec<usize> = if ks.is_empty() {
-        vec![nz / 2]
-    } else {
-        [1, 2, 3].map(|q| ks[(ks.len() - 1) * q / 4]).to_vec()
-    };
-    // Coronal slice through the labelled voxels' mean j (or the middle).
-    let (mut sj, mut cnt) = (0usize, 0usize);
-    for (idx, &v) in s.data.iter().enumerate() {
-        if v > 0 {
-            sj += (idx / nx) % ny;
-            cnt += 1;
-        }
-    }
-    let jc = sj.checked_div(cnt).unwrap_or(ny / 2);
+    let picks = axial_picks(&s, organs);
+    let jc = coronal_j(&s);
     // Display scale: each tile about 256 px wide, mm-isotropic.
     let scale = 256.0 / (nx as f64 * sp[0]);
     let tile_w = 256usize;
@@ -235,16 +212,84 @@ pub fn overview_png(
         h,
         px: vec![[0, 0, 0]; tile_w * (picks.len() + 1) * h],
     };
-    let window = |hu: i16| -> u8 { (((hu as f32 + 160.0) / 400.0).clamp(0.0, 1.0) * 255.0) as u8 };
-    let blend = |g: u8, l: u16| -> [u8; 3] {
-        if l == 0 {
-            [g, g, g]
-        } else {
-            let c = label_colour(l);
-            c.map(|x| (0.55 * g as f32 + 0.45 * x as f32) as u8)
-        }
+    let tiles = Tiles {
+        ct: &c,
+        seg: &s,
+        sp,
+        scale,
+        tile_w,
     };
     for (t, &k) in picks.iter().enumerate() {
+        tiles.axial(&mut cv, k, t, ax_h);
+        tiles.boxes(&mut cv, organs, k, t);
+    }
+    tiles.coronal(&mut cv, jc, picks.len(), co_h);
+    encode_png(&cv)
+}
+
+/// Axial slices: quartiles of the segmented (or boxed) slice range, else the middle
+/// (canonical `seg`).
+fn axial_picks(s: &LabelVolume, organs: &[OrganLocalization]) -> Vec<usize> {
+    let nz = s.dims[2];
+    let mut ks: Vec<usize> = (0..nz)
+        .filter(|&k| s.axial_slice(k).iter().any(|&v| v > 0))
+        .collect();
+    if ks.is_empty() {
+        ks = organs
+            .iter()
+            .flat_map(|o| o.slice_boxes.iter().map(|b| b.k))
+            .collect();
+        ks.sort_unstable();
+    }
+    if ks.is_empty() {
+        vec![nz / 2]
+    } else {
+        [1, 2, 3].map(|q| ks[(ks.len() - 1) * q / 4]).to_vec()
+    }
+}
+
+/// Coronal slice through the labelled voxels' mean j (or the middle), canonical `seg`.
+fn coronal_j(s: &LabelVolume) -> usize {
+    let [nx, ny, _] = s.dims;
+    let (mut sj, mut cnt) = (0usize, 0usize);
+    for (idx, &v) in s.data.iter().enumerate() {
+        if v > 0 {
+            sj += (idx / nx) % ny;
+            cnt += 1;
+        }
+    }
+    sj.checked_div(cnt).unwrap_or(ny / 2)
+}
+
+/// Soft-tissue window of a HU value, grey level.
+fn window(hu: i16) -> u8 {
+    (((hu as f32 + 160.0) / 400.0).clamp(0.0, 1.0) * 255.0) as u8
+}
+
+/// A grey level with label `l`'s colour blended at 45 %.
+fn blend(g: u8, l: u16) -> [u8; 3] {
+    if l == 0 {
+        [g, g, g]
+    } else {
+        let c = label_colour(l);
+        c.map(|x| (0.55 * g as f32 + 0.45 * x as f32) as u8)
+    }
+}
+
+/// The canonical CT and labels drawn into the overview's tiles, `scale` px per mm.
+struct Tiles<'a> {
+    ct: &'a CtVolume,
+    seg: &'a LabelVolume,
+    sp: [f64; 3],
+    scale: f64,
+    tile_w: usize,
+}
+
+impl Tiles<'_> {
+    /// Axial slice `k` into tile `t` (`ax_h` rows).
+    fn axial(&self, cv: &mut Canvas, k: usize, t: usize, ax_h: usize) {
+        let (c, s, sp, scale, tile_w) = (self.ct, self.seg, self.sp, self.scale, self.tile_w);
+        let [nx, ny, _] = c.dims;
         for y in 0..ax_h {
             let j = ((y as f64 / scale / sp[1]) as usize).min(ny - 1);
             for x in 0..tile_w {
@@ -256,6 +301,11 @@ pub fn overview_png(
                 );
             }
         }
+    }
+
+    /// The organs' boxes on axial slice `k` into tile `t`.
+    fn boxes(&self, cv: &mut Canvas, organs: &[OrganLocalization], k: usize, t: usize) {
+        let (sp, scale, tile_w) = (self.sp, self.scale, self.tile_w);
         for o in organs {
             for b in o.slice_boxes.iter().filter(|b| b.k == k) {
                 let col = label_colour(o.label);
@@ -274,20 +324,24 @@ pub fn overview_png(
             }
         }
     }
-    let t = picks.len();
-    for y in 0..co_h {
-        // superior at the top
-        let k = nz - 1 - ((y as f64 / scale / sp[2]) as usize).min(nz - 1);
-        for x in 0..tile_w {
-            let i = ((x as f64 / scale / sp[0]) as usize).min(nx - 1);
-            cv.put(
-                t * tile_w + x,
-                y,
-                blend(window(c.get(i, jc, k)), s.get(i, jc, k)),
-            );
+
+    /// Coronal slice `jc` into tile `t` (`co_h` rows), superior at the top.
+    fn coronal(&self, cv: &mut Canvas, jc: usize, t: usize, co_h: usize) {
+        let (c, s, sp, scale, tile_w) = (self.ct, self.seg, self.sp, self.scale, self.tile_w);
+        let [nx, _, nz] = c.dims;
+        for y in 0..co_h {
+            // superior at the top
+            let k = nz - 1 - ((y as f64 / scale / sp[2]) as usize).min(nz - 1);
+            for x in 0..tile_w {
+                let i = ((x as f64 / scale / sp[0]) as usize).min(nx - 1);
+                cv.put(
+                    t * tile_w + x,
+                    y,
+                    blend(window(c.get(i, jc, k)), s.get(i, jc, k)),
+                );
+            }
         }
     }
-    encode_png(&cv)
 }
 
 fn encode_png(cv: &Canvas) -> Result<Vec<u8>> {

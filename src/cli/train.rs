@@ -1,6 +1,6 @@
 //! `train`: MedLAM's self-supervised training on CT scans.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use medlsam::{Error, Result};
 
@@ -61,7 +61,7 @@ pub struct TrainArgs {
 
 /// `medlsam train`.
 pub fn train(a: TrainArgs) -> Result<()> {
-    use medlsam::medlam::train::{TrainOptions, default_config, expand_images, format_event};
+    use medlsam::medlam::train::format_event;
     if let Some(n) = a.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -69,52 +69,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
     }
     if let Some(dir) = &a.export_prepared {
-        let (written, skipped) =
-            medlsam::medlam::train::export_prepared(&expand_images(&a.images)?, dir)?;
-        for s in &skipped {
-            eprintln!("skipped {s}");
-        }
-        println!(
-            "wrote {} prepared training volumes to {}",
-            written.len(),
-            dir.display()
-        );
-        return if written.is_empty() {
-            Err(Error::InvalidArgument(
-                "no training volume could be prepared".into(),
-            ))
-        } else {
-            Ok(())
-        };
+        return export_prepared(&a.images, dir);
     }
-    let config = match &a.config {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?,
-        None => default_config(),
-    };
-    let opts = TrainOptions {
-        images: expand_images(&a.images)?,
-        checkpoint_dir: a
-            .checkpoint_dir
-            .unwrap_or_else(|| a.out.with_extension("ckpt")),
-        out: a.out,
-        config,
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        seed: a.seed,
-        resume: a.resume,
-        cache_dir: Some(
-            a.cache_dir
-                .unwrap_or_else(|| std::env::temp_dir().join("medlsam-cache")),
-        ),
-        checkpoint_every: a.checkpoint_every,
-        log_every: a.log_every,
-        max_steps: a.max_steps,
-        sampling: Default::default(),
-        backend: a.backend,
-        init: a.init,
-    };
+    let opts = train_options(a)?;
     eprintln!(
         "training MedLAM on {} CTs ({} backend): {:?}, {} epochs, batch {}, lr {}, seed {}",
         opts.images.len(),
@@ -140,4 +97,58 @@ pub fn train(a: TrainArgs) -> Result<()> {
         opts.out.display()
     );
     Ok(())
+}
+
+/// `--export-prepared DIR`: write the training volumes of `images` and stop.
+fn export_prepared(images: &[String], dir: &Path) -> Result<()> {
+    use medlsam::medlam::train::expand_images;
+    let (written, skipped) = medlsam::medlam::train::export_prepared(&expand_images(images)?, dir)?;
+    for s in &skipped {
+        eprintln!("skipped {s}");
+    }
+    println!(
+        "wrote {} prepared training volumes to {}",
+        written.len(),
+        dir.display()
+    );
+    if written.is_empty() {
+        Err(Error::InvalidArgument(
+            "no training volume could be prepared".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The training options of the arguments (the network config read from `--config`).
+fn train_options(a: TrainArgs) -> Result<medlsam::medlam::train::TrainOptions> {
+    use medlsam::medlam::train::{TrainOptions, default_config, expand_images};
+    let config = match &a.config {
+        Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?,
+        None => default_config(),
+    };
+    Ok(TrainOptions {
+        images: expand_images(&a.images)?,
+        checkpoint_dir: a
+            .checkpoint_dir
+            .unwrap_or_else(|| a.out.with_extension("ckpt")),
+        out: a.out,
+        config,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        resume: a.resume,
+        cache_dir: Some(
+            a.cache_dir
+                .unwrap_or_else(|| std::env::temp_dir().join("medlsam-cache")),
+        ),
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        max_steps: a.max_steps,
+        sampling: Default::default(),
+        backend: a.backend,
+        init: a.init,
+    })
 }

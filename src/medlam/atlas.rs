@@ -120,46 +120,105 @@ impl Atlas {
         if supports.is_empty() {
             return Err(Error::InvalidArgument("no support scans given".into()));
         }
-        // Parts per organ: SPL slab count from the shortest support extent.
-        let mut part_counts = Vec::new();
-        for &label in organs {
-            let mut extents = Vec::new();
-            let mut slices = usize::MAX;
-            let mut by_points = false;
-            for s in supports {
-                match &s.organs {
-                    SupportOrgans::Labels(l) => {
-                        if let Some(b) = bounding_box(l, label) {
-                            extents.push((b.max[2] - b.min[2] + 1) as f64 * l.spacing_mm()[2]);
-                            slices = slices.min(b.max[2] - b.min[2] + 1);
-                        }
-                    }
-                    SupportOrgans::Points(p) => {
-                        if let Some((_, pts)) = p.iter().find(|(l, _)| *l == label) {
-                            by_points = true;
-                            extents.push(
-                                (pts[5][2].abs_diff(pts[4][2]) + 1) as f64 * s.ct.spacing_mm()[2],
-                            );
-                        }
-                    }
-                }
-            }
-            if extents.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "organ {label} is in none of the supports"
-                )));
-            }
-            part_counts.push(match mode {
-                BoxMode::Spl { slab_mm } if !by_points => {
-                    slab_count(&extents, slab_mm, MAX_SLABS).min(slices)
-                }
-                _ => 1,
-            });
-        }
+        let part_counts = organs
+            .iter()
+            .map(|&label| part_count(supports, label, mode))
+            .collect::<Result<Vec<_>>>()?;
         let channels = config.feature_channels();
         let sizes = [0, 1, 2].map(|s| channels[s] * WINDOWS[s].pow(3));
-        // Sums over supports, per organ, part and point.
-        let mut sums: Vec<Vec<[PointSum; 6]>> = part_counts
+        let mut sums = Sums::new(part_counts, sizes);
+        for (si, s) in supports.iter().enumerate() {
+            let prep = Prepared::from_canonical(&s.ct)?;
+            let jobs = sums.add_boxes(si, s, &prep, organs);
+            sums.add_points(net, config, &prep, &jobs, device).await?;
+        }
+        Ok(Self {
+            config: config.clone(),
+            mode,
+            organs: sums.finish(organs)?,
+        })
+    }
+}
+
+/// Parts of one organ: SPL slab count from the shortest support extent (1 for WPL or an
+/// organ given by points on any support).
+fn part_count(supports: &[SupportCase], label: u16, mode: BoxMode) -> Result<usize> {
+    let mut extents = Vec::new();
+    let mut slices = usize::MAX;
+    let mut by_points = false;
+    for s in supports {
+        match &s.organs {
+            SupportOrgans::Labels(l) => {
+                if let Some(b) = bounding_box(l, label) {
+                    extents.push((b.max[2] - b.min[2] + 1) as f64 * l.spacing_mm()[2]);
+                    slices = slices.min(b.max[2] - b.min[2] + 1);
+                }
+            }
+            SupportOrgans::Points(p) => {
+                if let Some((_, pts)) = p.iter().find(|(l, _)| *l == label) {
+                    by_points = true;
+                    extents.push((pts[5][2].abs_diff(pts[4][2]) + 1) as f64 * s.ct.spacing_mm()[2]);
+                }
+            }
+        }
+    }
+    if extents.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "organ {label} is in none of the supports"
+        )));
+    }
+    Ok(match mode {
+        BoxMode::Spl { slab_mm } if !by_points => {
+            slab_count(&extents, slab_mm, MAX_SLABS).min(slices)
+        }
+        _ => 1,
+    })
+}
+
+/// The extreme points of each of the `n` parts of an organ on a support (fewer when the
+/// organ is absent there or too thin for the slabs).
+fn support_parts(s: &SupportCase, label: u16, n: usize) -> Vec<[[usize; 3]; 6]> {
+    match &s.organs {
+        SupportOrgans::Labels(l) => {
+            if n > 1 {
+                slab_extreme_points(l, label, n)
+            } else {
+                extreme_points(l, label).into_iter().collect()
+            }
+        }
+        SupportOrgans::Points(p) => p
+            .iter()
+            .filter(|(l, _)| *l == label)
+            .map(|(_, pts)| *pts)
+            .collect(),
+    }
+}
+
+/// One point to embed: (organ index, part, point index, grid voxel).
+type Job = (usize, usize, usize, [i64; 3]);
+
+/// What [`Atlas::build`] gathers over the supports, per organ (and part and point).
+struct Sums {
+    /// Parts per organ.
+    part_counts: Vec<usize>,
+    /// Values of one point's window at each scale.
+    sizes: [usize; 3],
+    /// Sums of the latent positions and windows.
+    points: Vec<Vec<[PointSum; 6]>>,
+    /// Each support's own values.
+    singles: Vec<Vec<[Vec<SupportPoint>; 6]>>,
+    /// Sums of the points' offsets from their part's box centre (mm).
+    offsets: Vec<Vec<[[f64; 3]; 6]>>,
+    /// Supports that have the organ.
+    counts: Vec<usize>,
+    centres: Vec<Vec<(usize, [f64; 3])>>,
+    templates: Vec<Vec<Template>>,
+}
+
+impl Sums {
+    fn new(part_counts: Vec<usize>, sizes: [usize; 3]) -> Self {
+        let organs = part_counts.len();
+        let points = part_counts
             .iter()
             .map(|&n| {
                 (0..n)
@@ -167,7 +226,7 @@ impl Atlas {
                     .collect()
             })
             .collect();
-        let mut singles: Vec<Vec<[Vec<SupportPoint>; 6]>> = part_counts
+        let singles = part_counts
             .iter()
             .map(|&n| {
                 (0..n)
@@ -175,103 +234,121 @@ impl Atlas {
                     .collect()
             })
             .collect();
-        // Sums of the points' offsets from their part's box centre (mm).
-        let mut offsets: Vec<Vec<[[f64; 3]; 6]>> = part_counts
+        let offsets = part_counts
             .iter()
             .map(|&n| vec![[[0.0; 3]; 6]; n])
             .collect();
-        let mut counts = vec![0usize; organs.len()];
-        let mut centres: Vec<Vec<(usize, [f64; 3])>> = vec![Vec::new(); organs.len()];
-        let mut templates: Vec<Vec<Template>> = vec![Vec::new(); organs.len()];
-        for (si, s) in supports.iter().enumerate() {
-            let prep = Prepared::from_canonical(&s.ct)?;
-            let spacing = s.ct.spacing_mm();
-            // (organ index, part, point index, grid voxel)
-            let mut jobs: Vec<(usize, usize, usize, [i64; 3])> = Vec::new();
-            for (o, &label) in organs.iter().enumerate() {
-                let parts: Vec<[[usize; 3]; 6]> = match &s.organs {
-                    SupportOrgans::Labels(l) => {
-                        if part_counts[o] > 1 {
-                            slab_extreme_points(l, label, part_counts[o])
-                        } else {
-                            extreme_points(l, label).into_iter().collect()
-                        }
-                    }
-                    SupportOrgans::Points(p) => p
-                        .iter()
-                        .filter(|(l, _)| *l == label)
-                        .map(|(_, pts)| *pts)
-                        .collect(),
-                };
-                if parts.len() != part_counts[o] {
-                    continue; // organ absent (or too thin for the slabs) on this support
+        Self {
+            part_counts,
+            sizes,
+            points,
+            singles,
+            offsets,
+            counts: vec![0usize; organs],
+            centres: vec![Vec::new(); organs],
+            templates: vec![Vec::new(); organs],
+        }
+    }
+
+    /// Support `si`'s organ boxes: counts, point offsets, centres and templates; returns
+    /// the points to embed.
+    fn add_boxes(
+        &mut self,
+        si: usize,
+        s: &SupportCase,
+        prep: &Prepared,
+        organs: &[u16],
+    ) -> Vec<Job> {
+        let spacing = s.ct.spacing_mm();
+        let mut jobs: Vec<Job> = Vec::new();
+        for (o, &label) in organs.iter().enumerate() {
+            let parts = support_parts(s, label, self.part_counts[o]);
+            if parts.len() != self.part_counts[o] {
+                continue; // organ absent (or too thin for the slabs) on this support
+            }
+            self.counts[o] += 1;
+            let mut organ_centre = [0.0; 3];
+            for (part, pts) in parts.iter().enumerate() {
+                let b = box_from_points(pts);
+                for a in 0..3 {
+                    organ_centre[a] +=
+                        (b.min[a] + b.max[a]) as f64 / 2.0 * spacing[a] / parts.len() as f64;
                 }
-                counts[o] += 1;
-                let mut organ_centre = [0.0; 3];
-                for (part, pts) in parts.iter().enumerate() {
-                    let b = box_from_points(pts);
+                for (k, p) in pts.iter().enumerate() {
                     for a in 0..3 {
-                        organ_centre[a] +=
-                            (b.min[a] + b.max[a]) as f64 / 2.0 * spacing[a] / parts.len() as f64;
-                    }
-                    for (k, p) in pts.iter().enumerate() {
-                        for a in 0..3 {
-                            let centre = (b.min[a] + b.max[a]) as f64 / 2.0;
-                            offsets[o][part][k][a] += (p[a] as f64 - centre) * spacing[a];
-                        }
-                    }
-                    for (k, p) in pts.iter().enumerate() {
-                        let g = prep.canonical_to_grid(p.map(|x| x as f64));
-                        jobs.push((o, part, k, g.map(|x| x.round() as i64)));
+                        let centre = (b.min[a] + b.max[a]) as f64 / 2.0;
+                        self.offsets[o][part][k][a] += (p[a] as f64 - centre) * spacing[a];
                     }
                 }
-                centres[o].push((si, organ_centre));
-                let boxes: Vec<_> = parts.iter().map(box_from_points).collect();
-                if let Some(b) = union_box(&boxes) {
-                    templates[o].extend(organ_template(&prep, &b));
+                for (k, p) in pts.iter().enumerate() {
+                    let g = prep.canonical_to_grid(p.map(|x| x as f64));
+                    jobs.push((o, part, k, g.map(|x| x.round() as i64)));
                 }
             }
-            for chunk in jobs.chunks(patch_batch(device, 6)) {
-                let centres: Vec<[i64; 3]> = chunk.iter().map(|job| job.3).collect();
-                let out = net.forward(prep.patches(&centres, config.patch, device));
-                let windows = centre_windows(out.features);
-                let pos = read_f32(out.position).await?;
-                let mut win = Vec::new();
-                for w in windows {
-                    win.push(read_f32(w).await?);
+            self.centres[o].push((si, organ_centre));
+            let boxes: Vec<_> = parts.iter().map(box_from_points).collect();
+            if let Some(b) = union_box(&boxes) {
+                self.templates[o].extend(organ_template(prep, &b));
+            }
+        }
+        jobs
+    }
+
+    /// Embed the points of `jobs` on one support and add them up.
+    async fn add_points(
+        &mut self,
+        net: &MedLam,
+        config: &MedLamConfig,
+        prep: &Prepared,
+        jobs: &[Job],
+        device: &Device,
+    ) -> Result<()> {
+        let sizes = self.sizes;
+        for chunk in jobs.chunks(patch_batch(device, 6)) {
+            let centres: Vec<[i64; 3]> = chunk.iter().map(|job| job.3).collect();
+            let out = net.forward(prep.patches(&centres, config.patch, device));
+            let windows = centre_windows(out.features);
+            let pos = read_f32(out.position).await?;
+            let mut win = Vec::new();
+            for w in windows {
+                win.push(read_f32(w).await?);
+            }
+            for (b, &(o, part, k, _)) in chunk.iter().enumerate() {
+                self.singles[o][part][k].push(SupportPoint {
+                    position: [0, 1, 2].map(|a| pos[3 * b + a]),
+                    windows: [0, 1, 2]
+                        .map(|sc| win[sc][b * sizes[sc]..(b + 1) * sizes[sc]].to_vec()),
+                });
+                let entry = &mut self.points[o][part][k];
+                for a in 0..3 {
+                    entry.0[a] += pos[3 * b + a] as f64;
                 }
-                for (b, &(o, part, k, _)) in chunk.iter().enumerate() {
-                    singles[o][part][k].push(SupportPoint {
-                        position: [0, 1, 2].map(|a| pos[3 * b + a]),
-                        windows: [0, 1, 2]
-                            .map(|sc| win[sc][b * sizes[sc]..(b + 1) * sizes[sc]].to_vec()),
-                    });
-                    let entry = &mut sums[o][part][k];
-                    for a in 0..3 {
-                        entry.0[a] += pos[3 * b + a] as f64;
-                    }
-                    for sc in 0..3 {
-                        let z = sizes[sc];
-                        for (acc, v) in entry.1[sc].iter_mut().zip(&win[sc][b * z..(b + 1) * z]) {
-                            *acc += v;
-                        }
+                for sc in 0..3 {
+                    let z = sizes[sc];
+                    for (acc, v) in entry.1[sc].iter_mut().zip(&win[sc][b * z..(b + 1) * z]) {
+                        *acc += v;
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The means over the supports: one [`OrganAtlas`] per organ.
+    fn finish(mut self, organs: &[u16]) -> Result<Vec<OrganAtlas>> {
         let mut out = Vec::new();
         for (o, &label) in organs.iter().enumerate() {
-            if counts[o] == 0 {
+            if self.counts[o] == 0 {
                 return Err(Error::InvalidArgument(format!(
                     "organ {label} could not be used on any support (too thin for {} slabs?)",
-                    part_counts[o]
+                    self.part_counts[o]
                 )));
             }
-            let n = counts[o] as f64;
-            let parts = std::mem::take(&mut sums[o])
+            let n = self.counts[o] as f64;
+            let parts = std::mem::take(&mut self.points[o])
                 .into_iter()
-                .zip(std::mem::take(&mut singles[o]))
-                .zip(&offsets[o])
+                .zip(std::mem::take(&mut self.singles[o]))
+                .zip(&self.offsets[o])
                 .map(|((pts, single), off)| {
                     let mut single = single.into_iter();
                     let mut k = 0;
@@ -289,16 +366,12 @@ impl Atlas {
             out.push(OrganAtlas {
                 label,
                 parts,
-                supports: counts[o],
-                centres_mm: std::mem::take(&mut centres[o]),
-                templates: std::mem::take(&mut templates[o]),
+                supports: self.counts[o],
+                centres_mm: std::mem::take(&mut self.centres[o]),
+                templates: std::mem::take(&mut self.templates[o]),
             });
         }
-        Ok(Self {
-            config: config.clone(),
-            mode,
-            organs: out,
-        })
+        Ok(out)
     }
 }
 

@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use super::intensity::{learn_models, model_for};
+use super::intensity::{IntensityModel, learn_models, model_for};
 use super::{
-    FuseMode, OrganMaps, OrganPoints, RegImage, RegisterOptions, fuse, label_points, points_init,
-    prior_to_canonical, register, warp_labels,
+    FuseMode, OrganMaps, OrganPoints, RegImage, RegisterOptions, Registration, fuse, label_points,
+    points_init, prior_to_canonical, register, warp_labels,
 };
 use crate::metrics::dice_pct;
 use crate::volume::labels::mask_of;
@@ -89,6 +89,12 @@ pub enum InitPoints<'a> {
     Located(&'a mut dyn FnMut(&CtVolume) -> Result<Vec<OrganPoints>>),
 }
 
+/// One support: its image, organ maps and organ points.
+type Support = (RegImage, OrganMaps, Vec<OrganPoints>);
+
+/// A fused prior per organ on the canonical query grid.
+type CanonicalPrior = Vec<(u16, Volume<f32>)>;
+
 /// Run the evaluation; `log` gets one line per query as it finishes.
 pub fn run(
     opts: &EvalOptions,
@@ -96,6 +102,18 @@ pub fn run(
     device: &Device,
     mut log: impl FnMut(&QueryResult),
 ) -> Result<Vec<QueryResult>> {
+    let (supports, models) = load_supports(opts)?;
+    let mut out = Vec::new();
+    for q in &opts.queries {
+        let res = eval_query(opts, &supports, &models, q, &mut init, device)?;
+        log(&res);
+        out.push(res);
+    }
+    Ok(out)
+}
+
+/// The supports, and the intensity models learnt on them when `alphas` asks for any.
+fn load_supports(opts: &EvalOptions) -> Result<(Vec<Support>, Vec<IntensityModel>)> {
     let dir = &opts.openkbp_dir;
     let mut supports = Vec::new();
     let mut appearance = Vec::new();
@@ -113,105 +131,146 @@ pub fn run(
         let pairs: Vec<_> = appearance.iter().map(|(c, l)| (c, l)).collect();
         learn_models(&pairs, &opts.organs, opts.band_mm)?
     };
-    drop(appearance);
-    let mut out = Vec::new();
-    for q in &opts.queries {
-        let query = load(dir, q)?;
-        let fixed = &query.image;
-        let t0 = Instant::now();
-        let located = match &mut init {
-            InitPoints::Body => Vec::new(),
-            InitPoints::Truth => {
-                label_points(&query.labels.reoriented(&query.reorientation), &opts.organs)
-            }
-            InitPoints::Located(f) => f(&query.ct)?,
-        };
-        let mut regs = Vec::new();
-        let mut failures = Vec::new();
-        for (si, (img, _, points)) in supports.iter().enumerate() {
-            let start = points_init(&located, points);
-            match pollster::block_on(register(
-                fixed,
-                img,
-                start.as_ref(),
-                &opts.register,
-                device,
-                &Default::default(),
-            )) {
-                Ok(r) => regs.push((si, r)),
-                Err(e) => failures.push(format!("{}: {e}", opts.supports[si])),
-            }
+    Ok((supports, models))
+}
+
+/// One query: every support registered to it, fused and scored.
+fn eval_query(
+    opts: &EvalOptions,
+    supports: &[Support],
+    models: &[IntensityModel],
+    q: &str,
+    init: &mut InitPoints,
+    device: &Device,
+) -> Result<QueryResult> {
+    let query = load(&opts.openkbp_dir, q)?;
+    let fixed = &query.image;
+    let t0 = Instant::now();
+    let located = match init {
+        InitPoints::Body => Vec::new(),
+        InitPoints::Truth => {
+            label_points(&query.labels.reoriented(&query.reorientation), &opts.organs)
         }
-        let register_s = t0.elapsed().as_secs_f64();
-        if regs.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "{q}: every registration failed: {failures:?}"
-            )));
-        }
-        let t1 = Instant::now();
-        let mut warped_aff = Vec::new();
-        let mut warped_def = Vec::new();
-        for (si, r) in &regs {
-            let (img, maps, _) = &supports[*si];
-            warped_aff.push(warp_labels(fixed, img, maps, &r.affine_only())?);
-            warped_def.push(warp_labels(fixed, img, maps, r)?);
-        }
-        let mut priors = vec![
-            fuse(fixed, &warped_aff, FuseMode::Mean)?,
-            fuse(fixed, &warped_def, FuseMode::Mean)?,
-        ];
-        for m in &opts.weighted {
-            priors.push(fuse(fixed, &warped_def, *m)?);
-        }
-        let present: Vec<u16> = opts
-            .organs
-            .iter()
-            .copied()
-            .filter(|o| query.labels.data.contains(o))
-            .collect();
-        let mut dsc: Vec<(u16, Vec<f64>)> = present.iter().map(|&o| (o, Vec::new())).collect();
-        let mut canons = Vec::new();
-        for prior in &priors {
-            canons.push(prior_to_canonical(fixed, prior)?);
-        }
-        if let Some(last) = canons.last().cloned() {
-            for &alpha in &opts.alphas {
-                let mut refined = Vec::new();
-                for (o, p) in &last {
-                    match model_for(&models, *o) {
-                        Some(m) => refined.push((*o, m.refine(p, &query.ct, alpha)?)),
-                        None => refined.push((*o, p.clone())),
-                    }
-                }
-                canons.push(refined);
-            }
-        }
-        for canon in &canons {
-            for (o, row) in dsc.iter_mut() {
-                let (_, p) = canon
-                    .iter()
-                    .find(|(l, _)| l == o)
-                    .ok_or_else(|| Error::InvalidArgument(format!("organ {o} not fused")))?;
-                let mask: Volume<bool> =
-                    p.map(|v| v >= 0.5).from_canonical(&query.reorientation)?;
-                let truth = mask_of(&query.labels, *o);
-                row.push(dice_pct(&mask, &truth)?.unwrap_or(0.0));
-            }
-        }
-        let nr = regs.len() as f64;
-        let ncc = [0, 1, 2].map(|i| regs.iter().map(|(_, r)| r.ncc[i]).sum::<f64>() / nr);
-        let res = QueryResult {
-            case: q.clone(),
-            dsc,
-            register_s,
-            fuse_s: t1.elapsed().as_secs_f64(),
-            ncc,
-            failures,
-        };
-        log(&res);
-        out.push(res);
+        InitPoints::Located(f) => f(&query.ct)?,
+    };
+    let (regs, failures) = register_supports(opts, supports, fixed, &located, device);
+    let register_s = t0.elapsed().as_secs_f64();
+    if regs.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{q}: every registration failed: {failures:?}"
+        )));
     }
-    Ok(out)
+    let t1 = Instant::now();
+    let canons = canonical_priors(opts, supports, models, &query, &regs)?;
+    let dsc = dsc_rows(opts, &query, &canons)?;
+    let nr = regs.len() as f64;
+    let ncc = [0, 1, 2].map(|i| regs.iter().map(|(_, r)| r.ncc[i]).sum::<f64>() / nr);
+    Ok(QueryResult {
+        case: q.to_string(),
+        dsc,
+        register_s,
+        fuse_s: t1.elapsed().as_secs_f64(),
+        ncc,
+        failures,
+    })
+}
+
+/// Each support registered to the query: (support index, registration) of those that
+/// succeeded, and a message per failure.
+fn register_supports(
+    opts: &EvalOptions,
+    supports: &[Support],
+    fixed: &RegImage,
+    located: &[OrganPoints],
+    device: &Device,
+) -> (Vec<(usize, Registration)>, Vec<String>) {
+    let mut regs = Vec::new();
+    let mut failures = Vec::new();
+    for (si, (img, _, points)) in supports.iter().enumerate() {
+        let start = points_init(located, points);
+        match pollster::block_on(register(
+            fixed,
+            img,
+            start.as_ref(),
+            &opts.register,
+            device,
+            &Default::default(),
+        )) {
+            Ok(r) => regs.push((si, r)),
+            Err(e) => failures.push(format!("{}: {e}", opts.supports[si])),
+        }
+    }
+    (regs, failures)
+}
+
+/// The fused priors on the canonical query grid, one per column: affine, B-spline, each
+/// weighted mode, then the last one refined with each `α`.
+fn canonical_priors(
+    opts: &EvalOptions,
+    supports: &[Support],
+    models: &[IntensityModel],
+    query: &Case,
+    regs: &[(usize, Registration)],
+) -> Result<Vec<CanonicalPrior>> {
+    let fixed = &query.image;
+    let mut warped_aff = Vec::new();
+    let mut warped_def = Vec::new();
+    for (si, r) in regs {
+        let (img, maps, _) = &supports[*si];
+        warped_aff.push(warp_labels(fixed, img, maps, &r.affine_only())?);
+        warped_def.push(warp_labels(fixed, img, maps, r)?);
+    }
+    let mut priors = vec![
+        fuse(fixed, &warped_aff, FuseMode::Mean)?,
+        fuse(fixed, &warped_def, FuseMode::Mean)?,
+    ];
+    for m in &opts.weighted {
+        priors.push(fuse(fixed, &warped_def, *m)?);
+    }
+    let mut canons = Vec::new();
+    for prior in &priors {
+        canons.push(prior_to_canonical(fixed, prior)?);
+    }
+    if let Some(last) = canons.last().cloned() {
+        for &alpha in &opts.alphas {
+            let mut refined = Vec::new();
+            for (o, p) in &last {
+                match model_for(models, *o) {
+                    Some(m) => refined.push((*o, m.refine(p, &query.ct, alpha)?)),
+                    None => refined.push((*o, p.clone())),
+                }
+            }
+            canons.push(refined);
+        }
+    }
+    Ok(canons)
+}
+
+/// Per organ present in the query: its DSC % in each column (prior ≥ 0.5).
+fn dsc_rows(
+    opts: &EvalOptions,
+    query: &Case,
+    canons: &[CanonicalPrior],
+) -> Result<Vec<(u16, Vec<f64>)>> {
+    let present: Vec<u16> = opts
+        .organs
+        .iter()
+        .copied()
+        .filter(|o| query.labels.data.contains(o))
+        .collect();
+    let mut dsc: Vec<(u16, Vec<f64>)> = present.iter().map(|&o| (o, Vec::new())).collect();
+    for canon in canons {
+        for (o, row) in dsc.iter_mut() {
+            let (_, p) = canon
+                .iter()
+                .find(|(l, _)| l == o)
+                .ok_or_else(|| Error::InvalidArgument(format!("organ {o} not fused")))?;
+            let mask: Volume<bool> = p.map(|v| v >= 0.5).from_canonical(&query.reorientation)?;
+            let truth = mask_of(&query.labels, *o);
+            row.push(dice_pct(&mask, &truth)?.unwrap_or(0.0));
+        }
+    }
+    Ok(dsc)
 }
 
 /// One line per query: case, seconds, NCC, mean DSC per column.

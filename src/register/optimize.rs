@@ -18,16 +18,17 @@
 
 use web_time::Instant;
 
-use burn::optim::{AdamConfig, Optimizer};
+use burn::optim::{Adam, AdamConfig, Optimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::bspline::BsplineGrid;
-use super::sample::{local_ncc, ncc, trilinear};
+use super::sample::{ncc, trilinear};
 use super::{RegImage, RegisterOptions, Registration};
 use crate::device::Pacer;
 use crate::volume::Affine;
 use crate::volume::labels::BoxVox;
 use crate::{Error, Result};
+
+mod deform;
 
 /// One resolution level: the fixed points and the moving image they are compared with.
 struct Level {
@@ -88,9 +89,48 @@ pub(super) async fn register(
     let t0 = Instant::now();
     let fbox = fixed.body_box()?;
     moving.body_box()?;
-    let base = device.clone().inner();
+    let pb = Problem::new(fixed, fbox, moving, opts, device, pacer, t0)?;
 
-    // The registered region of the fixed grid.
+    // Affine: the z search and the coarse level from each start, then the fine level
+    // from the best one.
+    let starts = pb.z_search(inits)?;
+    let (ii, dz, theta) = pb.best_start(inits, &starts).await?;
+    let p_init = pb.p0(&inits[ii], [0.0, 0.0, dz]);
+    let ncc_init = pb.global(&pb.levels[1], p_init.clone(), None)?.0;
+    let theta = pb
+        .refine(&pb.levels[1], &p_init, theta, opts.affine_steps[1])
+        .await?;
+    pb.lap(&format!("affine: start {ii}, z {dz} mm, fine level done"));
+    let p_aff = pb.affine_of(&p_init, theta);
+    let (ncc_aff, frac) = pb.global(&pb.levels[1], p_aff.clone(), None)?;
+    if frac < 0.3 || !ncc_aff.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "registration: after the affine only {:.0} % of the query's body region overlaps the \
+             support (NCC {ncc_aff:.3})",
+            100.0 * frac
+        )));
+    }
+    let affine = pb.world_affine(&p_aff)?;
+
+    // B-spline stage on top of the affine.
+    let (deform, ncc_def) = if opts.deformable {
+        let (grid, ncc_def) = pb.deformable(p_aff).await?;
+        (Some(grid), ncc_def)
+    } else {
+        (None, ncc_aff)
+    };
+    Ok(Registration {
+        affine,
+        deform,
+        region: pb.region,
+        ncc: [ncc_init, ncc_aff, ncc_def],
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The registered region of the fixed grid: its body box plus the margin, optionally only
+/// the superior `top_mm` of it.
+fn region_of(fixed: &RegImage, fbox: &BoxVox, opts: &RegisterOptions) -> BoxVox {
     let margin = (opts.margin_mm / super::SPACING_MM).round().max(0.0) as usize;
     let mut region = BoxVox {
         min: fbox.min.map(|v| v.saturating_sub(margin)),
@@ -101,39 +141,48 @@ pub(super) async fn register(
         let keep = (opts.top_mm / super::SPACING_MM).round() as usize + margin;
         region.min[2] = region.min[2].max(region.max[2].saturating_sub(keep));
     }
-    let centre_vox = [0, 1, 2].map(|a| 0.5 * (region.min[a] + region.max[a]) as f64);
-    let centre = fixed.affine.voxel_to_world(centre_vox);
+    region
+}
 
-    // Strides that keep each level's point count near its budget (at least 2 and 1).
+/// Strides that keep each level's point count near its budget (at least 2 and 1).
+fn strides_for(region: &BoxVox, max_points: [usize; 2]) -> [usize; 2] {
     let region_n = region.voxel_count() as f64;
     let stride_for = |budget: f64, min: usize| -> usize {
         ((region_n / budget).cbrt().ceil() as usize).max(min)
     };
-    let strides = [
-        stride_for(opts.max_points[0] as f64, 2),
-        stride_for(opts.max_points[1] as f64, 1),
-    ];
-    // Smoothing before subsampling: [1 2 1]/4 applied (stride − 1) times.
-    let smoothed = |data: &[f32], dims: [usize; 3], stride: usize| -> Vec<f32> {
-        let mut d = data.to_vec();
-        for _ in 1..stride {
-            d = smooth121(&d, dims);
-        }
-        d
-    };
-    let fixed_smooth = [
-        smoothed(&fixed.data, fixed.dims, strides[0]),
-        smoothed(&fixed.data, fixed.dims, strides[1]),
-    ];
-    let make_level = |li: usize| -> Level {
-        let stride = strides[li];
+    [
+        stride_for(max_points[0] as f64, 2),
+        stride_for(max_points[1] as f64, 1),
+    ]
+}
+
+/// Smoothing before subsampling: [1 2 1]/4 applied (stride − 1) times.
+fn smoothed(data: &[f32], dims: [usize; 3], stride: usize) -> Vec<f32> {
+    let mut d = data.to_vec();
+    for _ in 1..stride {
+        d = smooth121(&d, dims);
+    }
+    d
+}
+
+impl Level {
+    /// Level `level`: every `stride`-th voxel of `region` of the smoothed fixed image,
+    /// positions centred on `centre`.
+    fn new(
+        fixed: &RegImage,
+        region: &BoxVox,
+        centre: [f64; 3],
+        stride: usize,
+        level: usize,
+        base: &Device,
+    ) -> Self {
         let coords = [0, 1, 2].map(|a| {
             (region.min[a]..=region.max[a])
                 .step_by(stride)
                 .map(|v| v as f64)
                 .collect::<Vec<_>>()
         });
-        let src = &fixed_smooth[li];
+        let src = smoothed(&fixed.data, fixed.dims, stride);
         let n = coords.iter().map(Vec::len).product::<usize>();
         let mut vals = Vec::with_capacity(n);
         let mut q = Vec::with_capacity(4 * n);
@@ -155,35 +204,115 @@ pub(super) async fn register(
         }
         Level {
             coords,
-            fixed: Tensor::from_data(TensorData::new(vals, [n]), &base),
-            q: Tensor::from_data(TensorData::new(q, [n, 4]), &base),
-            level: li,
+            fixed: Tensor::from_data(TensorData::new(vals, [n]), base),
+            q: Tensor::from_data(TensorData::new(q, [n, 4]), base),
+            level,
         }
-    };
-    let levels = [make_level(0), make_level(1)];
+    }
+}
 
-    let mn = moving.len();
-    let mov = strides.map(|st| {
-        Tensor::<1>::from_data(
-            TensorData::new(smoothed(&moving.data, moving.dims, st), [mn]),
-            &base,
-        )
-    });
-    let mov_of = |l: &Level| &mov[l.level];
-
-    // Moving world → moving voxel: v = R·y + o, applied as y·Rᵀ + o.
+/// Moving world → moving voxel: v = R·y + o, applied as y·Rᵀ + o; returns (Rᵀ, o).
+fn world_to_voxel(moving: &RegImage, base: &Device) -> Result<(Tensor<2>, Tensor<2>)> {
     let minv = moving.affine.inverse()?;
     let rt: Vec<f32> = (0..3)
         .flat_map(|c| (0..3).map(move |r| (c, r)))
         .map(|(c, r)| minv.m[r][c] as f32)
         .collect();
-    let rt = Tensor::<2>::from_data(TensorData::new(rt, [3, 3]), &base);
+    let rt = Tensor::<2>::from_data(TensorData::new(rt, [3, 3]), base);
     let mo = Tensor::<2>::from_data(
         TensorData::new((0..3).map(|r| minv.m[r][3] as f32).collect(), [1, 3]),
-        &base,
+        base,
     );
-    // Initial affine in centred coordinates: y = L0·q + (L0·c + t0).
-    let p0 = |init: &Affine, shift: [f64; 3]| -> Tensor<2> {
+    Ok((rt, mo))
+}
+
+/// What every phase of one registration shares: the options, the region and its two
+/// levels, the moving image per level and the map into its voxels, the optimiser.
+struct Problem<'a> {
+    moving_dims: [usize; 3],
+    opts: &'a RegisterOptions,
+    device: &'a Device,
+    pacer: &'a Pacer,
+    /// The device without autodiff.
+    base: Device,
+    region: BoxVox,
+    /// World position of the region's centre (the origin of the points' `q`).
+    centre: [f64; 3],
+    levels: [Level; 2],
+    /// The moving image smoothed for each level, `[moving.len()]`.
+    mov: [Tensor<1>; 2],
+    /// Moving world → moving voxel as y·Rᵀ + o: Rᵀ `[3, 3]` and o `[1, 3]`.
+    rt: Tensor<2>,
+    mo: Tensor<2>,
+    /// Scale of the affine parameters: 0.01 on the linear part, 1 on the translation.
+    scale: Tensor<2>,
+    adam: Adam,
+    t0: Instant,
+    /// Timings to stderr (`MEDLSAM_REG_TRACE` set).
+    trace: bool,
+}
+
+impl<'a> Problem<'a> {
+    fn new(
+        fixed: &RegImage,
+        fbox: BoxVox,
+        moving: &RegImage,
+        opts: &'a RegisterOptions,
+        device: &'a Device,
+        pacer: &'a Pacer,
+        t0: Instant,
+    ) -> Result<Self> {
+        let base = device.clone().inner();
+        let region = region_of(fixed, &fbox, opts);
+        let centre_vox = [0, 1, 2].map(|a| 0.5 * (region.min[a] + region.max[a]) as f64);
+        let centre = fixed.affine.voxel_to_world(centre_vox);
+        let strides = strides_for(&region, opts.max_points);
+        let levels = [0, 1].map(|li| Level::new(fixed, &region, centre, strides[li], li, &base));
+        let mn = moving.len();
+        let mov = strides.map(|st| {
+            Tensor::<1>::from_data(
+                TensorData::new(smoothed(&moving.data, moving.dims, st), [mn]),
+                &base,
+            )
+        });
+        let (rt, mo) = world_to_voxel(moving, &base)?;
+        let scale = Tensor::<2>::from_data(
+            TensorData::new(
+                (0..12)
+                    .map(|i| if i % 4 == 3 { 1.0f32 } else { 0.01 })
+                    .collect::<Vec<_>>(),
+                [3, 4],
+            ),
+            &base,
+        );
+        Ok(Self {
+            moving_dims: moving.dims,
+            opts,
+            device,
+            pacer,
+            base,
+            region,
+            centre,
+            levels,
+            mov,
+            rt,
+            mo,
+            scale,
+            adam: AdamConfig::new().build(),
+            t0,
+            trace: std::env::var_os("MEDLSAM_REG_TRACE").is_some(),
+        })
+    }
+
+    fn lap(&self, what: &str) {
+        if self.trace {
+            eprintln!("  [{:6.2} s] {what}", self.t0.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Initial affine in centred coordinates: y = L0·q + (L0·c + t0).
+    fn p0(&self, init: &Affine, shift: [f64; 3]) -> Tensor<2> {
+        let centre = self.centre;
         let mut v = Vec::with_capacity(12);
         for r in 0..3 {
             for c in 0..3 {
@@ -192,275 +321,178 @@ pub(super) async fn register(
             let t = init.m[r][3] + (0..3).map(|c| init.m[r][c] * centre[c]).sum::<f64>() + shift[r];
             v.push(t as f32);
         }
-        Tensor::from_data(TensorData::new(v, [3, 4]), &base)
-    };
-    let scale = Tensor::<2>::from_data(
-        TensorData::new(
-            (0..12)
-                .map(|i| if i % 4 == 3 { 1.0f32 } else { 0.01 })
-                .collect::<Vec<_>>(),
-            [3, 4],
-        ),
-        &base,
-    );
-    let affine_of = |p0: &Tensor<2>, theta: Tensor<1>| -> Tensor<2> {
-        p0.clone().add(theta.reshape([3, 4]).mul(scale.clone()))
-    };
-    // Sample the moving image at the fixed points of a level mapped by P (+ displacement D).
-    let warp = |l: &Level, p: Tensor<2>, disp: Option<Tensor<2>>| {
+        Tensor::from_data(TensorData::new(v, [3, 4]), &self.base)
+    }
+
+    fn affine_of(&self, p0: &Tensor<2>, theta: Tensor<1>) -> Tensor<2> {
+        p0.clone()
+            .add(theta.reshape([3, 4]).mul(self.scale.clone()))
+    }
+
+    /// Sample the moving image at the fixed points of a level mapped by P (+ displacement D).
+    fn warp(&self, l: &Level, p: Tensor<2>, disp: Option<Tensor<2>>) -> (Tensor<1>, Tensor<1>) {
         let mut y = l.q.clone().matmul(p.transpose());
         if let Some(d) = disp {
             y = y.add(d);
         }
-        let v = y.matmul(rt.clone()).add(mo.clone());
-        trilinear(mov_of(l), moving.dims, v)
-    };
-    let global = |l: &Level, p: Tensor<2>, disp: Option<Tensor<2>>| -> Result<(f64, f64)> {
-        let (m, inside) = warp(l, p, disp);
+        let v = y.matmul(self.rt.clone()).add(self.mo.clone());
+        trilinear(&self.mov[l.level], self.moving_dims, v)
+    }
+
+    /// (NCC, fraction of the points inside the moving image) of a level mapped by P (+ D).
+    fn global(&self, l: &Level, p: Tensor<2>, disp: Option<Tensor<2>>) -> Result<(f64, f64)> {
+        let (m, inside) = self.warp(l, p, disp);
         let frac = read(inside.clone().mean())?;
         Ok((read(ncc(l.fixed.clone(), m, inside))?, frac))
-    };
+    }
 
-    // Initial shift along z: a coarse search of the NCC at 6 mm. Scans of one region
-    // start and stop at different heights, and a neck can match a skull base nearly as
-    // well as its own level: the best few local maxima are each refined by the coarse
-    // affine, and the one with the highest NCC after it goes on.
-    let steps = (opts.z_search_mm / 6.0).floor() as i64;
-    let mut starts = Vec::new();
-    for (ii, init) in inits.iter().enumerate() {
-        let mut profile = Vec::new();
-        for s in -steps..=steps {
-            let dz = 6.0 * s as f64;
-            let (v, frac) = global(&levels[0], p0(init, [0.0, 0.0, dz]), None)?;
-            profile.push((
-                dz,
-                if frac > 0.3 && v.is_finite() {
-                    v
-                } else {
-                    f64::NEG_INFINITY
-                },
+    /// Initial shift along z: a coarse search of the NCC at 6 mm. Scans of one region
+    /// start and stop at different heights, and a neck can match a skull base nearly as
+    /// well as its own level: the best few local maxima (init, shift, NCC) are each refined
+    /// by the coarse affine ([`Self::best_start`]).
+    fn z_search(&self, inits: &[Affine]) -> Result<Vec<(usize, f64, f64)>> {
+        let steps = (self.opts.z_search_mm / 6.0).floor() as i64;
+        let mut starts = Vec::new();
+        for (ii, init) in inits.iter().enumerate() {
+            let mut profile = Vec::new();
+            for s in -steps..=steps {
+                let dz = 6.0 * s as f64;
+                let (v, frac) =
+                    self.global(&self.levels[0], self.p0(init, [0.0, 0.0, dz]), None)?;
+                profile.push((
+                    dz,
+                    if frac > 0.3 && v.is_finite() {
+                        v
+                    } else {
+                        f64::NEG_INFINITY
+                    },
+                ));
+            }
+            starts.extend(
+                z_starts(&profile, 3, 24.0)
+                    .into_iter()
+                    .map(|(dz, v)| (ii, dz, v)),
+            );
+        }
+        if starts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "registration: the images do not overlap after initialisation".into(),
             ));
         }
-        starts.extend(
-            z_starts(&profile, 3, 24.0)
-                .into_iter()
-                .map(|(dz, v)| (ii, dz, v)),
-        );
+        Ok(starts)
     }
-    if starts.is_empty() {
-        return Err(Error::InvalidArgument(
-            "registration: the images do not overlap after initialisation".into(),
-        ));
+
+    /// Adam on the 12 affine parameters at one level, from `theta`.
+    async fn refine(
+        &self,
+        l: &Level,
+        p_init: &Tensor<2>,
+        theta: Tensor<1>,
+        steps: usize,
+    ) -> Result<Tensor<1>> {
+        let loss = |th: Tensor<1>| {
+            let p = self.affine_of(&p_init.clone().autodiff(), th);
+            let (m, inside) = self.warp(l, p, None);
+            ncc(l.fixed.clone(), m, inside).neg()
+        };
+        let names = ["affine", "the affine"];
+        self.minimise(theta, steps, self.opts.affine_lr, names, loss)
+            .await
     }
-    let trace = std::env::var_os("MEDLSAM_REG_TRACE").is_some();
-    let lap = |what: &str| {
-        if trace {
-            eprintln!("  [{:6.2} s] {what}", t0.elapsed().as_secs_f64());
-        }
-    };
-    let adam = AdamConfig::new().build();
-    // Adam on the 12 affine parameters at one level, from `theta`.
-    let refine = async |l: &Level,
-                        p_init: &Tensor<2>,
-                        mut theta: Tensor<1>,
-                        steps: usize|
-           -> Result<Tensor<1>> {
+
+    /// `steps` Adam steps on `loss` from `params`, the learning rate decaying from `lr`;
+    /// `names`: the loss and the parameters in errors.
+    async fn minimise(
+        &self,
+        mut params: Tensor<1>,
+        steps: usize,
+        lr: f64,
+        names: [&str; 2],
+        loss_of: impl Fn(Tensor<1>) -> Tensor<1>,
+    ) -> Result<Tensor<1>> {
         let mut state = None;
         for step in 0..steps {
-            pacer.tick(device).await;
-            let th = Tensor::<1>::from_inner(theta.clone()).require_grad();
-            let p = affine_of(&p_init.clone().autodiff(), th.clone());
-            let (m, inside) = warp(l, p, None);
-            let loss = ncc(l.fixed.clone(), m, inside).neg();
+            self.pacer.tick(self.device).await;
+            let x = Tensor::<1>::from_inner(params.clone()).require_grad();
+            let loss = loss_of(x.clone());
             let value = read(loss.clone().inner())?;
             if !value.is_finite() {
                 return Err(Error::InvalidArgument(format!(
-                    "registration: the affine loss is not finite ({value}) at step {step}"
+                    "registration: the {} loss is not finite ({value}) at step {step}",
+                    names[0]
                 )));
             }
             let grads = loss.backward();
-            let g = th.grad(&grads).ok_or_else(|| {
-                Error::InvalidArgument("registration: no gradient for the affine".into())
+            let g = x.grad(&grads).ok_or_else(|| {
+                Error::InvalidArgument(format!("registration: no gradient for {}", names[1]))
             })?;
-            let (t, s) =
-                Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
-            theta = t;
+            let (t, s) = Optimizer::step(&self.adam, lr_at(lr, step, steps), params, g, state);
+            params = t;
             state = s;
         }
-        Ok(theta)
-    };
-    let mut best: Option<(f64, usize, f64, Tensor<1>)> = None;
-    for &(ii, dz, v) in &starts {
-        let p = p0(&inits[ii], [0.0, 0.0, dz]);
-        let theta = refine(
-            &levels[0],
-            &p,
-            Tensor::<1>::zeros([12], &base),
-            opts.affine_steps[0],
-        )
-        .await?;
-        let (after, frac) = global(&levels[0], affine_of(&p, theta.clone()), None)?;
-        lap(&format!(
-            "start {ii}, z {dz} mm (ncc {v:.3}): coarse affine ncc {after:.3}"
-        ));
-        if frac > 0.3 && after.is_finite() && best.as_ref().is_none_or(|b| after > b.0) {
-            best = Some((after, ii, dz, theta));
-        }
-    }
-    let (_, ii, dz, theta) = best.ok_or_else(|| {
-        Error::InvalidArgument(
-            "registration: no starting position keeps the images overlapping".into(),
-        )
-    })?;
-    let p_init = p0(&inits[ii], [0.0, 0.0, dz]);
-    let ncc_init = global(&levels[1], p_init.clone(), None)?.0;
-    let theta = refine(&levels[1], &p_init, theta, opts.affine_steps[1]).await?;
-    lap(&format!("affine: start {ii}, z {dz} mm, fine level done"));
-    let p_aff = affine_of(&p_init, theta);
-    let (ncc_aff, frac) = global(&levels[1], p_aff.clone(), None)?;
-    if frac < 0.3 || !ncc_aff.is_finite() {
-        return Err(Error::InvalidArgument(format!(
-            "registration: after the affine only {:.0} % of the query's body region overlaps the \
-             support (NCC {ncc_aff:.3})",
-            100.0 * frac
-        )));
-    }
-    // Back to an affine of world coordinates: y = P·[w − c; 1].
-    let pv = p_aff
-        .clone()
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
-    let mut am = [[0.0; 4]; 4];
-    for r in 0..3 {
-        for c in 0..3 {
-            am[r][c] = pv[4 * r + c];
-        }
-        am[r][3] = pv[4 * r + 3] - (0..3).map(|c| pv[4 * r + c] * centre[c]).sum::<f64>();
-    }
-    am[3][3] = 1.0;
-    let affine = Affine { m: am };
-    if !affine.is_finite() || affine.determinant().abs() < 0.1 {
-        return Err(Error::InvalidArgument(
-            "registration: the affine degenerated".into(),
-        ));
+        Ok(params)
     }
 
-    let mut deform = None;
-    let mut ncc_def = ncc_aff;
-    if opts.deformable {
-        let len = [0, 1, 2].map(|a| region.max[a] - region.min[a] + 1);
-        let step_vox = (opts.grid_mm / super::SPACING_MM).max(1.0);
-        let mut grid = BsplineGrid::zeros(region.min.map(|v| v as f64), len, step_vox);
-        let cd = grid.dims;
-        let nc = grid.count();
-        // Basis matrices, transposed to [controls, points], per level and axis.
-        let bases: Vec<[Tensor<2>; 3]> = levels
-            .iter()
-            .map(|l| {
-                [0, 1, 2].map(|a| {
-                    let m = grid.basis_matrix(a, &l.coords[a]);
-                    Tensor::<2>::from_data(TensorData::new(m, [l.coords[a].len(), cd[a]]), &base)
-                        .transpose()
-                })
-            })
-            .collect();
-        let dense = |c: Tensor<1>, b: &[Tensor<2>; 3], d: [usize; 3]| -> Tensor<2> {
-            // c: [3·cz·cy·cx] → [3, nz, ny, nx] → [n, 3].
-            let t = c
-                .reshape([3 * cd[2] * cd[1], cd[0]])
-                .matmul(b[0].clone()) // [3·cz·cy, nx]
-                .reshape([3 * cd[2], cd[1], d[0]])
-                .swap_dims(1, 2)
-                .reshape([3 * cd[2] * d[0], cd[1]])
-                .matmul(b[1].clone()) // [3·cz·nx, ny]
-                .reshape([3, cd[2], d[0] * d[1]])
-                .swap_dims(1, 2)
-                .reshape([3 * d[0] * d[1], cd[2]])
-                .matmul(b[2].clone()) // [3·nx·ny, nz] (x before y)
-                .reshape([3, d[0], d[1], d[2]])
-                .permute([0, 3, 2, 1]) // [3, nz, ny, nx]
-                .reshape([3, d[0] * d[1] * d[2]]);
-            t.transpose()
-        };
-        let bending = |c: Tensor<1>| -> Tensor<1> {
-            let c4 = c.reshape([3, cd[2], cd[1], cd[0]]);
-            let mut pen = Tensor::<1>::zeros([1], &c4.device());
-            for axis in 1..4 {
-                let n = c4.dims()[axis];
-                if n < 3 {
-                    continue;
-                }
-                let a = c4.clone().narrow(axis, 0, n - 2);
-                let b = c4.clone().narrow(axis, 1, n - 2);
-                let e = c4.clone().narrow(axis, 2, n - 2);
-                let d2 = a.add(e).sub(b.mul_scalar(2.0));
-                pen = pen.add(d2.clone().mul(d2).mean().reshape([1]));
+    /// The coarse affine from each start; the one with the highest NCC after it goes on:
+    /// (init, z shift, parameters).
+    async fn best_start(
+        &self,
+        inits: &[Affine],
+        starts: &[(usize, f64, f64)],
+    ) -> Result<(usize, f64, Tensor<1>)> {
+        let mut best: Option<(f64, usize, f64, Tensor<1>)> = None;
+        for &(ii, dz, v) in starts {
+            let p = self.p0(&inits[ii], [0.0, 0.0, dz]);
+            let theta = self
+                .refine(
+                    &self.levels[0],
+                    &p,
+                    Tensor::<1>::zeros([12], &self.base),
+                    self.opts.affine_steps[0],
+                )
+                .await?;
+            let (after, frac) =
+                self.global(&self.levels[0], self.affine_of(&p, theta.clone()), None)?;
+            self.lap(&format!(
+                "start {ii}, z {dz} mm (ncc {v:.3}): coarse affine ncc {after:.3}"
+            ));
+            if frac > 0.3 && after.is_finite() && best.as_ref().is_none_or(|b| after > b.0) {
+                best = Some((after, ii, dz, theta));
             }
-            pen
-        };
-        let p_fixed = p_aff.clone();
-        let mut coef = Tensor::<1>::zeros([3 * nc], &base);
-        for (li, l) in levels.iter().enumerate() {
-            let steps = opts.deform_steps[li];
-            let mut state = None;
-            let d = l.dims();
-            for step in 0..steps {
-                pacer.tick(device).await;
-                let c = Tensor::<1>::from_inner(coef.clone()).require_grad();
-                let disp = dense(c.clone(), &bases[li], d);
-                let (m, inside) = warp(l, p_fixed.clone(), Some(disp));
-                let sim = if opts.lncc_window >= 3 {
-                    let win = opts.lncc_window | 1;
-                    let lncc = local_ncc(l.fixed.clone(), m, d, win);
-                    lncc.mul(inside.clone())
-                        .sum()
-                        .div(inside.sum().add_scalar(1e-6))
-                } else {
-                    ncc(l.fixed.clone(), m, inside)
-                };
-                let loss = sim
-                    .neg()
-                    .add(bending(c.clone()).mul_scalar(opts.bending as f32));
-                let value = read(loss.clone().inner())?;
-                if !value.is_finite() {
-                    return Err(Error::InvalidArgument(format!(
-                        "registration: the deformable loss is not finite ({value}) at step {step}"
-                    )));
-                }
-                let grads = loss.backward();
-                let g = c.grad(&grads).ok_or_else(|| {
-                    Error::InvalidArgument("registration: no gradient for the control grid".into())
-                })?;
-                let (t, s) =
-                    Optimizer::step(&adam, lr_at(opts.deform_lr, step, steps), coef, g, state);
-                coef = t;
-                state = s;
-            }
-            lap(&format!("deformable level {li}: {} controls", nc));
         }
-        let disp = dense(coef.clone(), &bases[1], levels[1].dims());
-        ncc_def = global(&levels[1], p_fixed, Some(disp))?.0;
-        grid.coef = coef
+        let (_, ii, dz, theta) = best.ok_or_else(|| {
+            Error::InvalidArgument(
+                "registration: no starting position keeps the images overlapping".into(),
+            )
+        })?;
+        Ok((ii, dz, theta))
+    }
+
+    /// Back to an affine of world coordinates: y = P·[w − c; 1].
+    fn world_affine(&self, p_aff: &Tensor<2>) -> Result<Affine> {
+        let centre = self.centre;
+        let pv = p_aff
+            .clone()
             .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
             .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
-        if grid.coef.iter().any(|v| !v.is_finite()) {
+        let mut am = [[0.0; 4]; 4];
+        for r in 0..3 {
+            for c in 0..3 {
+                am[r][c] = pv[4 * r + c];
+            }
+            am[r][3] = pv[4 * r + 3] - (0..3).map(|c| pv[4 * r + c] * centre[c]).sum::<f64>();
+        }
+        am[3][3] = 1.0;
+        let affine = Affine { m: am };
+        if !affine.is_finite() || affine.determinant().abs() < 0.1 {
             return Err(Error::InvalidArgument(
-                "registration: the deformation is not finite".into(),
+                "registration: the affine degenerated".into(),
             ));
         }
-        deform = Some(grid);
+        Ok(affine)
     }
-    Ok(Registration {
-        affine,
-        deform,
-        region,
-        ncc: [ncc_init, ncc_aff, ncc_def],
-        seconds: t0.elapsed().as_secs_f64(),
-    })
 }
 
 /// The `k` best local maxima of a z-shift profile `(shift mm, NCC)` (non-finite values

@@ -183,38 +183,40 @@ fn parse_ini(text: &str) -> Result<BTreeMap<(String, String), String>> {
     Ok(out)
 }
 
-impl RunConfig {
-    /// Load a config file (`.ini`/`.txt`/`.cfg` → reference INI, `.toml`, `.json`).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read config {}: {e}", path.display())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-            "toml" => Self::from_toml(&text, base),
-            "json" => Self::from_json(&text, base),
-            _ => Self::from_ini(&text, base),
-        }
+/// A parsed reference INI file and the folder its relative paths start from.
+struct Ini<'a> {
+    map: BTreeMap<(String, String), String>,
+    base: &'a Path,
+}
+
+impl Ini<'_> {
+    fn get(&self, s: &str, k: &str) -> Option<String> {
+        self.map.get(&(s.to_string(), k.to_string())).cloned()
     }
 
-    /// The reference MedLSAM INI format.
-    pub fn from_ini(text: &str, base: &Path) -> Result<Self> {
-        let ini = parse_ini(text)?;
-        let get = |s: &str, k: &str| ini.get(&(s.to_string(), k.to_string())).cloned();
-        let need =
-            |k: &str| get("data", k).ok_or_else(|| bad(format!("config: [data] {k} is missing")));
-        let list = |k: &str| -> Result<Vec<PathBuf>> {
-            Ok(read_list(&resolve(&need(k)?, base))?
-                .iter()
-                .map(|p| resolve(p, base))
-                .collect())
-        };
+    fn need(&self, k: &str) -> Result<String> {
+        self.get("data", k)
+            .ok_or_else(|| bad(format!("config: [data] {k} is missing")))
+    }
+
+    /// The paths of the list file `[data] k`.
+    fn list(&self, k: &str) -> Result<Vec<PathBuf>> {
+        let base = self.base;
+        Ok(read_list(&resolve(&self.need(k)?, base))?
+            .iter()
+            .map(|p| resolve(p, base))
+            .collect())
+    }
+
+    /// The supports (image and label) and the queries (image, label if listed).
+    fn cases(&self) -> Result<(Vec<CasePaths>, Vec<CasePaths>)> {
         let (si, sl, qi) = (
-            list("support_image_ls")?,
-            list("support_label_ls")?,
-            list("query_image_ls")?,
+            self.list("support_image_ls")?,
+            self.list("support_label_ls")?,
+            self.list("query_image_ls")?,
         );
-        let ql = if get("data", "query_label_ls").is_some() {
-            list("query_label_ls")?
+        let ql = if self.get("data", "query_label_ls").is_some() {
+            self.list("query_label_ls")?
         } else {
             Vec::new()
         };
@@ -232,7 +234,28 @@ impl RunConfig {
                 ql.len()
             )));
         }
-        let slab = match get("data", "slice_interval").as_deref().map(str::trim) {
+        let supports = si
+            .into_iter()
+            .zip(sl)
+            .map(|(image, label)| CasePaths {
+                image,
+                label: Some(label),
+            })
+            .collect();
+        let queries = qi
+            .into_iter()
+            .enumerate()
+            .map(|(n, image)| CasePaths {
+                image,
+                label: ql.get(n).cloned(),
+            })
+            .collect();
+        Ok((supports, queries))
+    }
+
+    /// `[data] bbox_mode` with `slice_interval` (3 mm slices), SPL by default.
+    fn mode(&self) -> Result<BoxMode> {
+        let slab = match self.get("data", "slice_interval").as_deref().map(str::trim) {
             None | Some("False") | Some("false") => None,
             Some(v) => Some(
                 v.parse::<f64>()
@@ -240,51 +263,69 @@ impl RunConfig {
                     * 3.0,
             ),
         };
-        let radius = |k: &str| -> Result<Option<usize>> {
-            get("localize", k)
-                .map(|v| {
-                    v.trim().parse::<usize>().map_err(|_| {
-                        bad(format!(
-                            "config: [localize] {k} {v:?} is not a whole number of 3 mm voxels"
-                        ))
-                    })
-                })
-                .transpose()
-        };
-        let mode = match get("data", "bbox_mode") {
+        Ok(match self.get("data", "bbox_mode") {
             Some(m) => BoxMode::parse(&m, slab)?,
             None => BoxMode::Spl {
                 slab_mm: slab.unwrap_or(6.0),
             },
+        })
+    }
+
+    /// `[localize] k`, a radius in 3 mm voxels.
+    fn radius(&self, k: &str) -> Result<Option<usize>> {
+        self.get("localize", k)
+            .map(|v| {
+                v.trim().parse::<usize>().map_err(|_| {
+                    bad(format!(
+                        "config: [localize] {k} {v:?} is not a whole number of 3 mm voxels"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+impl RunConfig {
+    /// Load a config file (`.ini`/`.txt`/`.cfg` → reference INI, `.toml`, `.json`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read config {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+            "toml" => Self::from_toml(&text, base),
+            "json" => Self::from_json(&text, base),
+            _ => Self::from_ini(&text, base),
+        }
+    }
+
+    /// The reference MedLSAM INI format.
+    pub fn from_ini(text: &str, base: &Path) -> Result<Self> {
+        let ini = Ini {
+            map: parse_ini(text)?,
+            base,
         };
+        let (supports, queries) = ini.cases()?;
+        let mode = ini.mode()?;
         Ok(Self {
-            supports: si
-                .into_iter()
-                .zip(sl)
-                .map(|(image, label)| CasePaths {
-                    image,
-                    label: Some(label),
-                })
-                .collect(),
-            queries: qi
-                .into_iter()
-                .enumerate()
-                .map(|(n, image)| CasePaths {
-                    image,
-                    label: ql.get(n).cloned(),
-                })
-                .collect(),
-            organs: get("data", "fg_class")
+            supports,
+            queries,
+            organs: ini
+                .get("data", "fg_class")
                 .map(|v| parse_organs(&v))
                 .transpose()?
                 .unwrap_or(Organs::All),
             mode,
-            out: get("data", "seg_save_path").map(PathBuf::from),
-            medlam_weights: get("weight", "medlam_load_path").map(|p| resolve(&p, base)),
-            sam_weights: get("weight", "vit_load_path").map(|p| resolve(&p, base)),
-            search_radius: radius("search_radius")?,
-            template_radius: radius("template_radius")?,
-            localizer: get("localize", "localizer")
+            out: ini.get("data", "seg_save_path").map(PathBuf::from),
+            medlam_weights: ini
+                .get("weight", "medlam_load_path")
+                .map(|p| resolve(&p, base)),
+            sam_weights: ini
+                .get("weight", "vit_load_path")
+                .map(|p| resolve(&p, base)),
+            search_radius: ini.radius("search_radius")?,
+            template_radius: ini.radius("template_radius")?,
+            localizer: ini
+                .get("localize", "localizer")
                 .map(|v| LocalizerChoice::parse(&v))
                 .transpose()?,
         })

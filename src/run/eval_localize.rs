@@ -16,10 +16,7 @@ use serde::Serialize;
 use super::inputs::{load_ct, load_labels, read_support};
 use super::outputs::csv_field;
 use crate::medlam::atlas::{Atlas, SupportCase, SupportOrgans};
-use crate::medlam::localize::{
-    LocalizeOptions, QueryState, apply_layout, apply_templates, locate_points, organ_localization,
-    organ_points, organs_in_view, query_state, regularize_parts,
-};
+use crate::medlam::localize::{organ_localization, query_state};
 use crate::medlam::net::{MedLam, MedLamConfig};
 pub use crate::metrics::{BoxScores, score, slice_box_iou};
 use crate::types::{BoxMode, OrganLocalization};
@@ -27,6 +24,9 @@ use crate::volume::label_table::LabelTable;
 use crate::volume::labels::{BoxVox, bounding_box, bounding_box_where, extreme_points};
 use crate::volume::{CtVolume, LabelVolume};
 use crate::{Error, Result};
+
+mod methods;
+use methods::evaluate_query;
 
 /// Load MedLAM weights from a file onto a device.
 pub fn load_weights(path: &Path, device: &Device) -> Result<(MedLam, MedLamConfig)> {
@@ -156,26 +156,19 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     let index = openkbp_index(&o.data_dir)?;
     let names = LabelTable::find_beside(&o.data_dir.join("openkbp/okbp_001.label.nii.gz"))
         .unwrap_or_default();
-    let wanted: Vec<String> = o.organs.iter().map(|&l| names.name(l)).collect();
-    let complete: Vec<&String> = index
-        .iter()
-        .filter(|(_, org)| wanted.iter().all(|w| org.contains(w)))
-        .map(|(c, _)| c)
-        .collect();
-    if complete.len() < o.supports {
-        return Err(Error::InvalidArgument(format!(
-            "only {} OpenKBP cases have all of {wanted:?}",
-            complete.len()
-        )));
-    }
-    let path = |case: &str, kind: &str| o.data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"));
+    let complete = complete_cases(o, &index, &names)?;
     let mut rows = Vec::new();
     let mut query_seconds = Vec::new();
     for draw in 0..o.draws {
         let (supports_names, query_names) = draw_cases(o, &index, &complete, draw);
         let supports = supports_names
             .iter()
-            .map(|c| read_support(&path(c, "ct"), &path(c, "label")))
+            .map(|c| {
+                read_support(
+                    &case_path(&o.data_dir, c, "ct"),
+                    &case_path(&o.data_dir, c, "label"),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let t = Instant::now();
         let atlas = pollster::block_on(Atlas::build(
@@ -194,27 +187,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
         ));
         for case in &query_names {
             let t = Instant::now();
-            let ct = load_ct(&path(case, "ct"))?;
-            let lab = load_labels(&path(case, "label"))?;
-            let (canon, _) = ct.to_canonical();
-            let lab = lab.to_canonical().0;
-            let present: Vec<u16> = o
-                .organs
-                .iter()
-                .copied()
-                .filter(|&l| bounding_box(&lab, l).is_some())
-                .collect();
-            let q = pollster::block_on(query_state(&net, &config, &canon, &o.device))?;
-            let mut baseline = Vec::new();
-            for &label in &present {
-                baseline.extend(baseline_localization(&supports, &canon, label)?);
-            }
-            let mut results = vec![("baseline".to_string(), baseline.clone())];
-            // Every atlas organ is located (as the pipeline does for the organs asked for);
-            // only those the query has are scored.
-            results.extend(pollster::block_on(evaluate_query(
-                &net, &atlas, &q, &o.organs, o,
-            ))?);
+            let (mut results, lab) = eval_case(o, &net, &config, &supports, &atlas, case)?;
             query_seconds.push(t.elapsed().as_secs_f64());
             let mut line = format!("  {case} ({:.1} s):", t.elapsed().as_secs_f64());
             // Diagnostics of the default: its box moved to the true centre (what remains is
@@ -225,19 +198,7 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
             );
             let diag = true_box_diagnostics(&results, &default_name, &lab);
             results.extend(diag);
-            for (method, locs) in results {
-                let mut ious = Vec::new();
-                for l in &locs {
-                    if let Some(s) = score(l, &lab) {
-                        ious.push(s.iou);
-                        rows.push(row(draw, case, l.label, &method, s));
-                    }
-                }
-                line.push_str(&format!(
-                    " {method} {:.1}",
-                    ious.iter().sum::<f64>() / ious.len().max(1) as f64
-                ));
-            }
+            line.push_str(&score_results(draw, case, results, &lab, &mut rows));
             log(line);
         }
     }
@@ -247,6 +208,95 @@ pub fn eval_localize(o: &EvalOptions, log: &mut dyn FnMut(String)) -> Result<Vec
     std::fs::write(o.out.join("eval_localize.txt"), &summary)?;
     log(summary);
     Ok(rows)
+}
+
+/// The OpenKBP cases that have every evaluated organ (at least `supports` of them).
+fn complete_cases<'a>(
+    o: &EvalOptions,
+    index: &'a [(String, Vec<String>)],
+    names: &LabelTable,
+) -> Result<Vec<&'a String>> {
+    let wanted: Vec<String> = o.organs.iter().map(|&l| names.name(l)).collect();
+    let complete: Vec<&String> = index
+        .iter()
+        .filter(|(_, org)| wanted.iter().all(|w| org.contains(w)))
+        .map(|(c, _)| c)
+        .collect();
+    if complete.len() < o.supports {
+        return Err(Error::InvalidArgument(format!(
+            "only {} OpenKBP cases have all of {wanted:?}",
+            complete.len()
+        )));
+    }
+    Ok(complete)
+}
+
+/// An OpenKBP case's file of this kind (`ct`, `label`).
+pub(super) fn case_path(data_dir: &Path, case: &str, kind: &str) -> PathBuf {
+    data_dir.join(format!("openkbp/{case}.{kind}.nii.gz"))
+}
+
+/// Each method's name and organ localizations on one query.
+type MethodResults = Vec<(String, Vec<OrganLocalization>)>;
+
+/// Every method (the baseline first) on one query case; returns their localizations and
+/// the query's canonical label map.
+fn eval_case(
+    o: &EvalOptions,
+    net: &MedLam,
+    config: &MedLamConfig,
+    supports: &[SupportCase],
+    atlas: &Atlas,
+    case: &str,
+) -> Result<(MethodResults, LabelVolume)> {
+    let ct = load_ct(&case_path(&o.data_dir, case, "ct"))?;
+    let lab = load_labels(&case_path(&o.data_dir, case, "label"))?;
+    let (canon, _) = ct.to_canonical();
+    let lab = lab.to_canonical().0;
+    let present: Vec<u16> = o
+        .organs
+        .iter()
+        .copied()
+        .filter(|&l| bounding_box(&lab, l).is_some())
+        .collect();
+    let q = pollster::block_on(query_state(net, config, &canon, &o.device))?;
+    let mut baseline = Vec::new();
+    for &label in &present {
+        baseline.extend(baseline_localization(supports, &canon, label)?);
+    }
+    let mut results = vec![("baseline".to_string(), baseline.clone())];
+    // Every atlas organ is located (as the pipeline does for the organs asked for);
+    // only those the query has are scored.
+    results.extend(pollster::block_on(evaluate_query(
+        net, atlas, &q, &o.organs, o,
+    ))?);
+    Ok((results, lab))
+}
+
+/// Score each method's boxes against `lab` into `rows`; returns the log line's part
+/// (each method's mean IoU).
+fn score_results(
+    draw: usize,
+    case: &str,
+    results: MethodResults,
+    lab: &LabelVolume,
+    rows: &mut Vec<EvalRow>,
+) -> String {
+    let mut line = String::new();
+    for (method, locs) in results {
+        let mut ious = Vec::new();
+        for l in &locs {
+            if let Some(s) = score(l, lab) {
+                ious.push(s.iou);
+                rows.push(row(draw, case, l.label, &method, s));
+            }
+        }
+        line.push_str(&format!(
+            " {method} {:.1}",
+            ious.iter().sum::<f64>() / ious.len().max(1) as f64
+        ));
+    }
+    line
 }
 
 /// One draw's supports (from the cases having every evaluated organ) and queries (from
@@ -342,134 +392,6 @@ fn row(draw: usize, case: &str, label: u16, method: &str, s: BoxScores) -> EvalR
         wd: s.wd,
         ale: s.ale,
     }
-}
-
-/// Every method but the baseline for one query: UAM (1 and 2 passes), MSS alone (one
-/// tiled feature pass, whole-body search) and UAM+MSS (patches centred on the UAM points,
-/// `mss_iterations` passes; `/med`: each support matched separately, median point, in
-/// `tuning` runs also 1 pass and other radii), each also shape-regularised (`~0.5`, `~0`)
-/// and, with the support shape, corrected by the organ layout (`~0+layout`) and then moved
-/// by the intensity templates (`~0+layout+tmpl`, the default).
-async fn evaluate_query(
-    net: &MedLam,
-    atlas: &Atlas,
-    q: &QueryState,
-    organs: &[u16],
-    o: &EvalOptions,
-) -> Result<Vec<(String, Vec<OrganLocalization>)>> {
-    let (points, layout) = organ_points(atlas, organs);
-    let assemble = |located: &[[f64; 3]]| -> Vec<OrganLocalization> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        for &label in organs {
-            if let Some(org) = atlas.organ(label) {
-                let mut parts = Vec::new();
-                for _ in &org.parts {
-                    parts.push(std::array::from_fn(|k| q.to_canonical(located[at + k])));
-                    at += 6;
-                }
-                out.extend(organ_localization(label, &parts, atlas.mode, f32::NAN));
-            }
-        }
-        out
-    };
-    // The organ layout as the pipeline applies it: default weight, organs in view vote.
-    let layout_blend = LocalizeOptions::default().layout_blend;
-    let template_radius = LocalizeOptions::default().template_radius_vox;
-    let in_view = organs_in_view(q, &points, &layout);
-    let mut out = Vec::new();
-    let mut run = async |name: String, opt: LocalizeOptions| -> Result<()> {
-        let found = locate_points(net, atlas, q, &points, &opt, &o.device).await?;
-        let located: Vec<[f64; 3]> = found.iter().map(|x| x.0).collect();
-        for (suffix, blend) in [("", 1.0), ("~0.5", 0.5), ("~0", 0.0)] {
-            let shaped = regularize_parts(&located, &points, blend);
-            if blend == 0.0 {
-                let placed = apply_layout(&shaped, &points, &layout, atlas, layout_blend, &in_view);
-                let matched = apply_templates(
-                    q,
-                    &placed,
-                    &points,
-                    &layout,
-                    atlas,
-                    &in_view,
-                    template_radius,
-                    &o.device,
-                )
-                .await?;
-                out.push((format!("{name}{suffix}+layout+tmpl"), assemble(&matched)));
-                out.push((format!("{name}{suffix}+layout"), assemble(&placed)));
-            }
-            out.push((format!("{name}{suffix}"), assemble(&shaped)));
-        }
-        Ok(())
-    };
-    // Rows without `/med` match the supports' mean windows; the default (`/med~0+layout+tmpl`)
-    // matches each support separately.
-    let base = LocalizeOptions {
-        mss_iterations: o.mss_iterations,
-        per_support: false,
-        ..LocalizeOptions::default()
-    };
-    if o.quick {
-        let r = o.radii.first().copied().unwrap_or(16);
-        run(
-            format!("uam+mss/med@{r}"),
-            LocalizeOptions {
-                per_support: true,
-                search_radius_vox: r,
-                ..base
-            },
-        )
-        .await?;
-        return Ok(out);
-    }
-    let uam = LocalizeOptions { mss: false, ..base };
-    run("uam".into(), uam).await?;
-    run(
-        "uam2".into(),
-        LocalizeOptions {
-            uam_iterations: 2,
-            ..uam
-        },
-    )
-    .await?;
-    run(
-        "mss".into(),
-        LocalizeOptions {
-            uam: false,
-            centred: false,
-            ..base
-        },
-    )
-    .await?;
-    for (i, &r) in o.radii.iter().enumerate() {
-        let at = LocalizeOptions {
-            search_radius_vox: r,
-            ..base
-        };
-        if i == 0 || o.tuning {
-            run(format!("uam+mss@{r}"), at).await?;
-            run(
-                format!("uam+mss/med@{r}"),
-                LocalizeOptions {
-                    per_support: true,
-                    ..at
-                },
-            )
-            .await?;
-        }
-        if o.tuning && i == 0 {
-            run(
-                format!("uam+mss@{r}x1"),
-                LocalizeOptions {
-                    mss_iterations: 1,
-                    ..at
-                },
-            )
-            .await?;
-        }
-    }
-    Ok(out)
 }
 
 /// A text table: per method, per organ mean box IoU / WD / ALE, and the means.

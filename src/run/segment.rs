@@ -88,12 +88,10 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
 ) -> Result<Vec<QueryReport>> {
     let QueryBatch {
         queries,
-        organs,
         names,
         out,
-        query_label_map,
-        options: opt,
         dicom_outputs,
+        ..
     } = *batch;
     check_dicom_outputs(queries, dicom_outputs.rtstruct, dicom_outputs.seg)?;
     create_out(out)?;
@@ -102,58 +100,7 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
     let mut csv = MetricsCsv::default();
     for q in queries {
         let case = case_name(&q.image);
-        let t0 = web_time::Instant::now();
-        let result = (|| -> Result<QueryOk> {
-            let (ct, truth, dicom) = load_query_with_dicom(q, query_label_map)?;
-            let load_s = t0.elapsed().as_secs_f64();
-            let mut loc = make_localizer(&ct, truth.as_ref())?;
-            let res = pollster::block_on(segment_query(
-                &ct,
-                organs,
-                &mut loc,
-                segmenter,
-                opt,
-                None,
-                &mut |p| progress(&case, p),
-            ))?;
-            let tw = web_time::Instant::now();
-            write_query_outputs(out, &case, &ct, &res, names)?;
-            write_dicom_outputs(
-                out,
-                &case,
-                &res.labels,
-                organs,
-                names,
-                dicom.as_ref(),
-                dicom_outputs,
-            )?;
-            let write_s = tw.elapsed().as_secs_f64();
-            let metrics = match &truth {
-                Some(t) => evaluate_labels(&res.labels, t, organs)?,
-                None => Vec::new(),
-            };
-            Ok(QueryOk {
-                metrics,
-                times: res.times,
-                load_s,
-                write_s,
-                slices: res.slices_encoded,
-                boxes: res.boxes_decoded,
-                seconds: t0.elapsed().as_secs_f64(),
-                found: res.organs.iter().map(|o| (o.label, o.confidence)).collect(),
-                outside_view: res
-                    .organs
-                    .iter()
-                    .filter(|o| o.outside_view())
-                    .map(|o| o.label)
-                    .collect(),
-                warnings: res
-                    .organs
-                    .iter()
-                    .filter_map(|o| o.warning.clone().map(|w| (o.label, w)))
-                    .collect(),
-            })
-        })();
+        let result = segment_one(batch, q, &case, make_localizer, segmenter, progress);
         if let Ok(ok) = &result {
             csv.push(&case, &ok.metrics, names);
         }
@@ -163,6 +110,76 @@ pub fn run_queries<L: Localizer, S: SliceSegmenter>(
         csv.write(out)?;
     }
     Ok(reports)
+}
+
+/// One query of [`run_queries`]: load, localize, segment, write the outputs, score.
+fn segment_one<L: Localizer, S: SliceSegmenter>(
+    batch: &QueryBatch,
+    q: &CasePaths,
+    case: &str,
+    make_localizer: &mut dyn FnMut(&CtVolume, Option<&LabelVolume>) -> Result<L>,
+    segmenter: &mut S,
+    progress: &mut dyn FnMut(&str, Progress),
+) -> Result<QueryOk> {
+    let QueryBatch {
+        organs,
+        names,
+        out,
+        query_label_map,
+        options: opt,
+        dicom_outputs,
+        ..
+    } = *batch;
+    let t0 = web_time::Instant::now();
+    let (ct, truth, dicom) = load_query_with_dicom(q, query_label_map)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let mut loc = make_localizer(&ct, truth.as_ref())?;
+    let res = pollster::block_on(segment_query(
+        &ct,
+        organs,
+        &mut loc,
+        segmenter,
+        opt,
+        None,
+        &mut |p| progress(case, p),
+    ))?;
+    let tw = web_time::Instant::now();
+    write_query_outputs(out, case, &ct, &res, names)?;
+    write_dicom_outputs(
+        out,
+        case,
+        &res.labels,
+        organs,
+        names,
+        dicom.as_ref(),
+        dicom_outputs,
+    )?;
+    let write_s = tw.elapsed().as_secs_f64();
+    let metrics = match &truth {
+        Some(t) => evaluate_labels(&res.labels, t, organs)?,
+        None => Vec::new(),
+    };
+    Ok(QueryOk {
+        metrics,
+        times: res.times,
+        load_s,
+        write_s,
+        slices: res.slices_encoded,
+        boxes: res.boxes_decoded,
+        seconds: t0.elapsed().as_secs_f64(),
+        found: res.organs.iter().map(|o| (o.label, o.confidence)).collect(),
+        outside_view: res
+            .organs
+            .iter()
+            .filter(|o| o.outside_view())
+            .map(|o| o.label)
+            .collect(),
+        warnings: res
+            .organs
+            .iter()
+            .filter_map(|o| o.warning.clone().map(|w| (o.label, w)))
+            .collect(),
+    })
 }
 
 /// A few-shot run (`medlsam segment --support-image …` or `--config`): the
