@@ -144,7 +144,7 @@ pub fn run(
         }
         let register_s = t0.elapsed().as_secs_f64();
         if regs.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Failed(format!(
                 "{q}: every registration failed: {failures:?}"
             )));
         }
@@ -191,7 +191,7 @@ pub fn run(
                 let (_, p) = canon
                     .iter()
                     .find(|(l, _)| l == o)
-                    .ok_or_else(|| Error::InvalidArgument(format!("organ {o} not fused")))?;
+                    .ok_or_else(|| Error::Failed(format!("organ {o} not fused")))?;
                 let mask: Volume<bool> =
                     p.map(|v| v >= 0.5).from_canonical(&query.reorientation)?;
                 let truth = mask_of(&query.labels, *o);

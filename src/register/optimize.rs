@@ -69,7 +69,7 @@ fn read(t: Tensor<1>) -> Result<f64> {
         .convert::<f64>()
         .try_to_vec::<f64>()
         .map(|v| v.first().copied().unwrap_or(f64::NAN))
-        .map_err(|e| Error::InvalidArgument(format!("registration: reading a result: {e:?}")))
+        .map_err(|e| Error::Backend(format!("registration: reading a result: {e:?}")))
 }
 
 /// Linear decay from `lr` to `0.2·lr` over `steps`.
@@ -248,7 +248,7 @@ pub(super) async fn register(
         );
     }
     if starts.is_empty() {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Failed(
             "registration: the images do not overlap after initialisation".into(),
         ));
     }
@@ -274,14 +274,14 @@ pub(super) async fn register(
             let loss = ncc(l.fixed.clone(), m, inside).neg();
             let value = read(loss.clone().inner())?;
             if !value.is_finite() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Failed(format!(
                     "registration: the affine loss is not finite ({value}) at step {step}"
                 )));
             }
             let grads = loss.backward();
-            let g = th.grad(&grads).ok_or_else(|| {
-                Error::InvalidArgument("registration: no gradient for the affine".into())
-            })?;
+            let g = th
+                .grad(&grads)
+                .ok_or_else(|| Error::Failed("registration: no gradient for the affine".into()))?;
             let (t, s) =
                 Optimizer::step(&adam, lr_at(opts.affine_lr, step, steps), theta, g, state);
             theta = t;
@@ -308,9 +308,7 @@ pub(super) async fn register(
         }
     }
     let (_, ii, dz, theta) = best.ok_or_else(|| {
-        Error::InvalidArgument(
-            "registration: no starting position keeps the images overlapping".into(),
-        )
+        Error::Failed("registration: no starting position keeps the images overlapping".into())
     })?;
     let p_init = p0(&inits[ii], [0.0, 0.0, dz]);
     let ncc_init = global(&levels[1], p_init.clone(), None)?.0;
@@ -319,7 +317,7 @@ pub(super) async fn register(
     let p_aff = affine_of(&p_init, theta);
     let (ncc_aff, frac) = global(&levels[1], p_aff.clone(), None)?;
     if frac < 0.3 || !ncc_aff.is_finite() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Failed(format!(
             "registration: after the affine only {:.0} % of the query's body region overlaps the \
              support (NCC {ncc_aff:.3})",
             100.0 * frac
@@ -331,7 +329,7 @@ pub(super) async fn register(
         .into_data()
         .convert::<f64>()
         .try_to_vec::<f64>()
-        .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
+        .map_err(|e| Error::Backend(format!("registration: {e:?}")))?;
     let mut am = [[0.0; 4]; 4];
     for r in 0..3 {
         for c in 0..3 {
@@ -342,9 +340,7 @@ pub(super) async fn register(
     am[3][3] = 1.0;
     let affine = Affine { m: am };
     if !affine.is_finite() || affine.determinant().abs() < 0.1 {
-        return Err(Error::InvalidArgument(
-            "registration: the affine degenerated".into(),
-        ));
+        return Err(Error::Failed("registration: the affine degenerated".into()));
     }
 
     let mut deform = None;
@@ -425,13 +421,13 @@ pub(super) async fn register(
                     .add(bending(c.clone()).mul_scalar(opts.bending as f32));
                 let value = read(loss.clone().inner())?;
                 if !value.is_finite() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::Failed(format!(
                         "registration: the deformable loss is not finite ({value}) at step {step}"
                     )));
                 }
                 let grads = loss.backward();
                 let g = c.grad(&grads).ok_or_else(|| {
-                    Error::InvalidArgument("registration: no gradient for the control grid".into())
+                    Error::Failed("registration: no gradient for the control grid".into())
                 })?;
                 let (t, s) =
                     Optimizer::step(&adam, lr_at(opts.deform_lr, step, steps), coef, g, state);
@@ -446,9 +442,9 @@ pub(super) async fn register(
             .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
-            .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("registration: {e:?}")))?;
         if grid.coef.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Failed(
                 "registration: the deformation is not finite".into(),
             ));
         }
