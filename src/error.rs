@@ -93,7 +93,10 @@ mod tests {
                 Error::Model("3 masks for 2 boxes".into()),
                 "model: 3 masks for 2 boxes",
             ),
-            (Error::Weights("w.bpk: bad".into()), "weights: w.bpk: bad"),
+            (
+                Error::Weights("not a MedLAM weights file: x".into()),
+                "not a MedLAM weights file: x",
+            ),
             (
                 Error::Backend("reading a tensor back".into()),
                 "backend: reading a tensor back",
