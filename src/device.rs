@@ -139,10 +139,10 @@ pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<
     let data = t
         .into_data_async()
         .await
-        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))?;
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?;
     data.convert::<f32>()
         .try_into_vec()
-        .map_err(|e| Error::InvalidArgument(format!("reading a tensor back: {e:?}")))
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
 }
 
 #[cfg(test)]

@@ -352,10 +352,10 @@ fn encode_png(cv: &Canvas) -> Result<Vec<u8>> {
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc
             .write_header()
-            .map_err(|e| Error::InvalidArgument(format!("png: {e}")))?;
+            .map_err(|e| Error::Io(std::io::Error::other(format!("png: {e}"))))?;
         let data: Vec<u8> = cv.px.iter().flatten().copied().collect();
         wr.write_image_data(&data)
-            .map_err(|e| Error::InvalidArgument(format!("png: {e}")))?;
+            .map_err(|e| Error::Io(std::io::Error::other(format!("png: {e}"))))?;
     }
     Ok(out)
 }

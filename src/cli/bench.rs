@@ -147,7 +147,7 @@ pub fn bench_segment(
         t.elapsed().as_secs_f64()
     );
     if !status.success() {
-        return Err(Error::InvalidArgument(format!("segment failed: {status}")));
+        return Err(Error::Failed(format!("segment failed: {status}")));
     }
     Ok(())
 }

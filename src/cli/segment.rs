@@ -231,7 +231,7 @@ pub fn segment(a: SegmentArgs) -> Result<()> {
         for f in &failed {
             eprintln!("failed: {f}");
         }
-        Err(Error::InvalidArgument(format!(
+        Err(Error::Failed(format!(
             "{} of {} queries failed (listed above)",
             failed.len(),
             reports.len()
@@ -391,7 +391,7 @@ pub fn eval_segment(a: SegmentArgs) -> Result<()> {
         for f in &failures {
             eprintln!("failed: {}: {}", f.case, f.error);
         }
-        Err(Error::InvalidArgument(format!(
+        Err(Error::Failed(format!(
             "{} queries failed (listed above; run again to retry them)",
             failures.len()
         )))

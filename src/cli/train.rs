@@ -66,7 +66,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
-            .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
+            .map_err(|e| Error::Backend(format!("--threads: {e}")))?;
     }
     if let Some(dir) = &a.export_prepared {
         return export_prepared(&a.images, dir);
@@ -112,9 +112,7 @@ fn export_prepared(images: &[String], dir: &Path) -> Result<()> {
         dir.display()
     );
     if written.is_empty() {
-        Err(Error::InvalidArgument(
-            "no training volume could be prepared".into(),
-        ))
+        Err(Error::Failed("no training volume could be prepared".into()))
     } else {
         Ok(())
     }

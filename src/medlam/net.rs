@@ -267,16 +267,16 @@ impl MedLam {
             store = store.with_to_adapter(HalfPrecisionAdapter::new());
         }
         self.save_into(&mut store)
-            .map_err(|e| Error::InvalidArgument(format!("cannot serialise MedLAM weights: {e}")))?;
+            .map_err(|e| Error::Weights(format!("cannot serialise MedLAM weights: {e}")))?;
         let bytes = store
             .get_bytes()
-            .map_err(|e| Error::InvalidArgument(format!("cannot serialise MedLAM weights: {e}")))?;
+            .map_err(|e| Error::Weights(format!("cannot serialise MedLAM weights: {e}")))?;
         Ok(bytes.to_vec())
     }
 
     /// Load weights written by [`Self::to_bytes`] onto `device`; returns the network and its config.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<(Self, MedLamConfig)> {
-        let bad = |e: String| Error::InvalidArgument(format!("not a MedLAM weights file: {e}"));
+        let bad = |e: String| Error::Weights(format!("not a MedLAM weights file: {e}"));
         let data = Bytes::from_bytes_vec(bytes.to_vec());
         let reader = Reader::from_bytes(data.clone()).map_err(|e| bad(e.to_string()))?;
         let json = reader
@@ -316,7 +316,7 @@ impl MedLam {
     /// Metadata of a weights file (the config and the training record), without loading it.
     pub fn file_metadata(bytes: &[u8]) -> Result<std::collections::BTreeMap<String, String>> {
         let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
-            .map_err(|e| Error::InvalidArgument(format!("not a MedLAM weights file: {e}")))?;
+            .map_err(|e| Error::Weights(format!("not a MedLAM weights file: {e}")))?;
         Ok(reader.metadata().clone())
     }
 }

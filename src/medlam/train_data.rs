@@ -35,7 +35,7 @@ pub fn expand_images(specs: &[String]) -> Result<Vec<PathBuf>> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             let mut hits: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?
+                .map_err(|e| Error::io(dir.display(), e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.file_name()
@@ -277,7 +277,7 @@ pub fn load_volumes(
         }
     }
     if vols.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Failed(format!(
             "none of the {} training images could be used (first problem: {})",
             images.len(),
             skipped.first().map_or("-", |s| s.as_str())

@@ -143,7 +143,7 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     for (n, group) in todo.chunks(chunk).enumerate() {
         yield_to_page().await;
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::InvalidArgument("cancelled".into()));
+            return Err(Error::Cancelled);
         }
         progress(Progress {
             stage: "segment",
@@ -189,7 +189,7 @@ async fn encode_slices<S: SliceSegmenter>(
         .collect();
     let embeddings = segmenter.encode_many(&slices, nx, ny).await?;
     if embeddings.len() != ks.len() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Model(format!(
             "segmenter returned {} embeddings for {} slices",
             embeddings.len(),
             ks.len()
@@ -507,6 +507,6 @@ mod tests {
             Some(&flag),
             &mut |_| {},
         ));
-        assert!(e.err().unwrap().to_string().contains("cancelled"));
+        assert!(matches!(e, Err(Error::Cancelled)));
     }
 }

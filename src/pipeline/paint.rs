@@ -80,7 +80,7 @@ fn paint_slice(
     [nx, ny]: [usize; 2],
 ) -> Result<()> {
     if probs.len() != labels.len() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Model(format!(
             "segmenter returned {} masks for {} boxes",
             probs.len(),
             labels.len()
@@ -89,7 +89,7 @@ fn paint_slice(
     let mut best = vec![threshold; nx * ny];
     for (&label, prob) in labels.iter().zip(probs) {
         if prob.len() != nx * ny {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Model(format!(
                 "segmenter returned {} probabilities for a {nx}×{ny} slice",
                 prob.len()
             )));

@@ -156,7 +156,7 @@ fn eval_query(
     let (regs, failures) = register_supports(opts, supports, fixed, &located, device);
     let register_s = t0.elapsed().as_secs_f64();
     if regs.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Failed(format!(
             "{q}: every registration failed: {failures:?}"
         )));
     }
@@ -264,7 +264,7 @@ fn dsc_rows(
             let (_, p) = canon
                 .iter()
                 .find(|(l, _)| l == o)
-                .ok_or_else(|| Error::InvalidArgument(format!("organ {o} not fused")))?;
+                .ok_or_else(|| Error::Failed(format!("organ {o} not fused")))?;
             let mask: Volume<bool> = p.map(|v| v >= 0.5).from_canonical(&query.reorientation)?;
             let truth = mask_of(&query.labels, *o);
             row.push(dice_pct(&mask, &truth)?.unwrap_or(0.0));

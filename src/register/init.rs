@@ -118,7 +118,7 @@ pub fn affine_from_points(fixed: &[[f64; 3]], moving: &[[f64; 3]]) -> Result<Aff
     }
     let a = Affine { m };
     if !a.is_finite() {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Failed(
             "affine_from_points: the points give no finite affine".into(),
         ));
     }

@@ -136,7 +136,7 @@ impl RegisterLocalizer {
             pacer.tick(&self.device).await;
         }
         if warped.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Failed(format!(
                 "every support's registration failed ({})",
                 self.report.join("; ")
             )));

@@ -358,7 +358,7 @@ pub async fn register(
     match init {
         Some(a) if a.is_finite() && a.determinant().abs() > 1e-6 => inits.push(*a),
         Some(_) => {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Failed(
                 "registration: the initial affine is singular or not finite".into(),
             ));
         }

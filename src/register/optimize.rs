@@ -70,7 +70,7 @@ fn read(t: Tensor<1>) -> Result<f64> {
         .convert::<f64>()
         .try_to_vec::<f64>()
         .map(|v| v.first().copied().unwrap_or(f64::NAN))
-        .map_err(|e| Error::InvalidArgument(format!("registration: reading a result: {e:?}")))
+        .map_err(|e| Error::Backend(format!("registration: reading a result: {e:?}")))
 }
 
 /// Linear decay from `lr` to `0.2·lr` over `steps`.
@@ -104,7 +104,7 @@ pub(super) async fn register(
     let p_aff = pb.affine_of(&p_init, theta);
     let (ncc_aff, frac) = pb.global(&pb.levels[1], p_aff.clone(), None)?;
     if frac < 0.3 || !ncc_aff.is_finite() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Failed(format!(
             "registration: after the affine only {:.0} % of the query's body region overlaps the \
              support (NCC {ncc_aff:.3})",
             100.0 * frac
@@ -375,7 +375,7 @@ impl<'a> Problem<'a> {
             );
         }
         if starts.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Failed(
                 "registration: the images do not overlap after initialisation".into(),
             ));
         }
@@ -417,14 +417,14 @@ impl<'a> Problem<'a> {
             let loss = loss_of(x.clone());
             let value = read(loss.clone().inner())?;
             if !value.is_finite() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Failed(format!(
                     "registration: the {} loss is not finite ({value}) at step {step}",
                     names[0]
                 )));
             }
             let grads = loss.backward();
             let g = x.grad(&grads).ok_or_else(|| {
-                Error::InvalidArgument(format!("registration: no gradient for {}", names[1]))
+                Error::Failed(format!("registration: no gradient for {}", names[1]))
             })?;
             let (t, s) = Optimizer::step(&self.adam, lr_at(lr, step, steps), params, g, state);
             params = t;
@@ -461,9 +461,7 @@ impl<'a> Problem<'a> {
             }
         }
         let (_, ii, dz, theta) = best.ok_or_else(|| {
-            Error::InvalidArgument(
-                "registration: no starting position keeps the images overlapping".into(),
-            )
+            Error::Failed("registration: no starting position keeps the images overlapping".into())
         })?;
         Ok((ii, dz, theta))
     }
@@ -476,7 +474,7 @@ impl<'a> Problem<'a> {
             .into_data()
             .convert::<f64>()
             .try_to_vec::<f64>()
-            .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("registration: {e:?}")))?;
         let mut am = [[0.0; 4]; 4];
         for r in 0..3 {
             for c in 0..3 {
@@ -487,9 +485,7 @@ impl<'a> Problem<'a> {
         am[3][3] = 1.0;
         let affine = Affine { m: am };
         if !affine.is_finite() || affine.determinant().abs() < 0.1 {
-            return Err(Error::InvalidArgument(
-                "registration: the affine degenerated".into(),
-            ));
+            return Err(Error::Failed("registration: the affine degenerated".into()));
         }
         Ok(affine)
     }

@@ -31,7 +31,7 @@ use methods::evaluate_query;
 /// Load MedLAM weights from a file onto a device.
 pub fn load_weights(path: &Path, device: &Device) -> Result<(MedLam, MedLamConfig)> {
     let bytes = std::fs::read(path).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::Weights(format!(
             "cannot read MedLAM weights {}: {e} (train them with `medlsam train`, or pass --weights)",
             path.display()
         ))
@@ -126,9 +126,12 @@ pub struct EvalRow {
 /// OpenKBP cases with the organs each has (from `index.tsv`).
 pub fn openkbp_index(data: &Path) -> Result<Vec<(String, Vec<String>)>> {
     let text = std::fs::read_to_string(data.join("openkbp/index.tsv")).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "{}: {e} (the OpenKBP data are needed for the evaluation)",
-            data.join("openkbp/index.tsv").display()
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (the OpenKBP data are needed for the evaluation)",
+                data.join("openkbp/index.tsv").display()
+            ),
         ))
     })?;
     Ok(text

@@ -270,7 +270,7 @@ pub fn medlam_weights_path(config: &RunConfig) -> PathBuf {
 /// Read MedLAM weights (burnpack bytes) from a file.
 pub fn read_medlam_weights(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::Weights(format!(
             "cannot read MedLAM weights {}: {e}",
             path.display()
         ))

@@ -39,8 +39,7 @@ pub fn write_boxes_json(
     names: &LabelTable,
 ) -> Result<()> {
     let json = boxes_json(case, organs, reorientation, names);
-    let text =
-        serde_json::to_string_pretty(&json).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Io(e.into()))?;
     write_file(&out.join(format!("{case}.boxes.json")), text.as_bytes())
 }
 

@@ -41,7 +41,7 @@ impl QueryReport {
     pub fn ok(&self) -> Result<&QueryOk> {
         self.result
             .as_ref()
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.case)))
+            .map_err(|e| Error::Failed(format!("{}: {e}", self.case)))
     }
 }
 

@@ -220,7 +220,7 @@ mod native {
             // A user's PyTorch checkpoint: LiteMedSAM, else the SAM/MedSAM ViT-B layout.
             load_pth(&SamConfig::lite_medsam(), &path, &device).or_else(|lite| {
                 load_pth(&SamConfig::vit_b(), &path, &device).map_err(|vit| {
-                    Error::InvalidArgument(format!(
+                    Error::Weights(format!(
                         "{} is neither a LiteMedSAM ({lite}) nor a SAM ViT-B checkpoint ({vit})",
                         path.display()
                     ))

@@ -82,7 +82,7 @@ where
             let todo: Vec<Vec<f32>> = missing.iter().map(|&n| slices[n].clone()).collect();
             let new = self.inner.encode_many(&todo, width, height).await?;
             if new.len() != todo.len() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Model(format!(
                     "segmenter returned {} embeddings for {} slices",
                     new.len(),
                     todo.len()

@@ -229,12 +229,13 @@ impl SamSegmenter {
                 .unwrap_or(prompts.len().min(start + MAX_BATCH));
             let logits = self.decode_logits(emb, &prompts[start..end])?;
             let probs = upsample_probabilities(logits, &emb.prep);
-            let data = probs.into_data_async().await.map_err(|e| {
-                Error::InvalidArgument(format!("reading the mask from the device: {e:?}"))
-            })?;
+            let data = probs
+                .into_data_async()
+                .await
+                .map_err(|e| Error::Backend(format!("reading the mask from the device: {e:?}")))?;
             let v: Vec<f32> = data
                 .try_into_vec()
-                .map_err(|e| Error::InvalidArgument(format!("mask data: {e:?}")))?;
+                .map_err(|e| Error::Backend(format!("mask data: {e:?}")))?;
             let n = emb.prep.slice_hw[0] * emb.prep.slice_hw[1];
             out.extend(v.chunks(n).map(<[f32]>::to_vec));
             start = end;
@@ -292,9 +293,8 @@ impl SliceSegmenter for SamSegmenter {
                 workers
                     .into_iter()
                     .map(|w| {
-                        w.join().map_err(|_| {
-                            Error::InvalidArgument("a slice encoder thread panicked".into())
-                        })?
+                        w.join()
+                            .map_err(|_| Error::Backend("a slice encoder thread panicked".into()))?
                     })
                     .collect()
             });

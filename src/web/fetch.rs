@@ -40,7 +40,7 @@ pub async fn fetch_manifest() -> Result<Manifest> {
 }
 
 async fn fetch(url: &str, init: &RequestInit) -> Result<Response> {
-    let window = web_sys::window().ok_or_else(|| Error::InvalidArgument("no window".into()))?;
+    let window = web_sys::window().ok_or_else(|| Error::Backend("no window".into()))?;
     let req = Request::new_with_str_and_init(url, init).map_err(|e| js_err(url, e))?;
     let resp: Response = JsFuture::from(window.fetch_with_request(&req))
         .await
@@ -48,7 +48,7 @@ async fn fetch(url: &str, init: &RequestInit) -> Result<Response> {
         .dyn_into()
         .map_err(|e| js_err(url, e))?;
     if !resp.ok() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Weights(format!(
             "cannot download {url}: HTTP {} (was the app built after `./dev setup` made the weights?)",
             resp.status()
         )));

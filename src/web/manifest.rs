@@ -34,13 +34,13 @@ impl Manifest {
     /// Parse a manifest; a clear error if it is not one.
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text)
-            .map_err(|e| Error::InvalidArgument(format!("weights manifest is not valid: {e}")))
+            .map_err(|e| Error::Weights(format!("weights manifest is not valid: {e}")))
     }
 
     /// The entry of a file, or an error naming what is missing.
     pub fn entry(&self, name: &str) -> Result<&ManifestEntry> {
         self.files.iter().find(|f| f.name == name).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::Weights(format!(
                 "weights file {name} is not in the weights manifest (was the app built after `./dev setup`?)"
             ))
         })
@@ -82,7 +82,7 @@ pub fn write_manifest(dir: &std::path::Path, names: &[&str]) -> Result<Manifest>
     for name in names {
         let path = dir.join(name);
         let bytes = std::fs::read(&path)
-            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
         files.push(ManifestEntry {
             name: name.to_string(),
             bytes: bytes.len() as u64,

@@ -39,7 +39,7 @@ impl FeatureFrame {
             return Ok(Vec::new());
         }
         if windows.iter().any(|w| w.dims()[0] != n) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Model(format!(
                 "{} searches but {} support windows",
                 n,
                 windows[0].dims()[0]
@@ -137,11 +137,11 @@ impl FeatureFrame {
         let data = sim
             .into_data_async()
             .await
-            .map_err(|e| Error::InvalidArgument(format!("reading similarities: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("reading similarities: {e:?}")))?;
         let values: Vec<f32> = data
             .convert::<f32>()
             .try_into_vec()
-            .map_err(|e| Error::InvalidArgument(format!("reading similarities: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("reading similarities: {e:?}")))?;
         let per = len[0] * len[1] * len[2];
         Ok(spans
             .iter()

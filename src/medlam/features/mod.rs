@@ -166,7 +166,7 @@ impl FeatureFrame {
         let p = config.patch;
         let half = p / 2;
         if (0..3).any(|a| size[a] < p || !size[a].is_multiple_of(half)) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Model(format!(
                 "feature frame {size:?} is not a multiple of {half} voxels of at least {p}"
             )));
         }

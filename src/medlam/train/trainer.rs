@@ -48,7 +48,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn record_err(e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("checkpoint: {e}"))
+    Error::Weights(format!("checkpoint: {e}"))
 }
 
 /// The training losses summed over the steps since the last log line.
@@ -157,7 +157,7 @@ impl<'a> Trainer<'a> {
             let st: CheckpointState =
                 serde_json::from_str(&std::fs::read_to_string(&state_f)?).map_err(record_err)?;
             if st.config != opts.config || st.seed != opts.seed || st.batch != opts.batch {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Weights(format!(
                     "the checkpoint in {} was made with other settings (config, seed or batch): \
                      use the same ones to resume, or another --checkpoint-dir",
                     opts.checkpoint_dir.display()
@@ -185,10 +185,10 @@ impl<'a> Trainer<'a> {
             });
         } else if let Some(init) = &opts.init {
             let bytes = std::fs::read(init)
-                .map_err(|e| Error::InvalidArgument(format!("--init {}: {e}", init.display())))?;
+                .map_err(|e| Error::Weights(format!("--init {}: {e}", init.display())))?;
             let (loaded, config) = MedLam::from_bytes(&bytes, &self.device)?;
             if config != opts.config {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Weights(format!(
                     "--init {} holds a network of another config ({config:?}); train with that \
                      config (--config) or start from scratch",
                     init.display()
@@ -230,7 +230,7 @@ impl<'a> Trainer<'a> {
         self.net = self.optim.step(lr, self.net.clone(), grads);
         let (t, u, m) = (scalar(&loss.total), scalar(&loss.uam), scalar(&loss.mss));
         if !t.is_finite() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Failed(format!(
                 "training diverged at step {} (loss {t}); try a lower --lr",
                 self.step
             )));

@@ -29,9 +29,9 @@ impl Problem<'_> {
             .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
-            .map_err(|e| Error::InvalidArgument(format!("registration: {e:?}")))?;
+            .map_err(|e| Error::Backend(format!("registration: {e:?}")))?;
         if ffd.grid.coef.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Failed(
                 "registration: the deformation is not finite".into(),
             ));
         }

@@ -108,9 +108,9 @@ pub(super) fn offer_download(id: &str, bytes: &[u8], file_name: &str, mime: &str
     let opts = web_sys::BlobPropertyBag::new();
     opts.set_type(mime);
     let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)
-        .map_err(|_| Error::InvalidArgument("cannot create a download".into()))?;
+        .map_err(|_| Error::Backend("cannot create a download".into()))?;
     let url = web_sys::Url::create_object_url_with_blob(&blob)
-        .map_err(|_| Error::InvalidArgument("cannot create a download".into()))?;
+        .map_err(|_| Error::Backend("cannot create a download".into()))?;
     let a: HtmlAnchorElement = by_testid(id);
     // Free the previous file's bytes.
     let old = a.href();

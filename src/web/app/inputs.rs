@@ -6,7 +6,12 @@ use super::*;
 pub(super) async fn read_file(file: web_sys::File) -> Result<Vec<u8>> {
     let buf = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
         .await
-        .map_err(|_| Error::InvalidArgument(format!("cannot read {}", file.name())))?;
+        .map_err(|_| {
+            Error::Io(std::io::Error::other(format!(
+                "cannot read {}",
+                file.name()
+            )))
+        })?;
     Ok(js_sys::Uint8Array::new(&buf).to_vec())
 }
 
@@ -73,7 +78,7 @@ async fn callback_result(
     });
     wasm_bindgen_futures::JsFuture::from(promise)
         .await
-        .map_err(|_| Error::InvalidArgument(format!("cannot read {what}")))
+        .map_err(|_| Error::Io(std::io::Error::other(format!("cannot read {what}"))))
 }
 
 /// Read every file under dropped entries (folders walked to any depth).
@@ -148,7 +153,7 @@ pub(super) fn to_case(name: &str, bytes: &[u8]) -> Result<Case> {
 }
 
 pub(super) fn prefix(name: &str, e: Error) -> Error {
-    Error::InvalidArgument(format!("{name}: {e}"))
+    e.context(name)
 }
 
 /// A label map (file grid) on a case's canonical grid, after checking they match.

@@ -298,6 +298,7 @@ pub fn start() {
         wasm_bindgen_futures::spawn_local(async {
             match on_run().await {
                 Ok(m) => set_status(&m, false),
+                Err(e) if e.is_cancelled() => set_status("cancelled", false),
                 Err(e) if CANCEL.load(Ordering::Relaxed) => {
                     set_status(&format!("cancelled ({e})"), false)
                 }
