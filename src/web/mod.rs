@@ -1,5 +1,6 @@
-//! The browser app: a thin shell over the library. `viewer` renders slices
-//! (pure Rust, tested natively); `app` is the DOM shell (wasm32 only).
+//! The browser app: a thin shell over the library. `viewer` renders slices and
+//! `state` holds the page's state and its transitions (`Msg` → `update`), both pure
+//! Rust, tested natively; `app` is the DOM shell (wasm32 only).
 
 #[cfg(target_arch = "wasm32")]
 pub mod app;
@@ -8,6 +9,7 @@ pub mod fetch;
 pub mod manifest;
 #[cfg(target_arch = "wasm32")]
 pub mod run;
+pub mod state;
 pub mod viewer;
 
 /// Where the models run, as the page's address asks: `?backend=cpu` forces Burn's

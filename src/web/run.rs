@@ -222,12 +222,41 @@ pub async fn run(
     });
     // Let the page paint the progress (the CPU backend's work never yields by itself).
     super::yield_to_browser().await;
-    let cases = support_cases(supports)?;
     let mut times = RunTimes {
         gpu: models.webgpu,
         ..Default::default()
     };
-    let mut localizer = RunLocalizer::build(
+    let mut localizer = build_localizer(models, supports, settings).await?;
+    times.atlas = start.elapsed();
+    for (qi, (ct, truth)) in queries.iter().enumerate() {
+        let mut report = |p: Progress| {
+            let elapsed_s = start.elapsed().as_secs_f64();
+            progress(query_progress(&p, qi, queries.len(), elapsed_s));
+        };
+        let outcome = run_query(
+            models,
+            &mut localizer,
+            ct,
+            truth.as_ref(),
+            settings,
+            cancel,
+            &mut report,
+        )
+        .await?;
+        times.queries += outcome.result.times;
+        on_query(qi, outcome);
+    }
+    Ok(times)
+}
+
+/// The supports' atlas (or registration set) that places the organs in the queries.
+async fn build_localizer(
+    models: &Models,
+    supports: Vec<SupportInput>,
+    settings: &RunSettings,
+) -> Result<RunLocalizer> {
+    let cases = support_cases(supports)?;
+    RunLocalizer::build(
         settings.localizer,
         &models.medlam,
         &models.medlam_config,
@@ -237,59 +266,66 @@ pub async fn run(
         LocalizeOptions::default(),
         &models.device,
     )
-    .await?;
-    times.atlas = start.elapsed();
-    drop(cases);
-    // The atlas takes a share of the run; each query an equal share of the rest.
-    let atlas_share = 0.1;
-    let n = queries.len() as f64;
-    for (qi, (ct, truth)) in queries.iter().enumerate() {
-        let mut report = |p: Progress| {
-            let within = match p.stage {
-                "localize" => 0.1 * p.done as f64 / p.total.max(1) as f64,
-                _ => 0.1 + 0.9 * p.done as f64 / p.total.max(1) as f64,
-            };
-            let fraction = atlas_share + (1.0 - atlas_share) * (qi as f64 + within) / n;
-            let elapsed = start.elapsed().as_secs_f64();
-            let eta_s =
-                (fraction > atlas_share + 0.01).then(|| elapsed * (1.0 - fraction) / fraction);
-            progress(RunProgress {
-                stage: format!(
-                    "query {}/{}: {} {}/{}",
-                    qi + 1,
-                    queries.len(),
-                    p.stage,
-                    p.done,
-                    p.total
-                ),
-                fraction,
-                eta_s,
-            });
-        };
-        report(Progress {
-            stage: "localize",
-            done: 0,
-            total: 1,
-        });
-        super::yield_to_browser().await;
-        let result = segment_canonical(
-            ct,
-            &settings.organs,
-            &mut localizer,
-            &mut models.sam,
-            &SegmentOptions::default(),
-            Some(cancel),
-            &mut report,
-        )
-        .await?;
-        times.queries += result.times;
-        let metrics = match truth {
-            Some(t) => Some(evaluate_labels(&result.labels, t, &settings.organs)?),
-            None => None,
-        };
-        on_query(qi, QueryOutcome { result, metrics });
+    .await
+}
+
+/// The share of the run the support atlas takes; each query an equal share of the rest.
+const ATLAS_SHARE: f64 = 0.1;
+
+/// A query's progress as the whole run's: within a query, localization takes a tenth and
+/// segmentation the rest; an estimate of the time left once past the atlas.
+fn query_progress(p: &Progress, qi: usize, queries: usize, elapsed_s: f64) -> RunProgress {
+    let within = match p.stage {
+        "localize" => 0.1 * p.done as f64 / p.total.max(1) as f64,
+        _ => 0.1 + 0.9 * p.done as f64 / p.total.max(1) as f64,
+    };
+    let fraction = ATLAS_SHARE + (1.0 - ATLAS_SHARE) * (qi as f64 + within) / queries as f64;
+    let eta_s = (fraction > ATLAS_SHARE + 0.01).then(|| elapsed_s * (1.0 - fraction) / fraction);
+    RunProgress {
+        stage: format!(
+            "query {}/{}: {} {}/{}",
+            qi + 1,
+            queries,
+            p.stage,
+            p.done,
+            p.total
+        ),
+        fraction,
+        eta_s,
     }
-    Ok(times)
+}
+
+/// Localize and segment one query, and measure it against its label map when given.
+async fn run_query(
+    models: &mut Models,
+    localizer: &mut RunLocalizer,
+    ct: &CtVolume,
+    truth: Option<&LabelVolume>,
+    settings: &RunSettings,
+    cancel: &AtomicBool,
+    report: &mut dyn FnMut(Progress),
+) -> Result<QueryOutcome> {
+    report(Progress {
+        stage: "localize",
+        done: 0,
+        total: 1,
+    });
+    super::yield_to_browser().await;
+    let result = segment_canonical(
+        ct,
+        &settings.organs,
+        localizer,
+        &mut models.sam,
+        &SegmentOptions::default(),
+        Some(cancel),
+        report,
+    )
+    .await?;
+    let metrics = match truth {
+        Some(t) => Some(evaluate_labels(&result.labels, t, &settings.organs)?),
+        None => None,
+    };
+    Ok(QueryOutcome { result, metrics })
 }
 
 /// A user's correction on one axial slice: a box, points, or both (slice pixels `[i, j]`).

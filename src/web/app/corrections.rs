@@ -7,24 +7,9 @@ use super::*;
 pub(super) fn render_edit_organs() {
     APP.with_borrow(|a| {
         let sel: HtmlSelectElement = by_testid("edit-organ");
-        let organs: Vec<u16> = match shown_case(a).filter(|_| a.shown.is_some_and(Shown::is_query))
-        {
-            Some(c) => {
-                let mut v: Vec<u16> = offered_organs(a);
-                v.extend(
-                    c.result
-                        .iter()
-                        .flat_map(|r| r.organs.iter().map(|o| o.label)),
-                );
-                v.sort_unstable();
-                v.dedup();
-                v
-            }
-            None => Vec::new(),
-        };
         let current = a.edit.organ;
         let opts: String = std::iter::once("<option value=''>— (off)</option>".to_string())
-            .chain(organs.iter().map(|&l| {
+            .chain(a.edit_organs().iter().map(|&l| {
                 format!(
                     "<option value='{l}' {}>{l} {}</option>",
                     if current == Some(l) { "selected" } else { "" },
@@ -36,53 +21,28 @@ pub(super) fn render_edit_organs() {
     });
 }
 
+/// Re-segment the cursor's axial slice of the shown query from the correction drawn.
 pub(super) async fn on_resegment() -> Result<String> {
-    let (ct, mut labels, edit, qi) = APP.with_borrow(|a| {
-        let Some(Shown::Query(qi)) = a.shown else {
-            return Err(Error::InvalidArgument(
-                "show a query to correct its segmentation".into(),
-            ));
-        };
-        let case = &a.queries[qi];
-        let organ = a.edit.organ.ok_or_else(|| {
-            Error::InvalidArgument("choose the organ to correct in the correction panel".into())
-        })?;
-        let prompt = SlicePrompt {
-            bbox: a.edit.bbox.map(|b| b.map(|v| v as f32)),
-            points: a
-                .edit
-                .points
-                .iter()
-                .map(|&(p, positive)| PromptPoint {
-                    xy: [p[0] as f32, p[1] as f32],
-                    positive,
-                })
-                .collect(),
-        };
-        let labels = case.labels.clone().map_or_else(
-            || Volume::filled(case.canon.dims, 0u16, case.canon.affine),
-            Ok,
-        )?;
-        Ok::<_, Error>((
-            case.canon.clone(),
-            labels,
-            SliceEdit {
-                organ,
-                k: a.cursor[2],
-                prompt,
-            },
-            qi,
-        ))
+    let (ct, mut labels, fix) = APP.with_borrow(|a| {
+        let fix = a.correction()?;
+        let case = a
+            .queries
+            .get(fix.query)
+            .ok_or_else(|| Error::InvalidArgument("no query shown".into()))?;
+        Ok::<_, Error>((case.canon.clone(), case.labels_or_empty()?, fix))
     })?;
+    let edit = SliceEdit {
+        organ: fix.organ,
+        k: fix.k,
+        prompt: fix.prompt,
+    };
     let mut models = take_models().await?;
     let res = run::resegment_slice(&mut models, &ct, &mut labels, &edit).await;
     MODELS.with_borrow_mut(|m| *m = Some(models));
     let count = res?;
-    APP.with_borrow_mut(|a| {
-        let c = &mut a.queries[qi];
-        c.labels = Some(labels);
-        a.edit.bbox = None;
-        a.edit.points.clear();
+    dispatch(Msg::SliceResegmented {
+        query: fix.query,
+        labels,
     });
     offer_result_downloads()?;
     Ok(format!(
@@ -91,39 +51,42 @@ pub(super) async fn on_resegment() -> Result<String> {
     ))
 }
 
-pub(super) fn start_marking() -> Result<String> {
-    let input: HtmlInputElement = by_testid("points-label");
-    let label: u16 = input
-        .value()
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&l| l > 0)
-        .ok_or_else(|| {
-            Error::InvalidArgument("enter the organ's label number (1-65535) first".into())
-        })?;
-    APP.with_borrow_mut(|a| {
-        if a.shown.is_none_or(Shown::is_query) {
-            return Err(Error::InvalidArgument(
-                "load a support CT (and show it) before marking points".into(),
-            ));
-        }
-        a.marking = Some((label, Vec::new()));
-        Ok(format!(
-            "organ {label}: click {} (1/6)",
-            EXTREME_POINT_PROMPTS[0]
-        ))
-    })
+/// Re-segment in the background; its end goes to the page's state.
+pub(super) fn start_resegment() {
+    wasm_bindgen_futures::spawn_local(async {
+        let r = on_resegment().await;
+        dispatch(Msg::ResegmentFinished(r));
+    });
 }
 
-pub(super) fn undo_point() -> Option<String> {
-    APP.with_borrow_mut(|a| {
-        let (label, pts) = a.marking.as_mut()?;
-        pts.pop();
-        Some(format!(
-            "organ {label}: click {} ({}/6)",
-            EXTREME_POINT_PROMPTS[pts.len()],
-            pts.len() + 1
-        ))
-    })
+/// Pixel of the axial pane under the mouse.
+fn axial_at(e: &Event) -> [usize; 2] {
+    let m: &web_sys::MouseEvent = e.dyn_ref().expect("mouse event");
+    let canvas: HtmlCanvasElement = by_testid("viewer-axial");
+    pane_pixel(&canvas, m.offset_x() as f64, m.offset_y() as f64)
+}
+
+/// Wire the correction panel (organ, tool, box drawn on the axial pane, Re-segment,
+/// Clear) and the marking of an organ by its extreme points.
+pub(super) fn wire() {
+    on_event("edit-organ", "change", |e| {
+        let sel: HtmlSelectElement = target(&e);
+        dispatch(Msg::EditOrgan(sel.value().parse::<u16>().ok()));
+    });
+    for (id, point) in [("edit-tool-box", false), ("edit-tool-point", true)] {
+        on_event(id, "change", move |_| dispatch(Msg::EditTool { point }));
+    }
+    on_event("viewer-axial", "mousedown", |e| {
+        dispatch(Msg::AxialPress(axial_at(&e)))
+    });
+    on_event("viewer-axial", "mouseup", |e| {
+        dispatch(Msg::AxialRelease(axial_at(&e)))
+    });
+    on_click("resegment-button", || dispatch(Msg::ResegmentPressed));
+    on_click("clear-prompts-button", || dispatch(Msg::ClearPrompts));
+    on_click("mark-points-button", || {
+        let input: HtmlInputElement = by_testid("points-label");
+        dispatch(Msg::StartMarking(input.value()))
+    });
+    on_click("undo-point-button", || dispatch(Msg::UndoPoint));
 }

@@ -1,5 +1,6 @@
 //! The inputs panel: support and query CTs, their label maps, a label table, the demo
-//! phantoms; files are read in the page and never leave it.
+//! phantoms; files are read in the page and never leave it. What was read goes to the
+//! page's state as a [`Msg`].
 
 use super::*;
 
@@ -127,133 +128,24 @@ pub(super) async fn read_dropped(
     Ok(out)
 }
 
-/// A CT read from its files (NIfTI, or a DICOM series) as the page keeps it.
-pub(super) fn scan_case(scan: ScanRead) -> Case {
-    let codes = scan.ct.affine.axis_codes();
-    let (canon, reorientation) = scan.ct.to_canonical();
-    Case {
-        name: scan.name,
-        canon,
-        reorientation,
-        file_affine_codes: codes,
-        labels: None,
-        truth: None,
-        points: Vec::new(),
-        result: None,
-        dicom: scan.dicom,
-    }
-}
-
-pub(super) fn to_case(name: &str, bytes: &[u8]) -> Result<Case> {
-    read_scan(&ScanFiles::Nifti {
-        name: name.to_string(),
-        bytes: bytes.to_vec(),
-    })
-    .map(scan_case)
-}
-
-pub(super) fn prefix(name: &str, e: Error) -> Error {
-    e.context(name)
-}
-
-/// A label map (file grid) on a case's canonical grid, after checking they match.
-pub(super) fn labels_for(case: &Case, name: &str, labels: LabelVolume) -> Result<LabelVolume> {
-    let (canon, r) = labels.to_canonical();
-    if r != case.reorientation || !case.canon.same_grid(&canon) {
-        return Err(Error::Mismatch(format!(
-            "{name} does not match {} (different shape or geometry): is it the label map of another scan?",
-            case.name
-        )));
-    }
-    Ok(canon)
-}
-
-/// A chosen label file (NIfTI, or an RTSTRUCT of a DICOM case) on a case's canonical
-/// grid, with the RTSTRUCT's ROI names.
-fn label_file_for(
-    case: &Case,
-    name: &str,
-    file: &LabelFile,
-) -> Result<(LabelVolume, Option<LabelTable>)> {
-    let ct = match file {
-        LabelFile::Map(_) => None,
-        LabelFile::RtStruct(_) => Some(case.canon.from_canonical(&case.reorientation)?),
-    };
-    let grid = ct.as_ref().unwrap_or(&case.canon);
-    let (labels, table) = file.on_scan(name, &case.name, grid, case.dicom.as_ref())?;
-    Ok((labels_for(case, name, labels)?, table))
-}
-
-/// Pair label maps (file order) with cases one to one.
-pub(super) fn check_pairs(cases: usize, labels: usize, what: &str) -> Result<()> {
-    if labels != cases {
-        return Err(Error::Mismatch(format!(
-            "{cases} {what} CTs but {labels} {what} label maps: give one label map per {what} CT"
-        )));
-    }
-    Ok(())
-}
-
-/// Read the CTs among files (NIfTI files; DICOM folders, each one series).
-pub(super) fn read_cases(files: NamedFiles) -> Result<Vec<Case>> {
-    group_scans(files)
-        .iter()
-        .map(|s| read_scan(s).map(scan_case))
-        .collect()
-}
-
-pub(super) async fn on_support_images(input: HtmlInputElement) -> Result<String> {
+pub(super) async fn on_support_images(input: HtmlInputElement) -> Result<Msg> {
     load_supports(files_of(&input).await?)
 }
 
-pub(super) fn load_supports(files: NamedFiles) -> Result<String> {
+pub(super) fn load_supports(files: NamedFiles) -> Result<Msg> {
+    Ok(Msg::SupportsLoaded(read_cases(files)?))
+}
+
+pub(super) async fn on_queries(input: HtmlInputElement) -> Result<Msg> {
+    load_queries(files_of(&input).await?)
+}
+
+pub(super) fn load_queries(files: NamedFiles) -> Result<Msg> {
     let cases = read_cases(files)?;
-    let n = cases.len();
-    let dicom = cases.iter().filter(|c| c.dicom.is_some()).count();
-    APP.with_borrow_mut(|a| {
-        a.supports = cases;
-        pair_support_labels(a)?;
-        a.shown = (!a.supports.is_empty()).then_some(Shown::Support(0));
-        a.recentre = true;
-        Ok::<_, Error>(())
-    })?;
-    Ok(format!("{n} support CT(s) loaded{}", dicom_note(dicom)))
-}
-
-fn dicom_note(dicom: usize) -> String {
-    match dicom {
-        0 => String::new(),
-        n => format!(" ({n} DICOM series)"),
-    }
-}
-
-pub(super) fn pair_support_labels(a: &mut App) -> Result<()> {
-    if a.support_labels.is_empty() || a.supports.is_empty() {
-        return Ok(());
-    }
-    check_pairs(a.supports.len(), a.support_labels.len(), "support")?;
-    let mut roi_names = None;
-    for (case, (name, lab)) in a.supports.iter_mut().zip(&a.support_labels) {
-        let (labels, table) = label_file_for(case, name, lab)?;
-        case.labels = Some(labels);
-        roi_names = roi_names.or(table);
-    }
-    // As natively: an RTSTRUCT's ROI names name the organs, unless a label table was chosen.
-    if let Some(t) = roi_names.filter(|_| !a.table_chosen) {
-        a.table = t;
-    }
-    Ok(())
-}
-
-pub(super) fn pair_query_labels(a: &mut App) -> Result<()> {
-    if a.query_labels.is_empty() || a.queries.is_empty() {
-        return Ok(());
-    }
-    check_pairs(a.queries.len(), a.query_labels.len(), "query")?;
-    for (case, (name, lab)) in a.queries.iter_mut().zip(&a.query_labels) {
-        case.truth = Some(label_file_for(case, name, lab)?.0);
-    }
-    Ok(())
+    Ok(Msg::QueriesLoaded {
+        cases,
+        memory_mib: crate::web::wasm_memory_mib(),
+    })
 }
 
 pub(super) async fn read_label_maps(input: &HtmlInputElement) -> Result<Vec<(String, LabelFile)>> {
@@ -264,109 +156,105 @@ pub(super) async fn read_label_maps(input: &HtmlInputElement) -> Result<Vec<(Str
         .collect()
 }
 
-pub(super) async fn on_query_labels(input: HtmlInputElement) -> Result<String> {
-    let labels = read_label_maps(&input).await?;
-    let n = labels.len();
-    APP.with_borrow_mut(|a| {
-        a.query_labels = labels;
-        pair_query_labels(a)
-    })?;
-    Ok(format!(
-        "{n} query label map(s) loaded (used only for metrics)"
-    ))
+pub(super) async fn on_support_labels(input: HtmlInputElement) -> Result<Msg> {
+    Ok(Msg::SupportLabelsLoaded(read_label_maps(&input).await?))
 }
 
-pub(super) async fn on_support_labels(input: HtmlInputElement) -> Result<String> {
-    let labels = read_label_maps(&input).await?;
-    let n = labels.len();
-    APP.with_borrow_mut(|a| {
-        a.support_labels = labels;
-        pair_support_labels(a)
-    })?;
-    Ok(format!("{n} support label map(s) loaded"))
+pub(super) async fn on_query_labels(input: HtmlInputElement) -> Result<Msg> {
+    Ok(Msg::QueryLabelsLoaded(read_label_maps(&input).await?))
 }
 
-pub(super) async fn on_queries(input: HtmlInputElement) -> Result<String> {
-    load_queries(files_of(&input).await?)
-}
-
-pub(super) fn load_queries(files: NamedFiles) -> Result<String> {
-    let cases = read_cases(files)?;
-    let n = cases.len();
-    let dicom = cases.iter().filter(|c| c.dicom.is_some()).count();
-    APP.with_borrow_mut(|a| {
-        a.queries = cases;
-        a.shown = (!a.queries.is_empty()).then_some(Shown::Query(0));
-        a.recentre = true;
-        pair_query_labels(a)
-    })?;
-    Ok(format!(
-        "{n} query CT(s) loaded{}; memory {:.0} MiB",
-        dicom_note(dicom),
-        crate::web::wasm_memory_mib()
-    ))
-}
-
-pub(super) async fn on_label_table(input: HtmlInputElement) -> Result<String> {
+pub(super) async fn on_label_table(input: HtmlInputElement) -> Result<Msg> {
     let files = files_of(&input).await?;
     let Some((name, bytes)) = files.into_iter().next() else {
-        return Ok(String::new());
+        return Ok(Msg::LabelTableLoaded(None));
     };
     let table =
         LabelTable::from_json(&String::from_utf8_lossy(&bytes)).map_err(|e| prefix(&name, e))?;
-    let n = table.0.len();
-    APP.with_borrow_mut(|a| {
-        a.table = table;
-        a.table_chosen = true;
-    });
-    Ok(format!("{n} label names loaded"))
+    Ok(Msg::LabelTableLoaded(Some(table)))
 }
 
-pub(super) fn run_demo() -> Result<String> {
-    let mut supports = Vec::new();
-    for seed in 1..=3 {
-        let (ct, lab) = phantom(&PhantomOptions {
-            seed,
-            ..Default::default()
-        })?;
-        let (canon, r) = ct.to_canonical();
-        supports.push(Case {
-            name: format!("phantom_support_{seed}"),
-            canon,
-            reorientation: r,
-            file_affine_codes: ct.affine.axis_codes(),
-            labels: Some(lab.to_canonical().0),
-            truth: None,
-            points: Vec::new(),
-            result: None,
-            dicom: None,
-        });
+/// The file inputs, emptied when the demo replaces what they named.
+const FILE_INPUTS: [&str; 7] = [
+    "support-image-input",
+    "support-folder-input",
+    "query-folder-input",
+    "support-label-input",
+    "label-table-input",
+    "query-input",
+    "query-label-input",
+];
+
+pub(super) fn clear_file_inputs() {
+    for id in FILE_INPUTS {
+        by_testid::<HtmlInputElement>(id).set_value("");
     }
-    let (q, q_labels) = phantom(&PhantomOptions {
-        seed: 11,
-        ras: true,
-        ..Default::default()
-    })?;
-    let mut query = to_case(
-        "phantom_query.nii.gz",
-        &crate::volume::nifti_io::write_nifti_bytes(&q, false)?,
-    )?;
-    // The phantom's own organs: after a Run the page shows how well they were found.
-    query.truth = Some(labels_for(&query, "phantom_query labels", q_labels)?);
-    APP.with_borrow_mut(|a| {
-        a.supports = supports;
-        a.support_labels.clear();
-        a.queries = vec![query];
-        a.query_labels.clear();
-        a.table_chosen = false;
-        a.table = LabelTable(
-            PHANTOM_LABELS
-                .iter()
-                .map(|&(v, n)| (v, n.to_string()))
-                .collect(),
-        );
-        a.shown = Some(Shown::Support(0));
-        a.recentre = true;
+}
+
+/// The demo's phantoms, built in the page.
+fn demo() -> Msg {
+    match demo_cases() {
+        Ok((supports, query)) => Msg::DemoLoaded {
+            supports,
+            query: Box::new(query),
+        },
+        Err(e) => Msg::LoadFailed(e),
+    }
+}
+
+/// On each `event` of the file input with this test id, read what it holds with `f`.
+fn on_async<F, Fut>(id: &str, event: &str, f: F)
+where
+    F: Fn(HtmlInputElement) -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<Msg>> + 'static,
+{
+    let input: HtmlInputElement = by_testid(id);
+    let f = Rc::new(f);
+    on_event(id, event, move |_e: Event| {
+        let (f, input) = (f.clone(), input.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            dispatch(Msg::Reading);
+            dispatch(f(input).await.unwrap_or_else(Msg::LoadFailed));
+        });
     });
-    Ok("demo: 3 synthetic support phantoms with organ labels and 1 query phantom (RAS file) loaded: press Run to localize and segment the query's organs".into())
+}
+
+/// Folders and files dropped on the element with this test id go to `load`.
+fn on_drop(id: &str, load: fn(NamedFiles) -> Result<Msg>) {
+    on_event(id, "dragover", |e: Event| e.prevent_default());
+    on_event(id, "drop", move |e: Event| {
+        e.prevent_default();
+        let Ok(d) = e.dyn_into::<web_sys::DragEvent>() else {
+            return;
+        };
+        let (entries, files) = dropped(&d);
+        wasm_bindgen_futures::spawn_local(async move {
+            dispatch(Msg::Reading);
+            let files = read_dropped(entries, files).await.and_then(|f| {
+                if f.is_empty() {
+                    // A text or link dragged in: keep what is loaded.
+                    return Err(Error::InvalidArgument(
+                        "nothing to load in what was dropped: drop CT files or DICOM folders"
+                            .into(),
+                    ));
+                }
+                Ok(f)
+            });
+            dispatch(files.and_then(load).unwrap_or_else(Msg::LoadFailed));
+        });
+    });
+}
+
+/// Wire the inputs panel: file and folder choices, drops, the Demo button.
+pub(super) fn wire() {
+    on_async("support-image-input", "change", on_support_images);
+    on_async("support-label-input", "change", on_support_labels);
+    on_async("query-input", "change", on_queries);
+    on_async("support-folder-input", "change", on_support_images);
+    on_async("query-folder-input", "change", on_queries);
+    on_drop("support-drop", load_supports);
+    on_drop("query-drop", load_queries);
+    on_async("label-table-input", "change", on_label_table);
+    on_async("query-label-input", "change", on_query_labels);
+    on_click("demo-button", || dispatch(demo()));
 }

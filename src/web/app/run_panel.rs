@@ -3,30 +3,11 @@
 
 use super::*;
 
-/// Organs the supports offer (label maps and clicked points), in label order.
-pub(super) fn offered_organs(a: &App) -> Vec<u16> {
-    let mut v: Vec<u16> = a
-        .supports
-        .iter()
-        .flat_map(|c| {
-            let from_labels = c.labels.as_ref().map(classes).unwrap_or_default();
-            from_labels
-                .into_iter()
-                .map(|(l, _)| l)
-                .chain(c.points.iter().map(|(l, _)| *l))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 /// Refresh the organ choice (a checkbox per organ the supports offer).
 pub(super) fn render_organ_choice() {
     APP.with_borrow(|a| {
         let el: HtmlElement = by_testid("organ-select");
-        let organs = offered_organs(a);
+        let organs = a.offered_organs();
         if organs.is_empty() {
             el.set_inner_html(
                 "Organs: load supports with label maps, or mark an organ by 6 points",
@@ -66,8 +47,8 @@ pub(super) fn fmt_eta(s: f64) -> String {
     }
 }
 
+/// Run disabled and Cancel enabled while a run is in progress, the reverse otherwise.
 pub(super) fn set_running(running: bool) {
-    APP.with_borrow_mut(|a| a.running = running);
     let run: HtmlButtonElement = by_testid("run-button");
     run.set_disabled(running);
     let cancel: HtmlButtonElement = by_testid("cancel-button");
@@ -86,31 +67,9 @@ pub(super) fn run_inputs() -> Result<RunInputs> {
     let localizer = LocalizerChoice::parse(&localizer.value())?;
     let mode: HtmlSelectElement = by_testid("mode-select");
     let slab: HtmlInputElement = by_testid("slab-mm");
-    let mode = match mode.value().as_str() {
-        "wpl" => BoxMode::Wpl,
-        _ => {
-            let mm: f64 = slab.value().trim().parse().unwrap_or(f64::NAN);
-            if !(mm.is_finite() && mm > 0.0) {
-                return Err(Error::InvalidArgument(
-                    "the slab thickness must be a positive number of mm".into(),
-                ));
-            }
-            BoxMode::Spl { slab_mm: mm }
-        }
-    };
+    let mode = box_mode(&mode.value(), &slab.value())?;
     APP.with_borrow(|a| {
-        if a.supports.is_empty() {
-            return Err(Error::InvalidArgument(
-                "load support CTs (with label maps, or mark an organ by 6 points) first".into(),
-            ));
-        }
-        if a.queries.is_empty() {
-            return Err(Error::InvalidArgument("load query CTs first".into()));
-        }
-        let organs: Vec<u16> = offered_organs(a)
-            .into_iter()
-            .filter(|l| !a.unselected.contains(l))
-            .collect();
+        let organs = a.run_organs()?;
         let supports = a
             .supports
             .iter()
@@ -163,7 +122,6 @@ pub(super) async fn on_run() -> Result<String> {
     // Return to the browser first: the click ends and "running…" shows before any work.
     crate::web::yield_to_browser().await;
     let mut models = take_models().await?;
-    let names = APP.with_borrow(|a| a.table.clone());
     let asked = settings.organs.clone();
     let n = queries.len();
     let start = web_time::Instant::now();
@@ -181,23 +139,15 @@ pub(super) async fn on_run() -> Result<String> {
             );
         },
         &mut |qi, out: QueryOutcome| {
-            APP.with_borrow_mut(|a| {
-                if let Some(c) = a.queries.get_mut(qi) {
-                    // Show the result where it is (not the middle of the volume).
-                    if let Some(v) = result_view(&out.result.labels) {
-                        a.cursor = v;
-                        a.recentre = false;
-                    }
-                    c.labels = Some(out.result.labels);
-                    c.result = Some(ResultView {
-                        asked: asked.clone(),
-                        organs: out.result.organs,
-                        metrics: out.metrics,
-                    });
-                }
-                a.shown = Some(Shown::Query(qi));
-            });
-            redraw();
+            dispatch(Msg::QueryDone {
+                index: qi,
+                labels: out.result.labels,
+                result: ResultView {
+                    asked: asked.clone(),
+                    organs: out.result.organs,
+                    metrics: out.metrics,
+                },
+            })
         },
     )
     .await;
@@ -205,7 +155,7 @@ pub(super) async fn on_run() -> Result<String> {
     let times = result?;
     set_progress(1.0, "done");
     offer_result_downloads()?;
-    render_metrics(&names);
+    render_metrics();
     Ok(format!(
         "done: {n} query CT(s) segmented in {:.0} s ({}); memory {:.0} MiB",
         start.elapsed().as_secs_f64(),
@@ -215,9 +165,10 @@ pub(super) async fn on_run() -> Result<String> {
 }
 
 /// Metrics of the shown query as an HTML table (when its label map was given).
-pub(super) fn render_metrics(names: &LabelTable) {
+pub(super) fn render_metrics() {
     let html = APP.with_borrow(|a| {
-        let Some(m) = shown_case(a)
+        let names = &a.table;
+        let Some(m) = a.shown_case()
             .and_then(|c| c.result.as_ref())
             .and_then(|r| r.metrics.as_ref())
         else {
@@ -244,4 +195,30 @@ pub(super) fn render_metrics(names: &LabelTable) {
     });
     let el: HtmlElement = by_testid("metrics-table");
     el.set_inner_html(&html);
+}
+
+/// Run in the background; its end goes to the page's state.
+pub(super) fn start_run() {
+    wasm_bindgen_futures::spawn_local(async {
+        let r = on_run().await;
+        dispatch(Msg::RunFinished(r));
+    });
+}
+
+/// Wire the run panel: the organ choice, Run and Cancel.
+pub(super) fn wire() {
+    on_event("organ-select", "change", |e| {
+        let inp: HtmlInputElement = target(&e);
+        if let Some(label) = inp
+            .get_attribute("data-organ")
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            dispatch(Msg::OrganChosen {
+                label,
+                chosen: inp.checked(),
+            });
+        }
+    });
+    on_click("run-button", || dispatch(Msg::RunPressed));
+    on_click("cancel-button", || dispatch(Msg::CancelPressed));
 }
