@@ -170,3 +170,41 @@ fn jpeg_extended_12_bit_is_refused_clearly() {
         "{e}"
     );
 }
+
+/// A JPEG whose own frame header is larger than the DICOM header's Rows: refused with both
+/// sizes named (dicom-rs 0.10.1's JPEG adapter copied the larger image into a buffer sized
+/// by Rows × Columns and panicked; found by `examples/fuzz_readers.rs --dcmtk-seeds`).
+#[test]
+fn jpeg_larger_than_its_rows_is_refused() {
+    let out = std::env::temp_dir().join(format!("medlsam-syntax-{}-rows", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("image_50");
+    let status = Command::new("dcmcjpeg")
+        .args(["+el"])
+        .arg(dicom_dir().join("image_50"))
+        .arg(&file)
+        .status()
+        .expect("this test needs DCMTK (Debian package dcmtk; ./dev setup installs it)");
+    assert!(status.success());
+    // Rows (0028,0010) US in explicit VR little endian: 28 00 10 00 'U' 'S' 02 00, value.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == [0x28, 0x00, 0x10, 0x00, b'U', b'S', 0x02, 0x00])
+        .expect("Rows in the re-encoded slice")
+        + 8;
+    let rows = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    bytes[at..at + 2].copy_from_slice(&(rows - 16).to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let e = match read_dicom_path(&out, None) {
+        Ok(_) => panic!("a JPEG larger than Rows × Columns was read"),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_dir_all(&out).unwrap();
+    let want = format!("the header says {rows}×{} of 2", rows - 16);
+    assert!(
+        e.contains("image_50") && e.contains("JPEG frame 1") && e.contains(&want),
+        "{e}"
+    );
+}

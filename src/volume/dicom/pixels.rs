@@ -90,6 +90,9 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
     let raw: Vec<u8> = match elem.value() {
         Value::Primitive(p) => p.to_bytes().into_owned(),
         Value::PixelSequence(seq) => {
+            if JPEG.contains(&h.transfer_syntax.as_str()) {
+                return decode_jpeg(name, h, seq.fragments());
+            }
             if h.transfer_syntax == RLE_LOSSLESS {
                 check_rle(name, h, seq.fragments())?;
             }
@@ -123,6 +126,71 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+/// JPEG baseline, extended, lossless (process 14) and lossless SV1.
+const JPEG: [&str; 4] = [
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+];
+
+/// JPEG frames decoded as dicom-rs 0.10.1 decodes them (`adapters/jpeg.rs`: the fragments
+/// joined, one JPEG per frame, the next frame at the next SOI marker), with the checks it
+/// lacks: it copies each decoded image into a buffer sized by Rows × Columns without
+/// comparing the two, and panics when the JPEG's own frame header is larger; and it lets
+/// jpeg-decoder allocate whatever that header claims (65535² pixels from a few bytes).
+/// Here each JPEG's size, components and precision must match the DICOM header before it is
+/// decoded.
+fn decode_jpeg(name: &str, h: &Header, fragments: &[impl AsRef<[u8]>]) -> Result<Vec<u8>> {
+    let bytes = h.bits_allocated as usize / 8;
+    let frame_bytes = h.rows * h.cols * bytes;
+    let data: Vec<u8> = fragments.iter().flat_map(|f| f.as_ref()).copied().collect();
+    let mut out = Vec::new();
+    let mut cursor = std::io::Cursor::new(&data[..]);
+    for i in 0..h.frame_count() {
+        let bad = |what: String| {
+            dicom_err(format!(
+                "{name}: the {} pixel data cannot be decoded: JPEG frame {}: {what}",
+                transfer_syntax_name(&h.transfer_syntax).0,
+                i + 1
+            ))
+        };
+        let mut dec = jpeg_decoder::Decoder::new(&mut cursor);
+        dec.read_info().map_err(|e| bad(e.to_string()))?;
+        let info = dec.info().ok_or_else(|| bad("no frame header".into()))?;
+        let px = info.pixel_format.pixel_bytes();
+        if [info.width as usize, info.height as usize, px] != [h.cols, h.rows, bytes] {
+            return Err(bad(format!(
+                "the JPEG holds {}×{} pixels of {px} byte(s), the header says {}×{} of {bytes} \
+                 (Columns × Rows (0028,0011/0010), BitsAllocated (0028,0100))",
+                info.width, info.height, h.cols, h.rows
+            )));
+        }
+        dec.set_max_decoding_buffer_size(frame_bytes);
+        out.extend(dec.decode().map_err(|e| bad(e.to_string()))?);
+        if i + 1 == h.frame_count() || !next_soi(&mut cursor) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Move `cursor` to the next JPEG start-of-image marker (FF D8); false at the end of the
+/// data.
+fn next_soi(cursor: &mut std::io::Cursor<&[u8]>) -> bool {
+    let data = *cursor.get_ref();
+    let from = cursor.position() as usize;
+    match data
+        .get(from..)
+        .and_then(|d| d.windows(2).position(|w| w == [0xff, 0xd8]))
+    {
+        Some(k) => {
+            cursor.set_position((from + k) as u64);
+            true
+        }
+        None => false,
+    }
+}
 
 /// RLE Lossless frames (DICOM PS3.5 annex G) checked before dicom-rs decodes them: its
 /// decoder (0.10.1, `rle_lossless.rs`) slices the 64-byte header and indexes segments that
