@@ -97,13 +97,7 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
                 check_rle(name, h, seq.fragments())?;
             }
             obj.decode_pixel_data()
-                .map_err(|e| {
-                    dicom_err(format!(
-                        "{name}: the {} pixel data cannot be decoded: {}",
-                        transfer_syntax_name(&h.transfer_syntax).0,
-                        chain(&e)
-                    ))
-                })?
+                .map_err(|e| undecodable(name, h, chain(&e)))?
                 .into_data()
         }
         Value::Sequence(_) => {
@@ -123,6 +117,14 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
         )));
     }
     Ok(raw)
+}
+
+/// The error for pixel data the decoder refused: the file, the transfer syntax, why.
+fn undecodable(name: &str, h: &Header, why: String) -> crate::Error {
+    dicom_err(format!(
+        "{name}: the {} pixel data cannot be decoded: {why}",
+        transfer_syntax_name(&h.transfer_syntax).0
+    ))
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -148,13 +150,7 @@ fn decode_jpeg(name: &str, h: &Header, fragments: &[impl AsRef<[u8]>]) -> Result
     let mut out = Vec::new();
     let mut cursor = std::io::Cursor::new(&data[..]);
     for i in 0..h.frame_count() {
-        let bad = |what: String| {
-            dicom_err(format!(
-                "{name}: the {} pixel data cannot be decoded: JPEG frame {}: {what}",
-                transfer_syntax_name(&h.transfer_syntax).0,
-                i + 1
-            ))
-        };
+        let bad = |what: String| undecodable(name, h, format!("JPEG frame {}: {what}", i + 1));
         let mut dec = jpeg_decoder::Decoder::new(&mut cursor);
         dec.read_info().map_err(|e| bad(e.to_string()))?;
         let info = dec.info().ok_or_else(|| bad("no frame header".into()))?;

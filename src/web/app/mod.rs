@@ -132,6 +132,14 @@ fn target<T: JsCast>(e: &Event) -> T {
         .expect("target element type")
 }
 
+/// A checkbox event's label (its `attr` attribute, a label number) and whether it is now
+/// checked; `None` when the attribute is missing or not a label.
+fn checked_label(e: &Event, attr: &str) -> Option<(u16, bool)> {
+    let inp: HtmlInputElement = target(e);
+    let label = inp.get_attribute(attr)?.parse::<u16>().ok()?;
+    Some((label, inp.checked()))
+}
+
 /// Say what the browser offers for the models: WebGPU, or the CPU in WebAssembly.
 fn show_gpu_status() {
     let gpu = web_sys::window()

@@ -208,15 +208,8 @@ pub(super) fn start_run() {
 /// Wire the run panel: the organ choice, Run and Cancel.
 pub(super) fn wire() {
     on_event("organ-select", "change", |e| {
-        let inp: HtmlInputElement = target(&e);
-        if let Some(label) = inp
-            .get_attribute("data-organ")
-            .and_then(|s| s.parse::<u16>().ok())
-        {
-            dispatch(Msg::OrganChosen {
-                label,
-                chosen: inp.checked(),
-            });
+        if let Some((label, chosen)) = checked_label(&e, "data-organ") {
+            dispatch(Msg::OrganChosen { label, chosen });
         }
     });
     on_click("run-button", || dispatch(Msg::RunPressed));

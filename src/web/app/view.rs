@@ -280,15 +280,8 @@ pub(super) fn wire() {
         dispatch(Msg::ShowBoxes(target::<HtmlInputElement>(&e).checked()))
     });
     on_event("organ-list", "change", |e| {
-        let inp: HtmlInputElement = target(&e);
-        if let Some(label) = inp
-            .get_attribute("data-label")
-            .and_then(|s| s.parse::<u16>().ok())
-        {
-            dispatch(Msg::LabelShown {
-                label,
-                shown: inp.checked(),
-            });
+        if let Some((label, shown)) = checked_label(&e, "data-label") {
+            dispatch(Msg::LabelShown { label, shown });
         }
     });
     for ((pane, id), axis) in PANES.into_iter().zip([2usize, 1, 0]) {
