@@ -544,12 +544,13 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
 });
 
 // A whole Run on WebGPU, the page's default backend: here the SwiftShader adapter (a GPU emulated
-// on the CPU, ~30× slower than the CPU backend in WebAssembly), so the query is a small phantom
-// with 32 mm slices on which the organ (the right kidney) spans 2 axial slices: the atlas,
-// MedLAM's localization and LiteMedSAM's encoder and decoder all run on WebGPU, about 8 minutes
-// (Localizer: MedLAM, since with the default registration the prior alone is the mask and
-// LiteMedSAM would not run). The same Run on the CPU in WebAssembly must give the same segmentation.
-const GPU_RUN = { dims: [96, 96, 6], spacing: [3, 3, 32], organ: 4, minDsc: 50, minAgreement: 98 };
+// on the CPU, ~30× slower than the CPU backend in WebAssembly; one encoded slice takes it ~6
+// minutes), so the query is a small phantom with 48 mm slices on which the organ (the right
+// kidney) lies on 1 axial slice: the atlas, MedLAM's localization and LiteMedSAM's encoder and
+// decoder all run on WebGPU (Localizer: MedLAM, since with the default registration the prior
+// alone is the mask and LiteMedSAM would not run). The same Run on the CPU in WebAssembly must
+// give the same segmentation. (The native CLI with the int8 weights: DSC 63.2 % on these inputs.)
+const GPU_RUN = { dims: [96, 96, 4], spacing: [3, 3, 48], organ: 4, minDsc: 50, minAgreement: 98 };
 await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-gpu-run-"));
   const phantom = (name, seed) => writePhantom(dir, name, "--dims", GPU_RUN.dims.join(","),
