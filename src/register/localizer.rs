@@ -16,9 +16,11 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 
+use super::fuse::WarpedSupport;
 use super::intensity::{DEFAULT_ALPHA, DEFAULT_BAND_MM, IntensityModel, learn_models, model_for};
 use super::{
-    FuseMode, OrganMaps, RegImage, RegisterOptions, fuse, prior_to_canonical, register, warp_labels,
+    FuseMode, OrganMaps, RegImage, RegisterOptions, Registration, fuse, prior_to_canonical,
+    register, warp_labels,
 };
 use crate::device::Pacer;
 use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
@@ -119,21 +121,20 @@ impl RegisterLocalizer {
         let fixed = RegImage::from_canonical(query)?;
         self.report.clear();
         let mut warped = Vec::new();
-        for (name, image, maps) in self.supports.iter() {
-            match register(&fixed, image, None, &self.options, &self.device, &pacer).await {
-                Ok(r) => {
+        let results = self.register_all(&fixed, &pacer).await;
+        for ((name, _, _), result) in self.supports.iter().zip(results) {
+            match result {
+                Ok((r, w)) => {
                     self.report.push(format!(
                         "{name}: NCC {:.3} → {:.3} → {:.3} in {:.1} s",
                         r.ncc[0], r.ncc[1], r.ncc[2], r.seconds
                     ));
-                    pacer.tick(&self.device).await;
-                    warped.push(warp_labels(&fixed, image, maps, &r)?);
+                    warped.push(w);
                 }
                 Err(e) => self
                     .report
                     .push(format!("{name}: registration failed: {e}")),
             }
-            pacer.tick(&self.device).await;
         }
         if warped.is_empty() {
             return Err(Error::Failed(format!(
@@ -153,6 +154,78 @@ impl RegisterLocalizer {
             }
         }
         Ok(priors)
+    }
+}
+
+/// One support registered to the query and its organ maps warped.
+type Registered = Result<(Registration, WarpedSupport)>;
+
+impl RegisterLocalizer {
+    /// Support `i` registered to `fixed`, its organ maps warped onto it.
+    async fn register_one(&self, fixed: &RegImage, i: usize, pacer: &Pacer) -> Registered {
+        let (_, image, maps) = &self.supports[i];
+        let r = register(fixed, image, None, &self.options, &self.device, pacer).await?;
+        pacer.tick(&self.device).await;
+        let w = warp_labels(fixed, image, maps, &r)?;
+        pacer.tick(&self.device).await;
+        Ok((r, w))
+    }
+
+    /// Every support registered to `fixed`, in the supports' order. In the browser one
+    /// after the other, the page getting turns; natively on up to one thread per core, since
+    /// one registration's small tensors keep about one core busy (5 OpenKBP supports on 2
+    /// cores: wall ≈ user time before). Each registration is computed alone as before, so
+    /// the results do not depend on the threads.
+    async fn register_all(&self, fixed: &RegImage, pacer: &Pacer) -> Vec<Registered> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let mut out = Vec::with_capacity(self.supports.len());
+            for i in 0..self.supports.len() {
+                out.push(self.register_one(fixed, i, pacer).await);
+            }
+            out
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = pacer;
+            let n = self.supports.len();
+            let threads = std::thread::available_parallelism()
+                .map_or(1, |c| c.get())
+                .clamp(1, n.max(1));
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let mut out: Vec<Registered> = (0..n)
+                .map(|_| Err(Error::Failed("registration thread stopped".into())))
+                .collect();
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut mine = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if i >= n {
+                                    break mine;
+                                }
+                                let pacer = Pacer::default();
+                                mine.push((
+                                    i,
+                                    pollster::block_on(self.register_one(fixed, i, &pacer)),
+                                ));
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    // A panicking registration leaves its supports' "stopped" errors.
+                    if let Ok(done) = w.join() {
+                        for (i, r) in done {
+                            out[i] = r;
+                        }
+                    }
+                }
+            });
+            out
+        }
     }
 }
 
