@@ -32,6 +32,7 @@ mod info;
 mod pixels;
 mod series;
 mod source;
+mod syntax;
 #[cfg(test)]
 mod tests;
 mod walk;

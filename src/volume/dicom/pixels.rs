@@ -8,8 +8,9 @@ use dicom_dictionary_std::tags;
 use dicom_pixeldata::PixelDecoder;
 
 use super::header::Header;
-use super::series::{Slot, dicom_err, transfer_syntax_name};
+use super::series::{Slot, dicom_err};
 use super::source::Source;
+use super::syntax::{Coding, coding, transfer_syntax_name};
 use super::walk::{chain, parse};
 use crate::Result;
 
@@ -19,9 +20,9 @@ use crate::Result;
 /// their decoders.)
 pub(super) fn check_file_sizes(src: &dyn Source, headers: &[&Header]) -> Result<()> {
     for h in headers {
-        let ratio = match h.transfer_syntax.as_str() {
-            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => 1,
-            "1.2.840.10008.1.2.1.99" => 1032,
+        let ratio = match coding(&h.transfer_syntax) {
+            Some(Coding::Native { .. }) => 1,
+            Some(Coding::Deflated) => 1032,
             _ => continue,
         };
         let need = (h.frame_count() * h.rows * h.cols) as u64 * (h.bits_allocated as u64 / 8);
@@ -90,11 +91,10 @@ fn decode_pixels(src: &dyn Source, file: usize, name: &str, h: &Header) -> Resul
     let raw: Vec<u8> = match elem.value() {
         Value::Primitive(p) => p.to_bytes().into_owned(),
         Value::PixelSequence(seq) => {
-            if JPEG.contains(&h.transfer_syntax.as_str()) {
-                return decode_jpeg(name, h, seq.fragments());
-            }
-            if h.transfer_syntax == RLE_LOSSLESS {
-                check_rle(name, h, seq.fragments())?;
+            match coding(&h.transfer_syntax) {
+                Some(Coding::Jpeg) => return decode_jpeg(name, h, seq.fragments()),
+                Some(Coding::Rle) => check_rle(name, h, seq.fragments())?,
+                _ => {}
             }
             obj.decode_pixel_data()
                 .map_err(|e| undecodable(name, h, chain(&e)))?
@@ -126,15 +126,6 @@ fn undecodable(name: &str, h: &Header, why: String) -> crate::Error {
         transfer_syntax_name(&h.transfer_syntax).0
     ))
 }
-
-const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
-/// JPEG baseline, extended, lossless (process 14) and lossless SV1.
-const JPEG: [&str; 4] = [
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-];
 
 /// JPEG frames decoded as dicom-rs 0.10.1 decodes them (`adapters/jpeg.rs`: the fragments
 /// joined, one JPEG per frame, the next frame at the next SOI marker), with the checks it

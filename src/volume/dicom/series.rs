@@ -7,35 +7,9 @@ use super::header::{Frame, Header, Scan, scan};
 use super::info::{DicomInfo, SeriesBrief};
 use super::pixels::{check_file_sizes, read_pixels};
 use super::source::Source;
+use super::syntax::transfer_syntax_name;
 use crate::volume::{Affine, Volume, checked_voxel_count};
 use crate::{Error, Result};
-
-/// The name of a transfer syntax and whether its pixel data can be decoded here.
-pub(super) fn transfer_syntax_name(uid: &str) -> (&'static str, bool) {
-    match uid {
-        "1.2.840.10008.1.2" => ("Implicit VR Little Endian", true),
-        "1.2.840.10008.1.2.1" => ("Explicit VR Little Endian", true),
-        "1.2.840.10008.1.2.1.99" => ("Deflated Explicit VR Little Endian", true),
-        "1.2.840.10008.1.2.2" => ("Explicit VR Big Endian", true),
-        "1.2.840.10008.1.2.5" => ("RLE Lossless", true),
-        "1.2.840.10008.1.2.4.50" => ("JPEG Baseline", true),
-        "1.2.840.10008.1.2.4.51" => ("JPEG Extended", true),
-        "1.2.840.10008.1.2.4.57" => ("JPEG Lossless", true),
-        "1.2.840.10008.1.2.4.70" => ("JPEG Lossless SV1", true),
-        "1.2.840.10008.1.2.4.80" => ("JPEG-LS Lossless", false),
-        "1.2.840.10008.1.2.4.81" => ("JPEG-LS Near-Lossless", false),
-        "1.2.840.10008.1.2.4.90" => ("JPEG 2000 Lossless", false),
-        "1.2.840.10008.1.2.4.91" => ("JPEG 2000", false),
-        "1.2.840.10008.1.2.4.92" | "1.2.840.10008.1.2.4.93" => ("JPEG 2000 Part 2", false),
-        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => {
-            ("High-Throughput JPEG 2000", false)
-        }
-        "1.2.840.10008.1.2.4.110" | "1.2.840.10008.1.2.4.111" | "1.2.840.10008.1.2.4.112" => {
-            ("JPEG XL", false)
-        }
-        _ => ("unknown", false),
-    }
-}
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]

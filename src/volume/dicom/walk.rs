@@ -9,6 +9,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
+use super::syntax::{Coding, coding};
 use crate::{Error, Result};
 
 /// The messages of an error and its sources, joined.
@@ -238,10 +239,12 @@ pub(crate) fn check_lengths(
     }
     let rest_len = r.len.map(|l| l.saturating_sub(r.pos));
     let rest = r.inner;
-    match ts.as_str() {
-        "1.2.840.10008.1.2" => walk_data_set(rest, rest_len, false, false, header_only),
-        "1.2.840.10008.1.2.2" => walk_data_set(rest, rest_len, true, true, header_only),
-        "1.2.840.10008.1.2.1.99" => walk_data_set(
+    match coding(&ts) {
+        Some(Coding::Native {
+            explicit,
+            big_endian,
+        }) => walk_data_set(rest, rest_len, explicit, big_endian, header_only),
+        Some(Coding::Deflated) => walk_data_set(
             flate2::read::DeflateDecoder::new(rest),
             None,
             true,
