@@ -488,6 +488,7 @@ mod tests {
             source: "given",
             warning: None,
             prior: None,
+            mask_from: None,
         };
         let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
         assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));

@@ -67,6 +67,7 @@ impl Localizer for GivenBoxes {
                 source: "given",
                 warning: None,
                 prior: None,
+                mask_from: None,
             });
         }
         Ok(out)
@@ -160,6 +161,7 @@ pub fn localize_from_labels(
             source,
             warning: None,
             prior: None,
+            mask_from: None,
         });
     }
     out

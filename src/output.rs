@@ -35,6 +35,10 @@ pub struct OrganBoxesJson {
     /// Why the preferred localizer was not used for this organ, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// How the mask was drawn when not from the registration prior alone (organs the
+    /// registration placed), e.g. "LiteMedSAM inside the registration's boxes".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_from: Option<String>,
     pub confidence: f32,
     /// Fraction of the predicted box inside the scan.
     pub in_view: f32,
@@ -78,6 +82,7 @@ pub fn boxes_json(
             name: names.name(o.label),
             localizer: o.source,
             warning: o.warning.clone(),
+            mask_from: o.mask_from.clone(),
             confidence: o.confidence,
             in_view: o.in_view,
             outside_field_of_view: o.outside_view(),

@@ -40,6 +40,10 @@ pub struct OrganLocalization {
     /// labels, fused); the segmentation combines it with the segmenter's probabilities.
     #[serde(skip)]
     pub prior: Option<Arc<Volume<f32>>>,
+    /// How the mask of an organ with a prior was drawn when not from the prior alone, e.g.
+    /// "LiteMedSAM inside the registration's boxes" (set by the segmentation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_from: Option<String>,
 }
 
 /// Organs whose predicted box lies less than this fraction inside the query scan

@@ -181,3 +181,62 @@ fn segment_command_refuses_bad_requests_clearly() {
         "{err}"
     );
 }
+
+/// The self-check that decides, with one registered support, which organs LiteMedSAM
+/// draws inside the registration's boxes: on ts_example's liver and spleen it reaches the
+/// trusted DSC; on okbp_002's head-and-neck organs nothing is trusted (the small ones are
+/// not even checked, the mandible's ring is drawn filled).
+#[test]
+fn self_check_trusts_the_abdominal_organs_not_the_head_and_neck_ones() {
+    use medlsam::device::BackendChoice;
+    use medlsam::pipeline::SegmentOptions;
+    use medlsam::pipeline::self_check::{TRUSTED_DSC, one_support_weights, self_check};
+    need_weights();
+    let mut sam = lite_medsam_segmenter(None, BackendChoice::Cpu, SOFT_TISSUE_WINDOW_HU).unwrap();
+    let load = |ct: PathBuf, label: PathBuf| {
+        let ct = read_nifti_path(ct).unwrap().into_ct().unwrap();
+        let labels = read_nifti_path(label).unwrap().into_labels().unwrap();
+        let (c, r) = ct.to_canonical();
+        (c, labels.reoriented(&r))
+    };
+    let opt = SegmentOptions::default();
+    let d = common::data_dir().join("abdomen");
+    let (ct, labels) = load(
+        d.join("ts_example.ct.nii.gz"),
+        d.join("ts_example.label.nii.gz"),
+    );
+    let checks = pollster::block_on(self_check(&ct, &labels, &[1, 5], &mut sam, &opt)).unwrap();
+    println!("ts_example: {checks:?}");
+    for organ in [1, 5] {
+        let c = checks
+            .iter()
+            .find(|c| c.label == organ)
+            .expect("spleen and liver are checked");
+        assert!(c.dsc >= TRUSTED_DSC, "organ {organ}: {:.1} %", c.dsc);
+        assert!(
+            !c.slices.is_empty() && c.slices.len() <= 3,
+            "{:?}",
+            c.slices
+        );
+    }
+    let (trusted, lines) =
+        pollster::block_on(one_support_weights(&[(&ct, &labels)], &[5], &mut sam, &opt)).unwrap();
+    assert_eq!(trusted, vec![(5, 0.0)]);
+    assert!(
+        lines[0].contains("inside the registration's boxes"),
+        "{lines:?}"
+    );
+    // Two supports: no self-check (their fused prior is kept).
+    let two = [(&ct, &labels), (&ct, &labels)];
+    let (none, _) = pollster::block_on(one_support_weights(&two, &[5], &mut sam, &opt)).unwrap();
+    assert!(none.is_empty());
+
+    let (ct, labels) = load(
+        common::openkbp("okbp_002", "ct"),
+        common::openkbp("okbp_002", "label"),
+    );
+    let organs: Vec<u16> = (1..=7).collect();
+    let checks = pollster::block_on(self_check(&ct, &labels, &organs, &mut sam, &opt)).unwrap();
+    println!("okbp_002: {checks:?}");
+    assert!(checks.iter().all(|c| c.dsc < TRUSTED_DSC), "{checks:?}");
+}

@@ -132,7 +132,7 @@ pub fn demo(out: &Path, seed: u64, backend: BackendChoice) -> Result<()> {
         window_hu: medlsam::sam::preprocess::SOFT_TISSUE_WINDOW_HU,
         query_label_map: Vec::new(),
         localize: Default::default(),
-        prior_weight: medlsam::pipeline::DEFAULT_PRIOR_WEIGHT,
+        prior_weight: None,
         dicom_outputs: Default::default(),
     };
     println!("MedLAM localizes the supports' organs in the query, LiteMedSAM segments them:");

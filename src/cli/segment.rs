@@ -68,9 +68,12 @@ pub struct SegmentArgs {
     #[arg(long, value_enum, ignore_case = true)]
     localizer: Option<LocalizerArg>,
     /// Weight of the registration prior against LiteMedSAM's probability per pixel
-    /// (0: LiteMedSAM alone in the prior's boxes, 1: the prior alone).
-    #[arg(long, default_value_t = medlsam::pipeline::DEFAULT_PRIOR_WEIGHT)]
-    prior_weight: f32,
+    /// (0: LiteMedSAM alone in the prior's boxes, 1: the prior alone) for every organ.
+    /// Default: 1, except with one registered support, where the organs LiteMedSAM
+    /// segments with ≥ 90 % DSC inside their true boxes on a few of the support's slices
+    /// get 0.
+    #[arg(long)]
+    prior_weight: Option<f32>,
     /// Also write <case>.rtstruct.dcm, an RT Structure Set of the result (contours per
     /// organ and slice); needs DICOM queries.
     #[arg(long)]
@@ -161,7 +164,9 @@ impl SegmentArgs {
     fn support_run(&self) -> Result<SupportRun> {
         let config = self.run_config()?;
         let defaults = LocalizeOptions::default();
-        check_weight("--prior-weight", self.prior_weight as f64)?;
+        if let Some(w) = self.prior_weight {
+            check_weight("--prior-weight", w as f64)?;
+        }
         Ok(SupportRun {
             prior_weight: self.prior_weight,
             dicom_outputs: self.dicom_outputs(),

@@ -113,6 +113,7 @@ pub fn organ_localization(
         source: "medlam",
         warning: None,
         prior: None,
+        mask_from: None,
     })
 }
 

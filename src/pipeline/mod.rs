@@ -10,6 +10,7 @@
 //! axis 2, rows `j`, columns `i`); results are returned on the file grid.
 
 mod paint;
+pub mod self_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,6 +35,10 @@ pub struct SegmentOptions {
     /// the segmenter's probability: `w·prior + (1 − w)·segmenter` per pixel (0: the
     /// segmenter alone, 1: the prior alone).
     pub prior_weight: f32,
+    /// Organs whose prior weight differs from [`Self::prior_weight`] (`(label, weight)`),
+    /// e.g. those the segmenter draws well on the one registered support
+    /// ([`self_check::trusted_organs`]).
+    pub organ_prior_weights: Vec<(u16, f32)>,
 }
 
 impl Default for SegmentOptions {
@@ -42,7 +47,18 @@ impl Default for SegmentOptions {
             margin_px_1024: 10.0,
             threshold: 0.5,
             prior_weight: DEFAULT_PRIOR_WEIGHT,
+            organ_prior_weights: Vec::new(),
         }
+    }
+}
+
+impl SegmentOptions {
+    /// The prior weight of organ `label`.
+    pub fn prior_weight_of(&self, label: u16) -> f32 {
+        self.organ_prior_weights
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(self.prior_weight, |&(_, w)| w)
     }
 }
 
@@ -116,8 +132,18 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
         total: 1,
     });
     let t = web_time::Instant::now();
-    let found = localizer.localize(canon, organs).await?;
+    let mut found = localizer.localize(canon, organs).await?;
     times.localize = t.elapsed();
+    for loc in found.iter_mut().filter(|l| l.prior.is_some()) {
+        let w = opt.prior_weight_of(loc.label);
+        loc.mask_from = (w < 1.0).then(|| {
+            if w <= 0.0 {
+                "LiteMedSAM inside the registration's boxes".to_string()
+            } else {
+                format!("the registration prior blended with LiteMedSAM (prior weight {w})")
+            }
+        });
+    }
     progress(Progress {
         stage: "localize",
         done: 1,

@@ -116,7 +116,7 @@ pub(super) struct Painter<'a> {
 impl Painter<'_> {
     /// Whether organ `o` is painted from its prior alone (weight 1), not segmented.
     pub(super) fn prior_only(&self, o: usize) -> bool {
-        self.opt.prior_weight >= 1.0 && self.found[o].prior.is_some()
+        self.opt.prior_weight_of(self.found[o].label) >= 1.0 && self.found[o].prior.is_some()
     }
 
     /// One encoded slice `k`: decode the boxes of the organs the segmenter places
@@ -141,8 +141,8 @@ impl Painter<'_> {
         let t = web_time::Instant::now();
         let mut probs = segmenter.decode_boxes(emb, &boxes).await?;
         times.decode += t.elapsed();
-        let w = self.opt.prior_weight;
         for (&(o, _), prob) in sam.iter().zip(probs.iter_mut()) {
+            let w = self.opt.prior_weight_of(self.found[o].label);
             if self.found[o].prior.is_some() {
                 let prior = prior_slice(&self.found[o], k, [nx, ny])?;
                 for (p, q) in prob.iter_mut().zip(prior) {

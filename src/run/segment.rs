@@ -13,13 +13,13 @@ use super::outputs::{
     DicomOutputs, MetricsCsv, create_out, write_dicom_outputs, write_labels_json,
     write_query_outputs,
 };
-use super::session::{Session, lite_medsam_segmenter};
+use super::session::{RunLocalizer, Session, lite_medsam_segmenter, with_self_check};
 use crate::device::BackendChoice;
 use crate::medlam::LocalizeOptions;
 use crate::metrics::{LabelMetrics, evaluate_labels};
 use crate::oracle::OracleLocalizer;
 use crate::output::mean_sd;
-use crate::pipeline::{SegmentOptions, segment_query};
+use crate::pipeline::{DEFAULT_PRIOR_WEIGHT, SegmentOptions, segment_query};
 use crate::sam::preprocess::SOFT_TISSUE_WINDOW_HU;
 use crate::types::{BoxMode, Localizer, LocalizerChoice, Progress, SliceSegmenter, StageTimes};
 use crate::volume::label_table::LabelTable;
@@ -194,8 +194,10 @@ pub struct SupportRun {
     /// `(support, query)` label pairs where query label maps use other values.
     pub query_label_map: Vec<(u16, u16)>,
     pub localize: LocalizeOptions,
-    /// Weight of registration priors against the segmenter (see [`SegmentOptions`]).
-    pub prior_weight: f32,
+    /// Weight of registration priors against the segmenter (see [`SegmentOptions`]);
+    /// `None`: automatic (the default weight, and the self-check of one registered support,
+    /// [`crate::pipeline::self_check`]).
+    pub prior_weight: Option<f32>,
     /// RTSTRUCT / DICOM SEG beside each query's NIfTI (DICOM queries only).
     pub dicom_outputs: DicomOutputs,
 }
@@ -226,9 +228,30 @@ impl SupportRun {
     pub fn segment_options(&self) -> SegmentOptions {
         SegmentOptions {
             margin_px_1024: self.margin_px_1024,
-            prior_weight: self.prior_weight,
+            prior_weight: self.prior_weight.unwrap_or(DEFAULT_PRIOR_WEIGHT),
             ..Default::default()
         }
+    }
+
+    /// The slice options for `localizer` on the session's supports: [`Self::segment_options`]
+    /// with, for one registered support and an automatic prior weight, the organs the
+    /// segmenter draws well on it ([`with_self_check`]; encodes a few support slices).
+    pub fn segment_options_for<S: SliceSegmenter>(
+        &self,
+        session: &Session,
+        localizer: &RunLocalizer,
+        segmenter: &mut S,
+        log: &mut dyn FnMut(String),
+    ) -> Result<SegmentOptions> {
+        pollster::block_on(with_self_check(
+            self.segment_options(),
+            self.prior_weight.is_none(),
+            localizer,
+            &session.supports,
+            &session.organs,
+            segmenter,
+            log,
+        ))
     }
 
     /// The localizer the run asked for (config or command line), else the default.
@@ -259,7 +282,6 @@ pub fn segment_with_supports(
     let load_s = t.elapsed().as_secs_f64();
     let t = web_time::Instant::now();
     let localizer = session.run_localizer(run.localizer_choice(), cfg.mode)?;
-    session.release_supports();
     log(format!(
         "supports: {} loaded in {load_s:.1} s, {} localizer of {} organs built in {:.1} s",
         cfg.supports.len(),
@@ -268,7 +290,8 @@ pub fn segment_with_supports(
         t.elapsed().as_secs_f64()
     ));
     let mut segmenter = run.segmenter()?;
-    let opt = run.segment_options();
+    let opt = run.segment_options_for(&session, &localizer, &mut segmenter, log)?;
+    session.release_supports();
     let out = cfg.out.clone().unwrap_or_else(default_out);
     let batch = QueryBatch {
         queries: &cfg.queries,

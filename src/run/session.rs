@@ -9,10 +9,14 @@
 use burn::tensor::Device;
 
 use crate::Result;
-use crate::medlam::{Atlas, LocalizeOptions, MedLam, MedLamConfig, MedLamLocalizer, SupportCase};
+use crate::medlam::{
+    Atlas, LocalizeOptions, MedLam, MedLamConfig, MedLamLocalizer, SupportCase, SupportOrgans,
+};
+use crate::pipeline::SegmentOptions;
+use crate::pipeline::self_check::one_support_weights;
 use crate::register::RegisterLocalizer;
-use crate::types::{BoxMode, Localizer, LocalizerChoice, OrganLocalization};
-use crate::volume::CtVolume;
+use crate::types::{BoxMode, Localizer, LocalizerChoice, OrganLocalization, SliceSegmenter};
+use crate::volume::{CtVolume, LabelVolume};
 
 /// MedLAM with the atlas of `organs` built from the supports (canonical grids) for
 /// box mode `mode`.
@@ -100,6 +104,38 @@ impl Localizer for RunLocalizer {
             Self::Register(r) => r.localize(query, organs).await,
         }
     }
+}
+
+/// The run's slice options `opt` for `localizer`, with the organs trusted to the segmenter
+/// when registration places them from one labelled support and the prior weight is automatic
+/// (`auto`: the user did not set one): see [`crate::pipeline::self_check`]. Each checked
+/// organ's line goes to `log`.
+#[allow(clippy::too_many_arguments)]
+pub async fn with_self_check<S: SliceSegmenter>(
+    opt: SegmentOptions,
+    auto: bool,
+    localizer: &RunLocalizer,
+    supports: &[SupportCase],
+    organs: &[u16],
+    segmenter: &mut S,
+    log: &mut dyn FnMut(String),
+) -> Result<SegmentOptions> {
+    if !auto || !matches!(localizer, RunLocalizer::Register(_)) {
+        return Ok(opt);
+    }
+    let labelled: Vec<(&CtVolume, &LabelVolume)> = supports
+        .iter()
+        .filter_map(|s| match &s.organs {
+            SupportOrgans::Labels(l) => Some((&s.ct, l)),
+            SupportOrgans::Points(_) => None,
+        })
+        .collect();
+    let (trusted, lines) = one_support_weights(&labelled, organs, segmenter, &opt).await?;
+    lines.into_iter().for_each(&mut *log);
+    Ok(SegmentOptions {
+        organ_prior_weights: trusted,
+        ..opt
+    })
 }
 
 #[cfg(not(target_arch = "wasm32"))]

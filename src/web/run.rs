@@ -16,8 +16,8 @@ use crate::medlam::atlas::{SupportCase, SupportOrgans};
 use crate::medlam::localize::LocalizeOptions;
 use crate::medlam::net::{MedLam, MedLamConfig};
 use crate::metrics::{LabelMetrics, evaluate_labels};
-use crate::pipeline::{CanonicalResult, SegmentOptions, segment_canonical};
-use crate::run::session::RunLocalizer;
+use crate::pipeline::{CanonicalResult, DEFAULT_PRIOR_WEIGHT, SegmentOptions, segment_canonical};
+use crate::run::session::{RunLocalizer, with_self_check};
 use crate::sam::model::SamConfig;
 use crate::sam::predictor::{SamSegmenter, SlicePrompt};
 use crate::sam::preprocess::Preprocess;
@@ -166,6 +166,8 @@ pub struct RunSettings {
     pub mode: BoxMode,
     /// What places the organs (as the CLI's `--localizer`).
     pub localizer: LocalizerChoice,
+    /// Weight of the registration priors (as the CLI's `--prior-weight`; `None`: automatic).
+    pub prior_weight: Option<f32>,
 }
 
 fn support_cases(supports: Vec<SupportInput>) -> Result<Vec<SupportCase>> {
@@ -226,7 +228,24 @@ pub async fn run(
         gpu: models.webgpu,
         ..Default::default()
     };
-    let mut localizer = build_localizer(models, supports, settings).await?;
+    let cases = support_cases(supports)?;
+    let mut localizer = build_localizer(models, &cases, settings).await?;
+    // One registered support: the organs LiteMedSAM draws well on it are drawn by it.
+    let opt = with_self_check(
+        SegmentOptions {
+            prior_weight: settings.prior_weight.unwrap_or(DEFAULT_PRIOR_WEIGHT),
+            ..Default::default()
+        },
+        settings.prior_weight.is_none(),
+        &localizer,
+        &cases,
+        &settings.organs,
+        &mut models.sam,
+        // Each organ's list entry says how its mask was drawn (`mask_from`).
+        &mut |_| {},
+    )
+    .await?;
+    drop(cases);
     times.atlas = start.elapsed();
     for (qi, (ct, truth)) in queries.iter().enumerate() {
         let mut report = |p: Progress| {
@@ -236,9 +255,9 @@ pub async fn run(
         let outcome = run_query(
             models,
             &mut localizer,
-            ct,
-            truth.as_ref(),
+            (ct, truth.as_ref()),
             settings,
+            &opt,
             cancel,
             &mut report,
         )
@@ -252,15 +271,14 @@ pub async fn run(
 /// The supports' atlas (or registration set) that places the organs in the queries.
 async fn build_localizer(
     models: &Models,
-    supports: Vec<SupportInput>,
+    cases: &[SupportCase],
     settings: &RunSettings,
 ) -> Result<RunLocalizer> {
-    let cases = support_cases(supports)?;
     RunLocalizer::build(
         settings.localizer,
         &models.medlam,
         &models.medlam_config,
-        &cases,
+        cases,
         &settings.organs,
         settings.mode,
         LocalizeOptions::default(),
@@ -299,9 +317,9 @@ fn query_progress(p: &Progress, qi: usize, queries: usize, elapsed_s: f64) -> Ru
 async fn run_query(
     models: &mut Models,
     localizer: &mut RunLocalizer,
-    ct: &CtVolume,
-    truth: Option<&LabelVolume>,
+    (ct, truth): (&CtVolume, Option<&LabelVolume>),
     settings: &RunSettings,
+    opt: &SegmentOptions,
     cancel: &AtomicBool,
     report: &mut dyn FnMut(Progress),
 ) -> Result<QueryOutcome> {
@@ -316,7 +334,7 @@ async fn run_query(
         &settings.organs,
         localizer,
         &mut models.sam,
-        &SegmentOptions::default(),
+        opt,
         Some(cancel),
         report,
     )

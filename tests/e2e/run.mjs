@@ -595,8 +595,9 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
 
 // DICOM in, RTSTRUCT and DICOM SEG out: the committed DICOM slices of 3D-IRCADb patient 1 as the
 // query, chosen with the folder picker; the liver of ircadb_017 (NIfTI) as the support, placed by
-// registration (the prior alone is the mask: quick, and no LiteMedSAM), on the CPU in WebAssembly,
-// as ./dev's dicom_outputs_check runs the CLI. The downloads are checked independently by
+// registration, on the CPU in WebAssembly, with the automatic mask: one support, and LiteMedSAM
+// draws this liver well on it (the self-check), so LiteMedSAM segments it inside the
+// registration's boxes (the CLI with the page's int8 weights does the same). The downloads are checked independently by
 // tools/check_dicom_outputs.py (pydicom: UIDs, references, contours and frames vs the NIfTI) and
 // compared with the native CLI's files on the same inputs: where the two masks are equal, the
 // DICOM objects must be equal element for element except their creation date and time.
@@ -711,12 +712,20 @@ await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the n
   console.log(check.trim().split("\n").map((l) => "  page: " + l).join("\n"));
   // The native CLI on the same inputs.
   execFileSync(medlsamBin(), ["segment", "--support-image", abd(`${DCM.support}.ct.nii.gz`), "--support-label", abd(`${DCM.support}.label.nii.gz`),
-    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", cliOut], { stdio: "ignore" });
+    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--weights", "weights/lite_medsam.q8.bpk",
+    "--rtstruct", "--dicom-seg", "--out", cliOut], { stdio: "ignore" });
+  // The organ list says how the mask was drawn, as boxes.json does.
+  const drawn = await page.locator(`[data-confidence='${DCM.organ}']`).first().textContent();
+  assert(/drawn by LiteMedSAM inside the registration's boxes/.test(drawn), `organ list: ${drawn}`);
+  const cliBoxes = JSON.parse(fs.readFileSync(path.join(cliOut, `${DCM.case}.boxes.json`), "utf8"));
+  const cliOrgan = cliBoxes.organs.find((o) => o.label === DCM.organ);
+  assert(cliOrgan && /LiteMedSAM inside/.test(cliOrgan.mask_from ?? ""), `CLI boxes.json: ${JSON.stringify(cliOrgan?.mask_from)}`);
   compareWithCli(pageOut, cliOut);
   await page.screenshot({ path: path.join(shots, "run-dicom.png"), fullPage: true });
 
   // The page's RTSTRUCT back in as the label of a DICOM support (the query's own series): the
-  // registration of the query to itself must give back its mask (as ./dev does with the CLI's).
+  // registration of the query to itself must give back its mask (as ./dev does with the CLI's),
+  // here with the Mask choice "the registration prior" (no LiteMedSAM; `--prior-weight 1`).
   page = await newPage();
   await page.goto(origin + "/?backend=cpu");
   await waitStatus(/ready/);
@@ -731,7 +740,9 @@ await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the n
   const organs = await page.getByTestId("organ-select").textContent();
   assert(new RegExp(`${DCM.organ} ${DCM.name}`).test(organs), `organ choice (names from the RTSTRUCT's ROIs): ${organs}`);
   await page.getByTestId("localizer-select").selectOption("register");
+  await page.getByTestId("mask-select").selectOption("prior");
   const s2 = await runToEnd();
+  assert(/encoder 0 s/.test(s2), `the prior alone encodes no slice: ${s2}`);
   const row = await page.locator("[data-testid='metrics-table'] tr", { hasText: DCM.name }).first().locator("td").allTextContents();
   console.log(`  support from the page's RTSTRUCT, query itself: ${DCM.name} DSC ${row[2]} %; ${s2}`);
   assert(Number(row[2]) >= 90, `DSC ${row[2]} % below 90 %`);
@@ -740,7 +751,7 @@ await test("a DICOM query folder gives RTSTRUCT and DICOM SEG downloads as the n
   fs.mkdirSync(selfPage);
   for (const id of ["download-seg", "download-labels", "download-rtstruct", "download-dicom-seg"]) await saveDownload(id, selfPage);
   execFileSync(medlsamBin(), ["segment", "--support-image", DCM.query, "--support-label", path.join(pageOut, `${DCM.case}.rtstruct.dcm`),
-    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--rtstruct", "--dicom-seg", "--out", selfCli], { stdio: "ignore" });
+    "--query", DCM.query, "--organs", String(DCM.organ), "--localizer", "register", "--prior-weight", "1", "--rtstruct", "--dicom-seg", "--out", selfCli], { stdio: "ignore" });
   compareWithCli(selfPage, selfCli);
   fs.rmSync(dir, { recursive: true, force: true });
 });

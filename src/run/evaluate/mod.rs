@@ -130,7 +130,6 @@ pub fn evaluate_pipeline(
         let t = web_time::Instant::now();
         let mut session = run.session(log)?;
         let mut localizers = build_localizers(&session, choice, modes, slab_mm)?;
-        session.release_supports();
         log(format!(
             "{} supports, localizers ({}; SPL {slab_mm} mm) of {} organs in {:.1} s",
             cfg.supports.len(),
@@ -139,7 +138,11 @@ pub fn evaluate_pipeline(
             t.elapsed().as_secs_f64()
         ));
         let mut segmenter = run.segmenter()?;
-        let opt = run.segment_options();
+        let opt = match localizers.iter().zip(modes).find(|(_, m)| **m == "reg") {
+            Some((Some(reg), _)) => run.segment_options_for(&session, reg, &mut segmenter, log)?,
+            _ => run.segment_options(),
+        };
+        session.release_supports();
         for q in todo {
             let case = case_name(&q.image);
             let mut cache = EmbeddingCache::new(&mut segmenter);
@@ -306,14 +309,14 @@ where
     let mut rows = Vec::new();
     for (mode, localizer) in modes.iter().zip(localizers.iter_mut()) {
         let mut report = |p: Progress| progress(q.case, mode, p);
-        let weight = match *mode {
-            "reg" => 1.0,
-            "reg_box" => 0.0,
-            _ => opt.prior_weight,
-        };
-        let o = SegmentOptions {
-            prior_weight: weight,
-            ..opt.clone()
+        // reg and reg_box: one weight for every organ; reg_sam: the run's (as `segment`).
+        let o = match *mode {
+            "reg" | "reg_box" => SegmentOptions {
+                prior_weight: if *mode == "reg" { 1.0 } else { 0.0 },
+                organ_prior_weights: Vec::new(),
+                ..opt.clone()
+            },
+            _ => opt.clone(),
         };
         let res = match (localizer, *mode) {
             (Some(l), _) => segment_with(&canon, q.organs, l, cache, &o, &mut report)?,

@@ -31,7 +31,7 @@ use web_sys::{
 use super::BackendChoice;
 use super::run::{self, Models, QueryOutcome, RunProgress, RunSettings, SliceEdit, SupportInput};
 use super::state::cases::{demo_cases, prefix, read_cases};
-use super::state::{App, Case, Effect, Msg, ResultView, Shown, box_mode, update};
+use super::state::{App, Case, Effect, Msg, ResultView, Shown, box_mode, mask_choice, update};
 use super::viewer::{
     PRESETS, Pane, ViewStyle, draw_marker, draw_rect, pane_size, render_pane, voxel_on_pane,
 };

@@ -68,6 +68,8 @@ pub(super) fn run_inputs() -> Result<RunInputs> {
     let mode: HtmlSelectElement = by_testid("mode-select");
     let slab: HtmlInputElement = by_testid("slab-mm");
     let mode = box_mode(&mode.value(), &slab.value())?;
+    let mask: HtmlSelectElement = by_testid("mask-select");
+    let prior_weight = mask_choice(&mask.value())?;
     APP.with_borrow(|a| {
         let organs = a.run_organs()?;
         let supports = a
@@ -92,6 +94,7 @@ pub(super) fn run_inputs() -> Result<RunInputs> {
                 organs,
                 mode,
                 localizer,
+                prior_weight,
             },
         ))
     })

@@ -204,8 +204,12 @@ fn confidence_html(a: &App, case: &Case) -> String {
                 .warning
                 .as_deref()
                 .map_or(String::new(), |w| format!(" ({})", html_escape(w)));
+            let drawn = o
+                .mask_from
+                .as_deref()
+                .map_or(String::new(), |m| format!(", drawn by {}", html_escape(m)));
             format!(
-                "<div data-confidence='{v}' data-source='{}'>{v} {}: {placed}{warning}, localization confidence {:.2}{note}</div>",
+                "<div data-confidence='{v}' data-source='{}'>{v} {}: {placed}{warning}{drawn}, localization confidence {:.2}{note}</div>",
                 o.source,
                 html_escape(&a.table.name(v)),
                 o.confidence

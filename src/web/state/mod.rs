@@ -301,6 +301,19 @@ impl App {
     }
 }
 
+/// The prior weight the page's Mask choice asks for: `None` (automatic, as the CLI without
+/// `--prior-weight`), the prior alone (1) or LiteMedSAM in the prior's boxes (0).
+pub fn mask_choice(value: &str) -> Result<Option<f32>> {
+    match value {
+        "auto" => Ok(None),
+        "prior" => Ok(Some(1.0)),
+        "sam" => Ok(Some(0.0)),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown mask choice {other:?}"
+        ))),
+    }
+}
+
 /// The box mode the run panel asks for: `wpl`, else SPL with the slab thickness (mm) given.
 pub fn box_mode(mode: &str, slab_mm: &str) -> Result<BoxMode> {
     if mode == "wpl" {

@@ -67,6 +67,7 @@ fn organ(label: u16) -> OrganLocalization {
         source: "medlam",
         warning: None,
         prior: None,
+        mask_from: None,
     }
 }
 
@@ -542,6 +543,10 @@ fn viewer_settings_organ_choice_and_box_mode() {
     for slab in ["", "-1", "0", "abc", "inf"] {
         assert!(box_mode("spl", slab).is_err(), "{slab}");
     }
+    assert_eq!(mask_choice("auto").unwrap(), None);
+    assert_eq!(mask_choice("prior").unwrap(), Some(1.0));
+    assert_eq!(mask_choice("sam").unwrap(), Some(0.0));
+    assert!(mask_choice("0.5").is_err());
 }
 
 #[test]
