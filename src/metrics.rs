@@ -475,21 +475,12 @@ mod tests {
             }
         }
         let sb = |k, min, max| SliceBox { k, min, max };
-        let pred = |boxes: Vec<SliceBox>| OrganLocalization {
-            label: 5,
-            confidence: 0.0,
-            in_view: 1.0,
-            extreme_points: [[0; 3]; 6],
-            bbox: BoxVox {
-                min: [0; 3],
-                max: [0; 3],
-            },
-            slice_boxes: boxes,
-            source: "given",
-            warning: None,
-            prior: None,
-            mask_from: None,
+        let zero = BoxVox {
+            min: [0; 3],
+            max: [0; 3],
         };
+        let pred =
+            |boxes: Vec<SliceBox>| OrganLocalization::placed(5, zero, [[0; 3]; 6], boxes, "given");
         let exact = pred(vec![sb(1, [2, 2], [3, 5]), sb(2, [2, 2], [3, 5])]);
         assert_eq!(slice_box_iou(&exact, &lab), Some(100.0));
         // Slice 2 half as wide (IoU 50 %), and an extra slice 3 (0): (100 + 50 + 0) / 3.

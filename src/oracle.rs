@@ -57,18 +57,13 @@ impl Localizer for GivenBoxes {
                 extreme[2 * a][a] = bbox.min[a];
                 extreme[2 * a + 1][a] = bbox.max[a];
             }
-            out.push(OrganLocalization {
-                label: o.label,
-                confidence: 1.0,
-                in_view: 1.0,
-                extreme_points: extreme,
+            out.push(OrganLocalization::placed(
+                o.label,
                 bbox,
-                slice_boxes: o.boxes.clone(),
-                source: "given",
-                warning: None,
-                prior: None,
-                mask_from: None,
-            });
+                extreme,
+                o.boxes.clone(),
+                "given",
+            ));
         }
         Ok(out)
     }
@@ -151,18 +146,13 @@ pub fn localize_from_labels(
             BoxMode::Wpl => wpl_slice_boxes(&bbox),
             BoxMode::Spl { slab_mm } => spl_true_boxes(labels, label, &bbox, slab_mm),
         };
-        out.push(OrganLocalization {
+        out.push(OrganLocalization::placed(
             label,
-            confidence: 1.0,
-            in_view: 1.0,
-            extreme_points: extreme,
             bbox,
+            extreme,
             slice_boxes,
             source,
-            warning: None,
-            prior: None,
-            mask_from: None,
-        });
+        ));
     }
     out
 }

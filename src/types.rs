@@ -51,6 +51,29 @@ pub struct OrganLocalization {
 pub const MIN_IN_VIEW: f32 = 0.5;
 
 impl OrganLocalization {
+    /// An organ placed with certainty (confidence 1, inside the scan), with no warning,
+    /// prior or note: true boxes, boxes a user gave.
+    pub fn placed(
+        label: u16,
+        bbox: BoxVox,
+        extreme_points: [[usize; 3]; 6],
+        slice_boxes: Vec<SliceBox>,
+        source: &'static str,
+    ) -> Self {
+        Self {
+            label,
+            confidence: 1.0,
+            in_view: 1.0,
+            extreme_points,
+            bbox,
+            slice_boxes,
+            source,
+            warning: None,
+            prior: None,
+            mask_from: None,
+        }
+    }
+
     /// Whether the organ was predicted (mostly) outside the query's field of view.
     pub fn outside_view(&self) -> bool {
         self.in_view < MIN_IN_VIEW

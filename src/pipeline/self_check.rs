@@ -177,27 +177,18 @@ mod tests {
     use crate::volume::labels::{BoxVox, SliceBox};
 
     fn loc(ks: std::ops::Range<usize>) -> OrganLocalization {
-        OrganLocalization {
-            label: 1,
-            confidence: 1.0,
-            in_view: 1.0,
-            extreme_points: [[0; 3]; 6],
-            bbox: BoxVox {
-                min: [0; 3],
-                max: [9, 19, 0],
-            },
-            slice_boxes: ks
-                .map(|k| SliceBox {
-                    k,
-                    min: [0, 0],
-                    max: [9, 19],
-                })
-                .collect(),
-            source: "test",
-            warning: None,
-            prior: None,
-            mask_from: None,
-        }
+        let bbox = BoxVox {
+            min: [0; 3],
+            max: [9, 19, 0],
+        };
+        let boxes = ks
+            .map(|k| SliceBox {
+                k,
+                min: [0, 0],
+                max: [9, 19],
+            })
+            .collect();
+        OrganLocalization::placed(1, bbox, [[0; 3]; 6], boxes, "test")
     }
 
     #[test]

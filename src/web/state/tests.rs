@@ -54,20 +54,13 @@ fn status(text: &str) -> Vec<Effect> {
 }
 
 fn organ(label: u16) -> OrganLocalization {
+    let bbox = BoxVox {
+        min: [2, 2, 2],
+        max: [8, 8, 8],
+    };
     OrganLocalization {
-        label,
         confidence: 0.8,
-        in_view: 1.0,
-        extreme_points: [[0; 3]; 6],
-        bbox: BoxVox {
-            min: [2, 2, 2],
-            max: [8, 8, 8],
-        },
-        slice_boxes: Vec::new(),
-        source: "medlam",
-        warning: None,
-        prior: None,
-        mask_from: None,
+        ..OrganLocalization::placed(label, bbox, [[0; 3]; 6], Vec::new(), "medlam")
     }
 }
 
