@@ -138,8 +138,13 @@ pub fn evaluate_pipeline(
             t.elapsed().as_secs_f64()
         ));
         let mut segmenter = run.segmenter()?;
-        let opt = match localizers.iter().zip(modes).find(|(_, m)| **m == "reg") {
-            Some((Some(reg), _)) => run.segment_options_for(&session, reg, &mut segmenter, log)?,
+        // Only reg_sam uses the run's per-organ weights: the self-check encodes support
+        // slices, so it runs only when that mode is evaluated.
+        let reg = localizers.iter().zip(modes).find(|(_, m)| **m == "reg");
+        let opt = match reg {
+            Some((Some(reg), _)) if modes.contains(&"reg_sam") => {
+                run.segment_options_for(&session, reg, &mut segmenter, log)?
+            }
             _ => run.segment_options(),
         };
         session.release_supports();
