@@ -11,6 +11,9 @@
 
 pub use burn::tensor::Device;
 
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Bool, Int, Tensor};
+
 use crate::{Error, Result};
 
 /// A compute backend a user can ask for.
@@ -143,6 +146,33 @@ pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<
     data.convert::<f32>()
         .try_into_vec()
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+}
+
+/// Every float parameter of `model` dequantised (where int8) and copied to `device` as f32,
+/// the other parameters and constants moved. The page's int8 weight files are read on the
+/// CPU backend and passed through this: on WebGPU (Chromium's Tint) Burn 0.22's int8
+/// dequantisation kernels fail to compile, while f32 weights run (tests/web_browser.rs).
+pub fn to_f32_on<M: Module>(model: M, device: &Device) -> M {
+    struct ToF32<'a>(&'a Device);
+    impl ModuleMapper for ToF32<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| Tensor::from_data(t.dequantize().into_data(), self.0))
+        }
+        fn map_int<const D: usize>(
+            &mut self,
+            param: Param<Tensor<D, Int>>,
+        ) -> Param<Tensor<D, Int>> {
+            param.map(|t| Tensor::from_data(t.into_data(), self.0))
+        }
+        fn map_bool<const D: usize>(
+            &mut self,
+            param: Param<Tensor<D, Bool>>,
+        ) -> Param<Tensor<D, Bool>> {
+            param.map(|t| Tensor::from_data(t.into_data(), self.0))
+        }
+    }
+    // Constants (e.g. TinyViT's attention-bias index) are not parameters: move them too.
+    model.map(&mut ToF32(device)).to_device(device)
 }
 
 #[cfg(test)]

