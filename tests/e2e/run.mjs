@@ -261,10 +261,12 @@ async function runToEnd() {
   return s;
 }
 
-/// A fresh page (`query`: its address's query string) with one support CT and its label map and
-/// one query CT and its label map loaded through the inputs; returns the status once the query CT loaded.
-async function loadPair(query, [supportCt, supportLabel, queryCt, queryLabel], timeout = 60000) {
+/// A fresh page (`query`: its address's query string; `initScript`: a function run in it before
+/// the page's own scripts) with one support CT and its label map and one query CT and its label
+/// map loaded through the inputs; returns the status once the query CT loaded.
+async function loadPair(query, [supportCt, supportLabel, queryCt, queryLabel], timeout = 60000, initScript = null) {
   page = await newPage();
+  if (initScript) await page.addInitScript(initScript);
   await page.goto(origin + "/" + query);
   await waitStatus(/ready/);
   await page.getByTestId("support-image-input").setInputFiles([supportCt]);
@@ -552,6 +554,51 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
 // alone is the mask and LiteMedSAM would not run). The same Run on the CPU in WebAssembly must
 // give the same segmentation. (The native CLI with the int8 weights: DSC 63.2 % on these inputs.)
 const GPU_RUN = { dims: [96, 96, 4], spacing: [3, 3, 48], organ: 4, minDsc: 50, minAgreement: 98 };
+// What the page asks of the GPU, counted in the browser (WebGPU's own entry points wrapped before
+// the page loads): compute dispatches, queue submissions, read-backs (mapAsync), uploads
+// (writeBuffer), buffers and pipelines created; snapshotted when the progress moves to another
+// stage (support atlas, localize, segment, then done), so each stage's share is printed. A stage
+// boundary is seen by a 50 ms timer, and a stage shows in the progress only at its first report
+// (segmentation: after its first slice), so with one slice the encoder's and decoder's calls are
+// counted under "localize".
+function countGpuCalls() {
+  const c = { dispatches: 0, submits: 0, readbacks: 0, uploads: 0, buffers: 0, pipelines: 0 };
+  const marks = [];
+  window.__gpuCalls = { c, marks };
+  const wrap = (cls, name, key) => {
+    const proto = self[cls]?.prototype;
+    const f = proto?.[name];
+    if (typeof f !== "function") return;
+    proto[name] = function (...args) { c[key]++; return f.apply(this, args); };
+  };
+  wrap("GPUComputePassEncoder", "dispatchWorkgroups", "dispatches");
+  wrap("GPUComputePassEncoder", "dispatchWorkgroupsIndirect", "dispatches");
+  wrap("GPUQueue", "submit", "submits");
+  wrap("GPUBuffer", "mapAsync", "readbacks");
+  wrap("GPUQueue", "writeBuffer", "uploads");
+  wrap("GPUDevice", "createBuffer", "buffers");
+  wrap("GPUDevice", "createComputePipeline", "pipelines");
+  wrap("GPUDevice", "createComputePipelineAsync", "pipelines");
+  let last = "";
+  setInterval(() => {
+    const text = (id) => (document.querySelector(`[data-testid='${id}']`)?.textContent ?? "").trim();
+    const m = /^(done|error|cancelled)/.exec(text("status"))
+      ?? /^(support atlas|query \d+\/\d+: [a-z]+)/.exec(text("progress-text"));
+    if (m && m[1] !== last) {
+      last = m[1];
+      marks.push({ stage: last, ...c });
+    }
+  }, 50);
+}
+/// Per-stage GPU calls from the snapshots of countGpuCalls (each stage: until the next one).
+function gpuCallsPerStage({ c, marks }) {
+  const keys = Object.keys(c);
+  const first = marks[0] ?? c;
+  return [`before the first stage (page start, models loaded): ` + keys.map((k) => `${first[k]} ${k}`).join(", ")].concat(marks.map((m, n) => {
+    const next = marks[n + 1] ?? c;
+    return `${m.stage}: ` + keys.map((k) => `${next[k] - m[k]} ${k}`).join(", ");
+  }).filter((_, n) => n < marks.length - 1 || !/^(done|error|cancelled)/.test(marks[n].stage)));
+}
 await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "medlsam-gpu-run-"));
   const phantom = (name, seed) => writePhantom(dir, name, "--dims", GPU_RUN.dims.join(","),
@@ -560,7 +607,7 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
   const [queryCt, queryLabel] = phantom("gpu_query", 2);
   const truth = readNifti(fs.readFileSync(queryLabel));
   const runOn = async (query, backendRe, timeout) => {
-    await loadPair(query, [supportCt, supportLabel, queryCt, queryLabel]);
+    await loadPair(query, [supportCt, supportLabel, queryCt, queryLabel], 60000, countGpuCalls);
     await chooseOrgans([GPU_RUN.organ]);
     await page.getByTestId("localizer-select").selectOption("medlam");
     await page.getByTestId("mode-select").selectOption("wpl");
@@ -577,6 +624,8 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
     const ext = labelExtent(seg, GPU_RUN.organ);
     console.log(`  ${gpu}: wall ${((Date.now() - t0) / 1000).toFixed(0)} s; ${s}; DSC ${dsc.toFixed(1)} %, ` +
       `${ext.count} voxels on slices ${ext.slices.join(",")}`);
+    const calls = await page.evaluate(() => window.__gpuCalls);
+    if (calls.c.dispatches > 0) for (const line of gpuCallsPerStage(calls)) console.log(`  WebGPU calls, ${line}`);
     // After the Run the viewer shows a slice of the result (the file's k is the canonical k here).
     const info = await page.getByTestId("viewer-info").textContent();
     const k = Number(/ k=(\d+)/.exec(info)?.[1]);
