@@ -11,7 +11,10 @@
 
 pub use burn::tensor::Device;
 
-use burn::module::{Module, ModuleMapper, Param};
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, Param, ParamGroup, Quantizer};
+use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::{Error, Result};
@@ -146,6 +149,28 @@ pub async fn read_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<
     data.convert::<f32>()
         .try_into_vec()
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+}
+
+/// The page's int8 weights: each named parameter of `weights` quantised with its block shape
+/// (symmetric int8, min–max calibration, one f16 scale per block, native i8 storage), on the
+/// CPU backend, where the page reads them too ([`to_f32_on`] makes them f32 again).
+pub fn quantize_int8<M: Module>(model: M, weights: Vec<(String, Vec<u8>)>) -> M {
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_store(QuantStore::Native);
+    let mut groups: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    for (name, block) in weights {
+        groups.entry(block).or_default().push(name);
+    }
+    let mut model = model.to_device(&Device::flex());
+    for (block, names) in groups {
+        let mut q = Quantizer::new(
+            Calibration::MinMax,
+            scheme.per_block(&block, ScaleDtype::F16),
+        );
+        model = model.quantize_weights_group(&mut q, ParamGroup::from_paths(names));
+    }
+    model
 }
 
 /// Every float parameter of `model` dequantised (where int8) and copied to `device` as f32,

@@ -17,16 +17,15 @@
 //! ([`MedLam::to_bytes`], [`MedLam::from_bytes`]; bytes, so the browser can load them).
 
 use burn::config::Config;
-use burn::module::{Module, ParamGroup, Quantizer};
+use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig3d};
 use burn::store::burn_pack::Reader;
 use burn::store::{BurnpackStore, FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot};
 use burn::tensor::activation::relu;
-use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Bytes, DType, Device, Tensor};
 
-use crate::device::to_f32_on;
+use crate::device::{quantize_int8, to_f32_on};
 use crate::{Error, Result};
 
 /// UAM distance ratio `r` (mm) along the canonical axes (i, j, k): the offset between two
@@ -331,33 +330,19 @@ impl MedLam {
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
         info.push((QUANTIZED_KEY, "int8".into()));
-        let weights = |rank: usize| -> Vec<String> {
-            net.collect(None, None, false)
-                .into_iter()
-                .filter(|t| {
-                    let d = t.shape.as_slice();
-                    t.name.ends_with("weight")
-                        && d.len() == rank
-                        && (rank == 5 || d[1].is_multiple_of(32))
-                })
-                .map(|t| t.name)
-                .collect()
-        };
-        let (kernels, linear) = (weights(5), weights(2));
-        let scheme = QuantScheme::default()
-            .with_value(QuantValue::Q8S)
-            .with_store(QuantStore::Native);
-        let mut per_kernel = Quantizer::new(
-            Calibration::MinMax,
-            scheme.per_block([1, 1, 3, 3, 3], ScaleDtype::F16),
-        );
-        let mut per_32 = Quantizer::new(
-            Calibration::MinMax,
-            scheme.per_block([1, 32], ScaleDtype::F16),
-        );
-        let net = net
-            .quantize_weights_group(&mut per_kernel, ParamGroup::from_paths(kernels))
-            .quantize_weights_group(&mut per_32, ParamGroup::from_paths(linear));
+        // Convolution kernels [out, in, 3, 3, 3]: one scale per kernel; linear weights
+        // [in, out]: per 32 outputs where they divide.
+        let weights: Vec<(String, Vec<u8>)> = net
+            .collect(None, None, false)
+            .into_iter()
+            .filter(|t| t.name.ends_with("weight"))
+            .filter_map(|t| match *t.shape.as_slice() {
+                [_, _, _, _, _] => Some((t.name, vec![1, 1, 3, 3, 3])),
+                [_, out] if out.is_multiple_of(32) => Some((t.name, vec![1, 32])),
+                _ => None,
+            })
+            .collect();
+        let net = quantize_int8(net, weights);
         net.to_bytes_as(&config, &info, true)
     }
 

