@@ -4,12 +4,13 @@
 //! ```sh
 //! cargo run --release --example register_eval -- [--supports 1-5] [--queries 6-15] \
 //!     [--data ../shared/data] [--set key=value ...] [--weighted WINDOW,POWER ...] \
-//!     [--init body|truth|medlam] [--medlam weights/medlam.bpk] [--alphas 0.5,1] [--band 15]
+//!     [--init body|truth|medlam] [--medlam weights/medlam.bpk] [--alphas 0.5,1] [--kappas 0.6,0.8] [--band 15]
 //! ```
 //! `--init`: the second start of each registration beside the body boxes: none (`body`),
 //! the query's own organ points (`truth`, an upper bound) or MedLAM's (`medlam`, the
 //! product's `--localizer both`); default `body`. `--alphas`: intensity refinement of
-//! the weighted prior, one more column per α.
+//! the weighted prior, one more column per α; `--kappas`: then one column per κ, each
+//! organ's α raised from 1 towards κ nats of evidence (`IntensityModel::exponent`).
 //! `--set` keys: margin, z, top, affine (a,b), affine_lr, grid, deform (a,b), deform_lr, bending,
 //! lncc, points (a,b), deformable (true/false). Default weighted fusion: 7,3.
 
@@ -53,6 +54,7 @@ fn main() {
     let mut weighted = Vec::new();
     let mut init = "body".to_string();
     let mut alphas: Vec<f32> = Vec::new();
+    let mut kappas: Vec<f32> = Vec::new();
     let mut band_mm = medlsam::register::intensity::DEFAULT_BAND_MM;
     let mut medlam_weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/medlam.bpk");
     while let Some(a) = args.next() {
@@ -67,6 +69,12 @@ fn main() {
                 alphas = val()
                     .split(',')
                     .map(|v| v.parse().expect("alpha"))
+                    .collect()
+            }
+            "--kappas" => {
+                kappas = val()
+                    .split(',')
+                    .map(|v| v.parse().expect("kappa"))
                     .collect()
             }
             "--medlam" => medlam_weights = PathBuf::from(val()),
@@ -132,6 +140,7 @@ fn main() {
         register: opts,
         weighted,
         alphas,
+        kappas,
         band_mm,
     };
     let t0 = std::time::Instant::now();

@@ -38,6 +38,9 @@ pub struct EvalOptions {
     /// Intensity refinement of the last fused prior, one more column per `α`
     /// ([`super::intensity`]).
     pub alphas: Vec<f32>,
+    /// Then one more column per `κ`: each organ's exponent raised from 1 to reach `κ` nats
+    /// of evidence ([`IntensityModel::exponent`]).
+    pub kappas: Vec<f32>,
     /// The band around each organ whose HU make its "around" histogram, mm.
     pub band_mm: f64,
 }
@@ -125,7 +128,7 @@ fn load_supports(opts: &EvalOptions) -> Result<(Vec<Support>, Vec<IntensityModel
         supports.push((c.image, maps, points));
         appearance.push((c.ct, canon));
     }
-    let models = if opts.alphas.is_empty() {
+    let models = if opts.alphas.is_empty() && opts.kappas.is_empty() {
         Vec::new()
     } else {
         let pairs: Vec<_> = appearance.iter().map(|(c, l)| (c, l)).collect();
@@ -232,11 +235,14 @@ fn canonical_priors(
         canons.push(prior_to_canonical(fixed, prior)?);
     }
     if let Some(last) = canons.last().cloned() {
-        for &alpha in &opts.alphas {
+        let columns = opts.alphas.iter().map(|&a| (a, 0.0));
+        for (alpha, kappa) in columns.chain(opts.kappas.iter().map(|&k| (1.0, k))) {
             let mut refined = Vec::new();
             for (o, p) in &last {
                 match model_for(models, *o) {
-                    Some(m) => refined.push((*o, m.refine(p, &query.ct, alpha)?)),
+                    Some(m) => {
+                        refined.push((*o, m.refine(p, &query.ct, m.exponent(alpha, kappa))?))
+                    }
                     None => refined.push((*o, p.clone())),
                 }
             }
