@@ -72,9 +72,13 @@ fn main() {
         )
         .expect("support");
         let mut medlam = session.localizer(BoxMode::Wpl).expect("MedLAM");
-        let mut reg =
-            RegisterLocalizer::new(&session.supports, &session.organs, BoxMode::Wpl, &device)
-                .expect("registration");
+        let mut reg = pollster::block_on(RegisterLocalizer::new(
+            &session.supports,
+            &session.organs,
+            BoxMode::Wpl,
+            &device,
+        ))
+        .expect("registration");
         for q in &queries {
             let ct = read_nifti_path(dir.join(format!("{q}.ct.nii.gz")))
                 .and_then(|f| f.into_ct())

@@ -79,13 +79,13 @@ pub async fn yield_to_page() {
 }
 
 /// How many MedLAM patches to stack in one forward pass: `native` (better use of a GPU or
-/// of the CPU's threads), but 2 in the browser on the CPU backend, where a pass blocks the
-/// page until it ends (~0.3 s per 48³ patch, wasm running on one thread); [`yield_on_cpu`]
-/// follows each pass.
+/// of the CPU's threads), but 1 in the browser on the CPU backend, where a pass blocks the
+/// page until it ends (~0.3 s per 48³ patch, wasm running on one thread, 2-3 times that on
+/// a busy machine); [`yield_on_cpu`] follows each pass.
 pub fn patch_batch(device: &burn::tensor::Device, native: usize) -> usize {
     #[cfg(target_arch = "wasm32")]
     if *device == burn::tensor::Device::flex() {
-        return native.min(2);
+        return native.min(1);
     }
     let _ = device;
     native
@@ -126,6 +126,12 @@ impl Pacer {
             self.last.set(web_time::Instant::now());
         }
     }
+}
+
+/// The pause of synchronous versions of pausing computations (`*_pausing(…, &mut no_pause)`):
+/// none.
+pub fn no_pause() -> std::future::Ready<()> {
+    std::future::ready(())
 }
 
 /// Let the browser run (paint, handle input) before continuing: a zero-delay timeout.

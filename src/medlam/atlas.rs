@@ -127,9 +127,14 @@ impl Atlas {
         let channels = config.feature_channels();
         let sizes = [0, 1, 2].map(|s| channels[s] * WINDOWS[s].pow(3));
         let mut sums = Sums::new(part_counts, sizes);
+        // Whole-volume passes (resampling, the organs' boxes) block the page in the browser
+        // on the CPU backend: it gets a turn after each.
+        crate::device::yield_on_cpu(device).await;
         for (si, s) in supports.iter().enumerate() {
             let prep = Prepared::from_canonical(&s.ct)?;
+            crate::device::yield_on_cpu(device).await;
             let jobs = sums.add_boxes(si, s, &prep, organs);
+            crate::device::yield_on_cpu(device).await;
             sums.add_points(net, config, &prep, &jobs, device).await?;
         }
         Ok(Self {

@@ -53,6 +53,7 @@ pub async fn query_state(
     device: &Device,
 ) -> Result<QueryState> {
     let prep = Prepared::from_canonical(canon)?;
+    crate::device::yield_on_cpu(device).await;
     let (body_lo, body_hi) = body_box(&prep).ok_or_else(|| {
         Error::InvalidVolume("no body found in the query (no voxel above −500 HU)".into())
     })?;
@@ -63,7 +64,10 @@ pub async fn query_state(
     for c in 0..8 {
         centres.push([0, 1, 2].map(|a| mid[a] + if (c >> a) & 1 == 1 { q } else { -q }));
     }
-    let pos = read_f32(net.position(prep.patches(&centres, p, device))).await?;
+    let mut pos = Vec::with_capacity(3 * centres.len());
+    for cs in centres.chunks(crate::device::patch_batch(device, centres.len())) {
+        pos.extend(read_f32(net.position(prep.patches(cs, p, device))).await?);
+    }
     let n = centres.len() as f64;
     let position = [0, 1, 2].map(|a| {
         (0..centres.len())

@@ -167,15 +167,16 @@ pub async fn segment_canonical<L: Localizer, S: SliceSegmenter>(
     let (mut slices_encoded, mut boxes_decoded) = (0, 0);
     let chunk = segmenter.slices_in_flight().max(1);
     for (n, group) in todo.chunks(chunk).enumerate() {
-        yield_to_page().await;
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Cancelled);
-        }
         progress(Progress {
             stage: "segment",
             done: n * chunk,
             total: todo.len(),
         });
+        // The page shows the progress and takes a Cancel click before the slices' work.
+        yield_to_page().await;
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
         let t = web_time::Instant::now();
         let embeddings = encode_slices(segmenter, canon, group).await?;
         times.encode += t.elapsed();

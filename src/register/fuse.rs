@@ -6,6 +6,7 @@
 //! read there trilinearly (zero outside the support's grid).
 
 use super::{OrganMaps, RegImage, Registration};
+use crate::device::no_pause;
 use crate::volume::Volume;
 use crate::volume::labels::BoxVox;
 use crate::{Error, Result};
@@ -69,6 +70,24 @@ pub fn warp_labels(
     labels: &OrganMaps,
     reg: &Registration,
 ) -> Result<WarpedSupport> {
+    pollster::block_on(warp_labels_pausing(
+        fixed,
+        moving,
+        labels,
+        reg,
+        &mut no_pause,
+    ))
+}
+
+/// [`warp_labels`], awaiting `pause()` after each slice of the region (the page's turn in
+/// the browser, where this computes synchronously: about a second for a head-and-neck CT).
+pub async fn warp_labels_pausing<F: Future<Output = ()>>(
+    fixed: &RegImage,
+    moving: &RegImage,
+    labels: &OrganMaps,
+    reg: &Registration,
+    pause: &mut impl FnMut() -> F,
+) -> Result<WarpedSupport> {
     if labels.dims != moving.dims {
         return Err(Error::Mismatch(format!(
             "organ maps {:?} are not on the support's 3 mm grid {:?}",
@@ -129,6 +148,7 @@ pub fn warp_labels(
                 }
             }
         }
+        pause().await;
     }
     Ok(WarpedSupport {
         dims: fixed.dims,
@@ -298,6 +318,16 @@ pub fn fuse(fixed: &RegImage, warped: &[WarpedSupport], mode: FuseMode) -> Resul
 /// grid `fixed` was made from, where LiteMedSAM's axial slices live): trilinear,
 /// 0 outside the 3 mm grid.
 pub fn prior_to_canonical(fixed: &RegImage, prior: &FusedPrior) -> Result<Vec<(u16, Volume<f32>)>> {
+    pollster::block_on(prior_to_canonical_pausing(fixed, prior, &mut no_pause))
+}
+
+/// [`prior_to_canonical`], awaiting `pause()` after each slice of the canonical grid (the
+/// page's turn: every organ at full resolution takes seconds in the browser).
+pub async fn prior_to_canonical_pausing<F: Future<Output = ()>>(
+    fixed: &RegImage,
+    prior: &FusedPrior,
+    pause: &mut impl FnMut() -> F,
+) -> Result<Vec<(u16, Volume<f32>)>> {
     if prior.dims != fixed.dims {
         return Err(Error::Mismatch(
             "the prior is not on this query's 3 mm grid".into(),
@@ -319,6 +349,7 @@ pub fn prior_to_canonical(fixed: &RegImage, prior: &FusedPrior) -> Result<Vec<(u
                 }
             }
         }
+        pause().await;
     }
     prior
         .organs

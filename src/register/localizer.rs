@@ -17,12 +17,14 @@ use std::sync::Arc;
 use burn::tensor::Device;
 
 use super::fuse::WarpedSupport;
-use super::intensity::{DEFAULT_ALPHA, DEFAULT_BAND_MM, IntensityModel, learn_models, model_for};
-use super::{
-    FuseMode, OrganMaps, RegImage, RegisterOptions, Registration, fuse, prior_to_canonical,
-    register, warp_labels,
+use super::intensity::{
+    DEFAULT_ALPHA, DEFAULT_BAND_MM, DEFAULT_KAPPA, IntensityModel, learn_models, model_for,
 };
-use crate::device::Pacer;
+use super::{
+    FuseMode, OrganMaps, RegImage, RegisterOptions, Registration, fuse, prior_to_canonical_pausing,
+    register, warp_labels_pausing,
+};
+use crate::device::{Pacer, yield_on_cpu};
 use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
 use crate::metrics::{box_centre_distance_mm, box_diagonal_mm};
 use crate::oracle::localize_from_labels;
@@ -57,6 +59,9 @@ pub struct RegisterLocalizer {
     models: Arc<Vec<IntensityModel>>,
     /// Exponent of the intensity likelihood ratio (0: the fused prior as it is).
     pub alpha: f32,
+    /// Evidence (nats) an organ's exponent is raised to reach, up to `2 · alpha`
+    /// ([`IntensityModel::exponent`]; 0: every organ gets `alpha`).
+    pub kappa: f32,
     pub options: RegisterOptions,
     pub fuse: FuseMode,
     pub mode: BoxMode,
@@ -69,24 +74,32 @@ pub struct RegisterLocalizer {
 
 impl RegisterLocalizer {
     /// Prepare the supports that have label maps (point-only supports cannot be warped
-    /// and are left to MedLAM). `Err` when no support has a label map.
-    pub fn new(
+    /// and are left to MedLAM). `Err` when no support has a label map. In the browser on
+    /// the CPU backend the page gets turns between the whole-volume passes.
+    pub async fn new(
         supports: &[SupportCase],
         organs: &[u16],
         mode: BoxMode,
         device: &Device,
     ) -> Result<Self> {
+        let pacer = Pacer::default();
         let mut prepared = Vec::new();
         let mut labelled = Vec::new();
         for s in supports {
             if let SupportOrgans::Labels(labels) = &s.organs {
                 let image = RegImage::from_canonical(&s.ct)?;
-                let maps = OrganMaps::from_canonical_labels(labels, &image, organs)?;
+                pacer.tick(device).await;
+                let maps =
+                    OrganMaps::from_canonical_labels_pausing(labels, &image, organs, &mut || {
+                        pacer.tick(device)
+                    })
+                    .await?;
                 prepared.push((s.name.clone(), image, maps));
                 labelled.push((&s.ct, labels));
             }
         }
         let models = learn_models(&labelled, organs, DEFAULT_BAND_MM)?;
+        pacer.tick(device).await;
         if prepared.is_empty() {
             return Err(Error::InvalidArgument(
                 "registration needs at least one support with a label map (extreme points alone cannot be warped)".into(),
@@ -96,6 +109,7 @@ impl RegisterLocalizer {
             supports: Arc::new(prepared),
             models: Arc::new(models),
             alpha: DEFAULT_ALPHA,
+            kappa: DEFAULT_KAPPA,
             options: RegisterOptions::default(),
             fuse: DEFAULT_FUSE,
             mode,
@@ -117,8 +131,10 @@ impl RegisterLocalizer {
     /// fail are skipped (noted in [`Self::report`]); `Err` when all fail.
     pub async fn priors(&mut self, query: &CtVolume) -> Result<Vec<(u16, Volume<f32>)>> {
         // In the browser on the CPU backend: the page gets a turn between steps.
+        yield_on_cpu(&self.device).await;
         let pacer = Pacer::default();
         let fixed = RegImage::from_canonical(query)?;
+        pacer.tick(&self.device).await;
         self.report.clear();
         let mut warped = Vec::new();
         let results = self.register_all(&fixed, &pacer).await;
@@ -144,12 +160,13 @@ impl RegisterLocalizer {
         }
         let prior = fuse(&fixed, &warped, self.fuse)?;
         pacer.tick(&self.device).await;
-        let mut priors = prior_to_canonical(&fixed, &prior)?;
+        let mut priors =
+            prior_to_canonical_pausing(&fixed, &prior, &mut || pacer.tick(&self.device)).await?;
         if self.alpha > 0.0 {
             for (organ, p) in &mut priors {
                 pacer.tick(&self.device).await;
                 if let Some(m) = model_for(&self.models, *organ) {
-                    *p = m.refine(p, query, self.alpha)?;
+                    *p = m.refine(p, query, m.exponent(self.alpha, self.kappa))?;
                 }
             }
         }
@@ -166,7 +183,8 @@ impl RegisterLocalizer {
         let (_, image, maps) = &self.supports[i];
         let r = register(fixed, image, None, &self.options, &self.device, pacer).await?;
         pacer.tick(&self.device).await;
-        let w = warp_labels(fixed, image, maps, &r)?;
+        let w =
+            warp_labels_pausing(fixed, image, maps, &r, &mut || pacer.tick(&self.device)).await?;
         pacer.tick(&self.device).await;
         Ok((r, w))
     }
@@ -257,8 +275,12 @@ impl Localizer for RegisterLocalizer {
     ) -> Result<Vec<OrganLocalization>> {
         let mut found = match self.priors(query).await {
             Ok(priors) => {
+                // Whole-volume passes: the page gets a turn after each (browser, CPU backend).
+                yield_on_cpu(&self.device).await;
                 let labels = prior_labels(&priors)?;
+                yield_on_cpu(&self.device).await;
                 let mut found = localize_from_labels(&labels, organs, self.mode, "register");
+                yield_on_cpu(&self.device).await;
                 let priors: Vec<(u16, Arc<Volume<f32>>)> =
                     priors.into_iter().map(|(o, p)| (o, Arc::new(p))).collect();
                 for loc in &mut found {

@@ -42,7 +42,10 @@ mod optimize;
 pub mod sample;
 
 pub use bspline::BsplineGrid;
-pub use fuse::{FuseMode, FusedPrior, WarpedSupport, fuse, prior_to_canonical, warp_labels};
+pub use fuse::{
+    FuseMode, FusedPrior, WarpedSupport, fuse, prior_to_canonical, prior_to_canonical_pausing,
+    warp_labels, warp_labels_pausing,
+};
 pub use init::{
     OrganPoints, affine_from_points, body_box_init, label_points, located_points, points_init,
 };
@@ -218,6 +221,22 @@ impl OrganMaps {
         image: &RegImage,
         organs: &[u16],
     ) -> Result<Self> {
+        pollster::block_on(Self::from_canonical_labels_pausing(
+            labels,
+            image,
+            organs,
+            &mut crate::device::no_pause,
+        ))
+    }
+
+    /// [`Self::from_canonical_labels`], awaiting `pause()` after each organ (two passes
+    /// over the whole label map each: the page's turn in the browser).
+    pub async fn from_canonical_labels_pausing<F: Future<Output = ()>>(
+        labels: &LabelVolume,
+        image: &RegImage,
+        organs: &[u16],
+        pause: &mut impl FnMut() -> F,
+    ) -> Result<Self> {
         if labels.dims != image.canonical_dims {
             return Err(Error::Mismatch(format!(
                 "label map {:?} is not on the canonical grid {:?} of its image",
@@ -242,6 +261,7 @@ impl OrganMaps {
                 }
             }
             maps.push(m);
+            pause().await;
         }
         Ok(Self {
             dims: d,

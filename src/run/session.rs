@@ -78,12 +78,12 @@ impl RunLocalizer {
         let device = &registration_device(device);
         Ok(match choice {
             LocalizerChoice::Medlam => Self::Medlam(Box::new(medlam().await?)),
-            LocalizerChoice::Register => Self::Register(Box::new(RegisterLocalizer::new(
-                supports, organs, mode, device,
-            )?)),
+            LocalizerChoice::Register => Self::Register(Box::new(
+                RegisterLocalizer::new(supports, organs, mode, device).await?,
+            )),
             LocalizerChoice::Both => {
                 let fallback = medlam().await?;
-                match RegisterLocalizer::new(supports, organs, mode, device) {
+                match RegisterLocalizer::new(supports, organs, mode, device).await {
                     Ok(r) => Self::Register(Box::new(r.with_fallback(fallback))),
                     // No support with a label map to register (extreme points only).
                     Err(_) => Self::Medlam(Box::new(fallback)),

@@ -16,6 +16,7 @@ use burn::tensor::ops::{AttentionModuleOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::common::{ConvBn, ConvSpec, INIT, Neck, linear};
+use crate::device::no_pause;
 
 /// Sizes of a TinyViT encoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -177,11 +178,6 @@ impl TinyVit {
         let x = self.stage3.forward_pausing(x, pause).await;
         self.neck.forward(x)
     }
-}
-
-/// The pause of the synchronous forward passes: none.
-fn no_pause() -> std::future::Ready<()> {
-    std::future::ready(())
 }
 
 /// Two 1×1 conv-BN layers with GELU between them (no downsampling).

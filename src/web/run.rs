@@ -88,10 +88,13 @@ pub async fn load_models(
         files.push(bytes);
     }
     progress("building the models", 1.0);
+    // The page gets a turn before and between the two (each blocks it ~1 s on a laptop core).
+    super::yield_to_browser().await;
     let medlam_bytes = files.pop().expect("two files");
     let sam_bytes = files.pop().expect("two files");
     let sam_model = load_bpk_bytes(&SamConfig::lite_medsam(), sam_bytes, &device)?;
     let sam = SamSegmenter::new(sam_model, device.clone(), Preprocess::default());
+    super::yield_to_browser().await;
     let (medlam, medlam_config) = MedLam::from_bytes(&medlam_bytes, &device)?;
     Ok(Models {
         device,

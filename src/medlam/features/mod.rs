@@ -212,6 +212,8 @@ impl FeatureFrame {
                     place_block(&mut maps[s], block, r, margins[s], device);
                 }
             }
+            // Placing the blocks copies the maps: the page gets another turn.
+            crate::device::yield_on_cpu(device).await;
         }
         Ok(Self {
             origin,
