@@ -573,7 +573,7 @@ const GPU_RUN = { dims: [96, 96, 4], spacing: [3, 3, 48], organ: 4, minDsc: 50, 
 // the page loads): compute dispatches, queue submissions, read-backs (mapAsync), uploads
 // (writeBuffer), buffers and pipelines created; snapshotted when the progress moves to another
 // stage (support atlas, localize, segment, then done), so each stage's share is printed. A stage
-// boundary is seen by a 50 ms timer (the page yields after each stage's first progress report).
+// boundary is seen by a mutation observer on the progress text (and a 50 ms timer as a backstop).
 function countGpuCalls() {
   const c = { dispatches: 0, submits: 0, readbacks: 0, uploads: 0, buffers: 0, pipelines: 0 };
   const marks = [];
@@ -593,7 +593,7 @@ function countGpuCalls() {
   wrap("GPUDevice", "createComputePipeline", "pipelines");
   wrap("GPUDevice", "createComputePipelineAsync", "pipelines");
   let last = "";
-  setInterval(() => {
+  const check = () => {
     const text = (id) => (document.querySelector(`[data-testid='${id}']`)?.textContent ?? "").trim();
     const m = /^(done|error|cancelled)/.exec(text("status"))
       ?? /^(support atlas|query \d+\/\d+: [a-z]+)/.exec(text("progress-text"));
@@ -601,7 +601,12 @@ function countGpuCalls() {
       last = m[1];
       marks.push({ stage: last, ...c });
     }
-  }, 50);
+  };
+  // A mutation observer's callback runs at the first microtask checkpoint after the page
+  // sets its progress text, i.e. as soon as the wasm awaits, before any GPU call of the
+  // next stage; a timer could fire after that stage had queued its dispatches.
+  new MutationObserver(check).observe(document, { childList: true, characterData: true, subtree: true });
+  setInterval(check, 50);
 }
 /// Per-stage GPU calls from the snapshots of countGpuCalls (each stage: until the next one).
 function gpuCallsPerStage({ c, marks }) {
