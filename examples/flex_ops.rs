@@ -74,4 +74,62 @@ fn main() {
     t("swap_dims(1,2)+reshape tokens", || {
         tok.clone().swap_dims(1, 2).reshape([1, 128, 128, 128])
     });
+    // The mask decoder's shapes (64² embedding of 256 channels, 4096 image tokens).
+    let e = Tensor::<4>::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &d);
+    let up1 = burn::nn::conv::ConvTranspose2dConfig::new([256, 64], [2, 2])
+        .with_stride([2, 2])
+        .init(&d);
+    let u1 = Tensor::<4>::random([1, 64, 128, 128], Distribution::Normal(0.0, 1.0), &d);
+    let up2 = burn::nn::conv::ConvTranspose2dConfig::new([64, 32], [2, 2])
+        .with_stride([2, 2])
+        .init(&d);
+    t("deconv 256->64 k2s2 @64^2", || up1.forward(e.clone()));
+    t("deconv 64->32 k2s2 @128^2", || up2.forward(u1.clone()));
+    t("gelu 64 @128^2", || gelu(u1.clone()));
+    let itok = Tensor::<3>::random([1, 4096, 256], Distribution::Normal(0.0, 1.0), &d);
+    let fc256 = burn::nn::LinearConfig::new(256, 128).init(&d);
+    t("linear 256->128 x4096", || {
+        fc256.forward(itok.clone()).unsqueeze()
+    });
+    let fc2048 = burn::nn::LinearConfig::new(256, 2048).init(&d);
+    t("linear 256->2048 x4096 (mlp)", || {
+        fc2048.forward(itok.clone()).unsqueeze()
+    });
+    let q8 = Tensor::<4>::random([1, 8, 7, 16], Distribution::Normal(0.0, 1.0), &d);
+    let k8 = Tensor::<4>::random([1, 8, 4096, 16], Distribution::Normal(0.0, 1.0), &d);
+    t("attention tokens->image 8x7x4096x16", || {
+        burn::tensor::module::attention(
+            q8.clone(),
+            k8.clone(),
+            k8.clone(),
+            None,
+            None,
+            Default::default(),
+        )
+    });
+    t("attention image->tokens 8x4096x7x16", || {
+        burn::tensor::module::attention(
+            k8.clone(),
+            q8.clone(),
+            q8.clone(),
+            None,
+            None,
+            Default::default(),
+        )
+    });
+    let ln256 = burn::nn::LayerNormConfig::new(256).init(&d);
+    t("layernorm 256 x4096", || {
+        ln256.forward(itok.clone()).unsqueeze()
+    });
+    let m = Tensor::<4>::random([1, 1, 256, 256], Distribution::Normal(0.0, 1.0), &d);
+    t("bilinear 256^2 -> 512^2", || {
+        burn::tensor::module::interpolate(
+            m.clone(),
+            burn::tensor::ops::InterpolateOptions::new(
+                burn::tensor::ops::InterpolateMode::Bilinear,
+            )
+            .with_output_size([512, 512])
+            .with_align_corners(false),
+        )
+    });
 }
