@@ -561,6 +561,25 @@ await test("a 512×512×300 CT is segmented within the browser's memory (CPU in 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+// SwiftShader for this suite alone while it runs the WebGPU Run: `./dev test` runs the wasm tests
+// (also on SwiftShader) beside this suite, and with both on it at once chromedriver timed out
+// waiting for the renderer. SWIFTSHADER_LOCK names a directory that whoever holds SwiftShader
+// creates (mkdir is atomic); unset, nothing is waited for. Returns the release function.
+async function takeSwiftShader() {
+  const dir = process.env.SWIFTSHADER_LOCK;
+  if (!dir) return () => {};
+  const t0 = Date.now();
+  for (;;) {
+    try { fs.mkdirSync(dir); break; } catch (e) {
+      if (e.code !== "EEXIST") throw e;
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+  const waited = (Date.now() - t0) / 1000;
+  if (waited >= 2) console.log(`  waited ${waited.toFixed(0)} s for SwiftShader (the wasm tests held it)`);
+  return () => fs.rmSync(dir, { recursive: true, force: true });
+}
+
 // A whole Run on WebGPU, the page's default backend: here the SwiftShader adapter (a GPU emulated
 // on the CPU, ~30× slower than the CPU backend in WebAssembly; one encoded slice takes it ~6
 // minutes), so the query is a small phantom with 48 mm slices on which the organ (the right
@@ -650,7 +669,13 @@ await test("a whole Run on WebGPU (SwiftShader) segments like the CPU backend", 
     assert(ext.slices.includes(k), `the viewer shows slice ${k}, not one of the result's (${ext.slices}): ${info}`);
     return { seg, dsc };
   };
-  const gpu = await runOn("", /^\s*models run on: WebGPU\s*$/, 25 * 60 * 1000);
+  const release = await takeSwiftShader();
+  let gpu;
+  try {
+    gpu = await runOn("", /^\s*models run on: WebGPU\s*$/, 25 * 60 * 1000);
+  } finally {
+    release();
+  }
   await page.screenshot({ path: path.join(shots, "run-webgpu.png"), fullPage: true });
   await overlayMatchesMask(gpu.seg, GPU_RUN.organ);
   assert(gpu.dsc >= GPU_RUN.minDsc, `DSC on WebGPU ${gpu.dsc.toFixed(1)} % below ${GPU_RUN.minDsc} %`);
