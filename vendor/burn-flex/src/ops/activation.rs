@@ -392,16 +392,10 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
         }
     }
 
-    // Pass 2: compute exp(x - max), store in output, accumulate sum.
-    // Scalar exp (no SIMD exp in macerator). This pass is the one that
-    // actually does memory reads + writes on the whole row, so scalar
-    // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
-    for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
-        output[idx] = e;
-        sum += e;
-    }
+    // Pass 2: exp(x - max) into the output, and its sum: the vectorised exp
+    // of `simd::math` (a scalar `exp` per element took most of the time).
+    output.copy_from_slice(input);
+    let sum = crate::simd::math::exp_shifted_sum_v::<S>(output, max_val);
 
     // Pass 3: normalize.
     // SIMD splat + multiply, scalar tail.

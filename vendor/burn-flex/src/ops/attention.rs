@@ -422,6 +422,18 @@ trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// # Safety
     /// All pointers must be valid for the given dimensions and strides.
     unsafe fn block_gemm(args: BlockGemmArgs<Self>);
+
+    /// `row[i] = e^(row[i] - shift)` in place; returns the sum of the new values
+    /// (a softmax row's exponentials; `shift` is the row's maximum).
+    fn exp_shifted_sum(row: &mut [Self], shift: Self) -> Self {
+        let mut sum = Self::zero();
+        for s in row.iter_mut() {
+            let e = (*s - shift).exp();
+            *s = e;
+            sum += e;
+        }
+        sum
+    }
 }
 
 /// Arguments for a block matrix multiply: dst = alpha * dst + beta * (lhs @ rhs).
@@ -443,9 +455,30 @@ struct BlockGemmArgs<T> {
     beta: T,
 }
 
+/// Score rows at least this long take the SIMD exp (f32).
+#[cfg(feature = "simd")]
+const SIMD_EXP_MIN_ROW: usize = 32;
+
 macro_rules! impl_flash_gemm {
-    ($ty:ty) => {
+    ($ty:ty $(, $exp_shifted_sum:path)?) => {
         impl FlashGemm for $ty {
+            $(
+                fn exp_shifted_sum(row: &mut [Self], shift: Self) -> Self {
+                    // Short rows (e.g. 7 prompt tokens as keys) stay scalar: a SIMD
+                    // dispatch and a padded tail per row cost more than they save.
+                    if row.len() < SIMD_EXP_MIN_ROW {
+                        let mut sum = 0.0;
+                        for s in row.iter_mut() {
+                            let e = (*s - shift).exp();
+                            *s = e;
+                            sum += e;
+                        }
+                        sum
+                    } else {
+                        $exp_shifted_sum(row, shift)
+                    }
+                }
+            )?
             unsafe fn block_gemm(a: BlockGemmArgs<Self>) {
                 unsafe {
                     gemm::gemm(
@@ -475,6 +508,12 @@ macro_rules! impl_flash_gemm {
     };
 }
 
+// f32 rows take the vectorised exp (`simd::math`): the scalar `exp` per score
+// was most of the softmax's time (SAM's decoder: 8 heads x 7 x 4096 scores per
+// attention).
+#[cfg(feature = "simd")]
+impl_flash_gemm!(f32, crate::simd::math::exp_shifted_sum);
+#[cfg(not(feature = "simd"))]
 impl_flash_gemm!(f32);
 impl_flash_gemm!(f64);
 
@@ -647,12 +686,7 @@ fn flash_attention_head<T: FlashGemm>(
                 tile_max
             };
 
-            let mut tile_sum = T::zero();
-            for score in score_row.iter_mut() {
-                let e = (*score - new_max).exp();
-                *score = e;
-                tile_sum += e;
-            }
+            let tile_sum = T::exp_shifted_sum(score_row, new_max);
 
             let correction = if row_max[qi] == neg_inf {
                 T::zero()
@@ -753,9 +787,15 @@ where
         assert!(softcap > 0.0, "softcap must be positive, got {softcap}");
     }
 
-    let query = query.to_contiguous();
-    let key = key.to_contiguous();
-    let value = value.to_contiguous();
+    // Q, K and V are read in place by the gemms, whatever their strides (the
+    // heads of a `[batch, seq, heads, dim]` projection swapped to
+    // `[batch, heads, seq, dim]`, slices of a fused qkv tensor, a batch
+    // broadcast with stride 0): copying them contiguous first cost as much as
+    // the attention itself at small head sizes. Negative strides (flips) are
+    // copied.
+    let (query, q_st) = in_place_operand(query);
+    let (key, k_st) = in_place_operand(key);
+    let (value, v_st) = in_place_operand(value);
 
     let q_shape = query.layout().shape();
     let k_shape = key.layout().shape();
@@ -824,23 +864,26 @@ where
         .map(|b| (b.batch_step, b.head_step))
         .unwrap_or((0, 0));
 
+    // The output is laid out `[batch, seq_q, heads, val_dim]` in memory and
+    // returned as the `[batch, heads, seq_q, val_dim]` view of it: callers merge
+    // the heads back (`swap_dims(1, 2)` then `reshape`), which is then free.
     let mut output = vec![T::zero(); batch * heads * seq_q * val_dim];
-
-    let q_head_stride = seq_q * head_dim;
-    let q_batch_stride = heads * q_head_stride;
-    let k_head_stride = seq_kv * head_dim;
-    let k_batch_stride = kv_heads * k_head_stride;
-    let v_head_stride = seq_kv * val_dim;
-    let v_batch_stride = kv_heads * v_head_stride;
-    let o_head_stride = seq_q * val_dim;
+    let o_row_stride = heads * val_dim;
+    let o_batch_stride = seq_q * o_row_stride;
     let mask_tile_len = seq_q * seq_kv;
+    let out_layout = Layout::new(
+        burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]),
+        vec![
+            o_batch_stride as isize,
+            val_dim as isize,
+            o_row_stride as isize,
+            1,
+        ],
+        0,
+    );
 
     if output.is_empty() || seq_kv == 0 {
-        return FlexTensor::new(
-            Bytes::from_elems(output),
-            Layout::contiguous(burn_std::Shape::from(vec![batch, heads, seq_q, val_dim])),
-            T::dtype(),
-        );
+        return FlexTensor::new(Bytes::from_elems(output), out_layout, T::dtype());
     }
 
     let params = AttentionParams {
@@ -853,33 +896,49 @@ where
         val_dim,
     };
 
-    let run_head = |scores: &mut Vec<T>, (head_idx, o_chunk): (usize, &mut [T])| {
+    let out_ptr = OutPtr(output.as_mut_ptr());
+    let run_head = |scores: &mut Vec<T>, head_idx: usize| {
         let b = head_idx / heads;
         let h = head_idx % heads;
         // Map query head `h` to its shared K/V head (GQA/MQA).
         let kv_h = h / q_per_kv;
-        let q_off = b * q_batch_stride + h * q_head_stride;
-        let k_off = b * k_batch_stride + kv_h * k_head_stride;
-        let v_off = b * v_batch_stride + kv_h * v_head_stride;
         let mask_off = b * mask_batch_step + h * mask_head_step;
         let bias_off = b * bias_batch_step + h * bias_head_step;
+        let head = HeadOperands {
+            // SAFETY: offsets of element (b, h, 0, 0) inside each storage,
+            // from the layouts' own start offsets and non-negative strides.
+            q: unsafe { q_data.as_ptr().add(q_st.offset(b, h)) },
+            q_rs: q_st.strides[2],
+            q_cs: q_st.strides[3],
+            k: unsafe { k_data.as_ptr().add(k_st.offset(b, kv_h)) },
+            k_rs: k_st.strides[2],
+            k_cs: k_st.strides[3],
+            v: unsafe { v_data.as_ptr().add(v_st.offset(b, kv_h)) },
+            v_rs: v_st.strides[2],
+            v_cs: v_st.strides[3],
+            // SAFETY: this head's rows of the output: row i at
+            // b * o_batch_stride + i * o_row_stride + h * val_dim, disjoint
+            // from every other head's.
+            out: unsafe { out_ptr.get().add(b * o_batch_stride + h * val_dim) },
+            out_rs: o_row_stride as isize,
+        };
 
-        naive_attention_head(
-            &q_data[q_off..q_off + q_head_stride],
-            &k_data[k_off..k_off + k_head_stride],
-            &v_data[v_off..v_off + v_head_stride],
-            o_chunk,
-            scores,
-            &params,
-            (
-                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-                bias_data.map(|bd| &bd[bias_off..bias_off + mask_tile_len]),
-            ),
-        );
+        // SAFETY: the pointers and strides above address the head's elements.
+        unsafe {
+            naive_attention_head(
+                &head,
+                scores,
+                &params,
+                (
+                    mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+                    bias_data.map(|bd| &bd[bias_off..bias_off + mask_tile_len]),
+                ),
+            )
+        };
     };
-    let run_serial = |output: &mut [T]| {
+    let run_serial = || {
         let mut scores = vec![T::zero(); seq_q * seq_kv];
-        for head in output.chunks_exact_mut(o_head_stride).enumerate() {
+        for head in 0..batch * heads {
             run_head(&mut scores, head);
         }
     };
@@ -890,23 +949,79 @@ where
     {
         if params.should_parallelize(batch * heads) {
             use rayon::prelude::*;
-            output
-                .par_chunks_exact_mut(o_head_stride)
-                .enumerate()
+            (0..batch * heads)
+                .into_par_iter()
                 .for_each_init(|| vec![T::zero(); seq_q * seq_kv], run_head);
         } else {
-            run_serial(&mut output);
+            run_serial();
         }
     }
     #[cfg(not(feature = "rayon"))]
-    run_serial(&mut output);
+    run_serial();
 
-    let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
-    FlexTensor::new(
-        Bytes::from_elems(output),
-        Layout::contiguous(shape),
-        T::dtype(),
-    )
+    FlexTensor::new(Bytes::from_elems(output), out_layout, T::dtype())
+}
+
+/// A Q, K or V tensor as the naive attention reads it: its start offset and
+/// strides (all non-negative, in elements).
+#[derive(Clone, Copy)]
+struct InPlaceStrides {
+    start: usize,
+    strides: [isize; 4],
+}
+
+impl InPlaceStrides {
+    /// Element offset of `(batch, head, 0, 0)`.
+    fn offset(&self, batch: usize, head: usize) -> usize {
+        self.start + batch * self.strides[0] as usize + head * self.strides[1] as usize
+    }
+}
+
+/// The tensor (copied contiguous only if a stride is negative) and its strides.
+fn in_place_operand(t: FlexTensor) -> (FlexTensor, InPlaceStrides) {
+    let t = if t.layout().strides().iter().all(|&s| s >= 0) {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    let l = t.layout();
+    let s = l.strides();
+    assert!(s.len() == 4, "attention_naive: operands must be 4D");
+    let st = InPlaceStrides {
+        start: l.start_offset(),
+        strides: [s[0], s[1], s[2], s[3]],
+    };
+    (t, st)
+}
+
+/// The output buffer, shared by the rayon jobs: each writes only its own head's rows.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: the jobs write disjoint elements (one head each).
+unsafe impl<T: Send> Send for OutPtr<T> {}
+unsafe impl<T: Send> Sync for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
+    // A method, so closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// One (batch, head) pair's operands: pointers to their first elements and
+/// row/column strides (elements).
+struct HeadOperands<T> {
+    q: *const T,
+    q_rs: isize,
+    q_cs: isize,
+    k: *const T,
+    k_rs: isize,
+    k_cs: isize,
+    v: *const T,
+    v_rs: isize,
+    v_cs: isize,
+    out: *mut T,
+    out_rs: isize,
 }
 
 /// Process a single (batch, head) pair with naive (non-tiled) attention.
@@ -914,11 +1029,13 @@ where
 /// 1. scores[seq_q, seq_kv] = Q @ K^T              (one gemm)
 /// 2. Apply scale/softcap/mask/causal/bias + softmax (per-row)
 /// 3. output[seq_q, val_dim] = scores @ V            (one gemm)
-fn naive_attention_head<T: FlashGemm>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    output: &mut [T],
+///
+/// # Safety
+/// `head`'s pointers and strides address `seq_q x head_dim` (Q),
+/// `seq_kv x head_dim` (K), `seq_kv x val_dim` (V) and `seq_q x val_dim`
+/// (output, written) valid elements.
+unsafe fn naive_attention_head<T: FlashGemm>(
+    head: &HeadOperands<T>,
     scores: &mut [T],
     p: &AttentionParams<T>,
     mask_bias: (Option<&[u8]>, Option<&[T]>),
@@ -945,12 +1062,12 @@ fn naive_attention_head<T: FlashGemm>(
             dst_cs: 1,
             dst_rs: seq_kv as isize,
             read_dst: false,
-            lhs: q.as_ptr(),
-            lhs_cs: 1,
-            lhs_rs: head_dim as isize,
-            rhs: k.as_ptr(),
-            rhs_cs: head_dim as isize,
-            rhs_rs: 1,
+            lhs: head.q,
+            lhs_cs: head.q_cs,
+            lhs_rs: head.q_rs,
+            rhs: head.k,
+            rhs_cs: head.k_rs,
+            rhs_rs: head.k_cs,
             alpha: T::zero(),
             beta: T::one(),
         });
@@ -994,12 +1111,7 @@ fn naive_attention_head<T: FlashGemm>(
             continue;
         }
 
-        let mut sum = T::zero();
-        for s in row.iter_mut() {
-            let e = (*s - row_max).exp();
-            *s = e;
-            sum += e;
-        }
+        let sum = T::exp_shifted_sum(row, row_max);
 
         let inv_sum = T::one() / sum;
         for s in row.iter_mut() {
@@ -1013,16 +1125,16 @@ fn naive_attention_head<T: FlashGemm>(
             m: seq_q,
             n: val_dim,
             k: seq_kv,
-            dst: output.as_mut_ptr(),
+            dst: head.out,
             dst_cs: 1,
-            dst_rs: val_dim as isize,
+            dst_rs: head.out_rs,
             read_dst: false,
             lhs: scores.as_ptr(),
             lhs_cs: 1,
             lhs_rs: seq_kv as isize,
-            rhs: v.as_ptr(),
-            rhs_cs: 1,
-            rhs_rs: val_dim as isize,
+            rhs: head.v,
+            rhs_cs: head.v_cs,
+            rhs_rs: head.v_rs,
             alpha: T::zero(),
             beta: T::one(),
         });
@@ -1173,8 +1285,8 @@ mod tests {
                 Default::default(),
             );
             assert_attention_outputs_close(
-                out_gqa.storage(),
-                out_ref.storage(),
+                out_gqa.to_contiguous().storage(),
+                out_ref.to_contiguous().storage(),
                 &alloc::format!("{label} gqa(q={q_heads},kv={kv_heads}) vs repeated-kv"),
             );
         }
@@ -1244,7 +1356,9 @@ mod tests {
         );
         let out_full = super::attention_flash(q, k, v, None, Some(bias_full), Default::default());
 
+        let out_bcast = out_bcast.to_contiguous();
         let bcast: &[f32] = out_bcast.storage();
+        let out_full = out_full.to_contiguous();
         let full: &[f32] = out_full.storage();
         assert_attention_outputs_close(bcast, full, "flash bias[1,1,sq,skv]");
     }
@@ -1299,7 +1413,9 @@ mod tests {
         );
         let out_full = super::attention_flash(q, k, v, Some(mask_full), None, Default::default());
 
+        let out_bcast = out_bcast.to_contiguous();
         let bcast: &[f32] = out_bcast.storage();
+        let out_full = out_full.to_contiguous();
         let full: &[f32] = out_full.storage();
         assert_attention_outputs_close(bcast, full, "flash bool mask[1,1,sq,skv]");
     }
@@ -1351,6 +1467,7 @@ mod tests {
         let v = flex_f32(v_data, &[1, 1, seq_kv, val_dim]);
 
         let result = super::attention(q, k, v, None, None, Default::default());
+        let result = result.to_contiguous();
         let data: &[f32] = result.storage();
 
         // All scores equal -> output = mean of 0..127 = 63.5 for both cols.
@@ -1396,6 +1513,7 @@ mod tests {
             ..Default::default()
         };
         let result = super::attention(q, k, v, None, None, opts);
+        let result = result.to_contiguous();
         let data: &[f32] = result.storage();
 
         // causal_offset = seq_kv - seq_q = 124
@@ -1428,6 +1546,7 @@ mod tests {
         let mask = flex_bool(mask_data, &[1, 1, seq_q, seq_kv]);
 
         let result = super::attention(q, k, v, Some(mask), None, Default::default());
+        let result = result.to_contiguous();
         let data: &[f32] = result.storage();
 
         // Visible = 64..128 -> mean of 64..=127 = 95.5.
@@ -1466,6 +1585,7 @@ mod tests {
         let v = flex_f32(v_data, &[1, 1, seq_kv, val_dim]);
 
         let result = super::attention(q, k, v, None, None, Default::default());
+        let result = result.to_contiguous();
         let data: &[f32] = result.storage();
 
         // Large-score keys (tile 2) dominate softmax -> output ~ 1.0.
@@ -1491,6 +1611,7 @@ mod tests {
         let v = flex_f32(v_data, &[1, 1, seq_kv, val_dim]);
 
         let result = super::attention(q, k, v, None, None, Default::default());
+        let result = result.to_contiguous();
         let data: &[f32] = result.storage();
 
         // Uniform attention -> mean of 0..99 = 49.5.
@@ -1568,7 +1689,9 @@ mod tests {
             );
             let naive = super::attention_naive(q, k, v, mask, bias, options);
 
+            let flash = flash.to_contiguous();
             let flash_data: &[f32] = flash.storage();
+            let naive = naive.to_contiguous();
             let naive_data: &[f32] = naive.storage();
             assert_eq!(
                 flash_data.len(),
@@ -1651,6 +1774,7 @@ mod tests {
         let v = flex_f64(vec![10.0f64, 20.0], &[1, 1, 2, 1]);
 
         let result = super::attention(q, k, v, None, None, Default::default());
+        let result = result.to_contiguous();
         let data: &[f64] = result.storage();
 
         assert!((data[0] - 13.30).abs() < 0.1, "got {}", data[0]);
@@ -1680,7 +1804,9 @@ mod tests {
         );
         let naive = super::attention_naive(q, k, v, None, None, Default::default());
 
+        let flash = flash.to_contiguous();
         let flash_data: &[f16] = flash.storage();
+        let naive = naive.to_contiguous();
         let naive_data: &[f16] = naive.storage();
 
         // softmax([1/sqrt(2), 0]) = [0.670, 0.330] -> row0: ~13.3, row1: ~16.7
@@ -1742,7 +1868,7 @@ mod tests {
                         Some(flex_f32(bias.to_vec(), &[1, 1, seq_q, seq_kv])),
                         options,
                     );
-                    expected.extend_from_slice(out.storage::<f32>());
+                    expected.extend_from_slice(out.to_contiguous().storage::<f32>());
                 }
 
                 for run in [super::attention_flash, super::attention_naive] {
@@ -1759,7 +1885,7 @@ mod tests {
                         &Shape::new([batch, heads, seq_q, val_dim])
                     );
                     assert_attention_outputs_close(
-                        out.storage(),
+                        out.to_contiguous().storage(),
                         &expected,
                         "multihead vs independent heads",
                     );
@@ -1772,6 +1898,103 @@ mod tests {
     ///
     /// Exercises the early-return guard that prevents `par_chunks_exact_mut(0)`
     /// panics and skips scratch allocation on empty workloads.
+    /// The naive path reads Q, K and V in place whatever their strides (heads
+    /// swapped out of `[batch, seq, heads, dim]`, slices of one fused qkv
+    /// buffer with a start offset, a batch broadcast with stride 0, a flipped
+    /// operand), and lays its output out `[batch, seq_q, heads, val_dim]` in
+    /// memory: the results equal those on contiguous copies, and the output's
+    /// head merge (`swap_dims(1, 2)`) is a contiguous view.
+    #[test]
+    fn test_naive_reads_strided_operands_in_place() {
+        let (batch, heads, seq_q, seq_kv, dim) = (2, 3, 5, 11, 4);
+        let fill = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 250.0
+                        - 2.0
+                })
+                .collect()
+        };
+        let view = |data: &[f32], shape: [usize; 4], strides: [isize; 4], start: usize| {
+            FlexTensor::new(
+                Bytes::from_elems(data.to_vec()),
+                Layout::new(Shape::new(shape), strides.to_vec(), start),
+                DType::F32,
+            )
+        };
+        // Q: [batch, seq_q, heads, dim] in memory, viewed [batch, heads, seq_q, dim].
+        let q_mem = fill(batch * seq_q * heads * dim, 1);
+        let q = view(
+            &q_mem,
+            [batch, heads, seq_q, dim],
+            [
+                (seq_q * heads * dim) as isize,
+                dim as isize,
+                (heads * dim) as isize,
+                1,
+            ],
+            0,
+        );
+        // K and V: slices of one [1, seq_kv, heads, 2 * dim] buffer, broadcast over the batch.
+        let kv_mem = fill(seq_kv * heads * 2 * dim, 2);
+        let kv_strides = [0, (2 * dim) as isize, (heads * 2 * dim) as isize, 1];
+        let k = view(&kv_mem, [batch, heads, seq_kv, dim], kv_strides, 0);
+        let v = view(&kv_mem, [batch, heads, seq_kv, dim], kv_strides, dim);
+        let bias = flex_f32(fill(heads * seq_q * seq_kv, 3), &[1, heads, seq_q, seq_kv]);
+        let options = AttentionModuleOptions::default();
+
+        let out = super::attention_naive(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            Some(bias.clone()),
+            options,
+        );
+        let reference = super::attention_naive(
+            q.to_contiguous(),
+            k.to_contiguous(),
+            v.to_contiguous(),
+            None,
+            Some(bias.clone()),
+            options,
+        );
+        let flash =
+            super::attention_flash(q.clone(), k.clone(), v.clone(), None, Some(bias), options);
+        assert_eq!(
+            out.layout().shape(),
+            &Shape::new([batch, heads, seq_q, dim])
+        );
+        let merged = out.layout().transpose(1, 2);
+        assert!(
+            merged.is_contiguous(),
+            "heads merge is not a view: {merged:?}"
+        );
+        let out_c = out.to_contiguous();
+        assert_attention_outputs_close(
+            out_c.storage(),
+            reference.to_contiguous().storage(),
+            "strided vs contiguous",
+        );
+        assert_attention_outputs_close(
+            out_c.storage(),
+            flash.to_contiguous().storage(),
+            "naive vs flash",
+        );
+
+        // A flipped key (negative stride) is copied, with the same result as its copy.
+        let k_flipped = FlexTensor::from_arc(k.data_arc(), k.layout().flip(&[2]), DType::F32);
+        let out =
+            super::attention_naive(q.clone(), k_flipped.clone(), v.clone(), None, None, options);
+        let reference =
+            super::attention_naive(q, k_flipped.to_contiguous(), v, None, None, options);
+        assert_attention_outputs_close(
+            out.to_contiguous().storage(),
+            reference.to_contiguous().storage(),
+            "flipped key",
+        );
+    }
+
     #[test]
     fn test_attention_empty_sequence() {
         let head_dim = 8;
@@ -1785,7 +2008,9 @@ mod tests {
             let out_flash =
                 super::attention_flash(q.clone(), k.clone(), v.clone(), None, None, opts);
             let out_naive = super::attention_naive(q, k, v, None, None, opts);
+            let out_flash = out_flash.to_contiguous();
             let flash_out: &[f32] = out_flash.storage();
+            let out_naive = out_naive.to_contiguous();
             let naive_out: &[f32] = out_naive.storage();
             assert_eq!(flash_out.len(), 0, "flash: seq_q=0 output must be empty");
             assert_eq!(naive_out.len(), 0, "naive: seq_q=0 output must be empty");
@@ -1799,7 +2024,9 @@ mod tests {
             let out_flash =
                 super::attention_flash(q.clone(), k.clone(), v.clone(), None, None, opts);
             let out_naive = super::attention_naive(q, k, v, None, None, opts);
+            let out_flash = out_flash.to_contiguous();
             let flash_out: &[f32] = out_flash.storage();
+            let out_naive = out_naive.to_contiguous();
             let naive_out: &[f32] = out_naive.storage();
             assert_eq!(flash_out.len(), 0, "flash: batch=0 output must be empty");
             assert_eq!(naive_out.len(), 0, "naive: batch=0 output must be empty");
@@ -1814,7 +2041,9 @@ mod tests {
             let out_flash =
                 super::attention_flash(q.clone(), k.clone(), v.clone(), None, None, opts);
             let out_naive = super::attention_naive(q, k, v, None, None, opts);
+            let out_flash = out_flash.to_contiguous();
             let flash_out: &[f32] = out_flash.storage();
+            let out_naive = out_naive.to_contiguous();
             let naive_out: &[f32] = out_naive.storage();
             assert_eq!(
                 flash_out.len(),

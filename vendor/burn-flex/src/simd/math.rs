@@ -158,6 +158,53 @@ pub(crate) fn sigmoid_v<S: Simd>(x: Vector<S, f32>) -> Vector<S, f32> {
     x.lt(0.0f32.splat::<S>()).select(e * r, r)
 }
 
+/// `row[i] = e^(row[i] - shift)` in place, returning the sum of the new values:
+/// the middle pass of a softmax row (`shift` is the row's maximum). One
+/// thread: softmax and attention call it per row inside their own parallel
+/// jobs. The sum is accumulated lane-wise, so it may differ from a scalar
+/// left-to-right sum in the last bits.
+#[macerator::with_simd]
+pub fn exp_shifted_sum<S: Simd>(row: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_v::<S>(row, shift)
+}
+
+/// [`exp_shifted_sum`] for callers already inside a SIMD dispatch.
+#[inline(always)]
+pub(crate) fn exp_shifted_sum_v<S: Simd>(row: &mut [f32], shift: f32) -> f32 {
+    let lanes = <f32 as Scalar>::lanes::<S>();
+    let len = row.len();
+    let simd_len = len / lanes * lanes;
+    let shift_v = shift.splat::<S>();
+    let mut acc = 0.0f32.splat::<S>();
+    let mut i = 0;
+    while i < simd_len {
+        // SAFETY: i + lanes <= len.
+        unsafe {
+            let p = row.as_mut_ptr().add(i);
+            let e = exp_v::<S>(vload_unaligned::<S, _>(p) - shift_v);
+            vstore_unaligned::<S, _>(p, e);
+            acc += e;
+        }
+        i += lanes;
+    }
+    let mut sum = acc.reduce_add();
+    if simd_len < len {
+        let rest = len - simd_len;
+        let mut buf = [0.0f32; 64];
+        buf[..rest].copy_from_slice(&row[simd_len..]);
+        // SAFETY: `buf` holds at least one register (64 >= lanes).
+        unsafe {
+            let e = exp_v::<S>(vload_unaligned::<S, _>(buf.as_ptr()) - shift_v);
+            vstore_unaligned::<S, _>(buf.as_mut_ptr(), e);
+        }
+        row[simd_len..].copy_from_slice(&buf[..rest]);
+        for &e in &buf[..rest] {
+            sum += e;
+        }
+    }
+    sum
+}
+
 /// Apply `$vec_fn` to `len` elements from `src` into `dst`, SIMD registers
 /// at a time; the tail goes through a zero-padded register so every element
 /// sees the same arithmetic. `src` and `dst` may be the same pointer.
@@ -367,6 +414,37 @@ mod tests {
                 assert_eq!(out[i].to_bits(), inplace[i].to_bits());
                 assert!((out[i] - libm::erff(xs[i])).abs() < 2e-7, "len {len} i {i}");
             }
+        }
+    }
+
+    /// The softmax middle pass: each element e^(x - shift) to exp's accuracy,
+    /// the returned sum to f32 summation accuracy, at lengths around the SIMD
+    /// width (the tail goes through a padded register and must not leak into
+    /// the sum), with -inf scores (masked) giving 0.
+    #[test]
+    fn exp_shifted_sum_matches_f64() {
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 49, 196, 4096, 4099] {
+            let mut xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 12.0).collect();
+            if len > 4 {
+                xs[3] = f32::NEG_INFINITY;
+            }
+            let shift = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut row = xs.clone();
+            let sum = super::exp_shifted_sum(&mut row, shift);
+            let mut want_sum = 0.0f64;
+            for (i, (&x, &e)) in xs.iter().zip(&row).enumerate() {
+                // The difference rounded to f32 as the kernel (and a scalar loop) forms it.
+                let want = libm::exp((x - shift) as f64);
+                want_sum += want;
+                assert!(
+                    (e as f64 - want).abs() <= 2e-7 * want,
+                    "len {len} i {i}: {e} vs {want}"
+                );
+            }
+            assert!(
+                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1e-30) + 1e-30,
+                "len {len}: sum {sum} vs {want_sum}"
+            );
         }
     }
 }
