@@ -111,14 +111,24 @@ pub async fn match_template(
     let [x, y, z] = t.dims;
     let ones = Tensor::<5>::ones([1, 1, z, y, x], device);
     let opts = || ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], 1);
-    // Σ region·t̂ (t̂ zero-mean, unit norm), Σ region and Σ region² under each placement.
-    let num = read_f32(conv3d(region.clone(), t.tensor(device), None, opts())).await?;
-    let sum = read_f32(conv3d(region, ones.clone(), None, opts())).await?;
-    let sum2 = read_f32(conv3d(squares, ones, None, opts())).await?;
+    // Σ region·t̂ (t̂ zero-mean, unit norm), Σ region and Σ region² under each placement,
+    // read back from the device together (one read-back per template, not three).
+    let maps = Tensor::cat(
+        vec![
+            conv3d(region.clone(), t.tensor(device), None, opts()),
+            conv3d(region, ones.clone(), None, opts()),
+            conv3d(squares, ones, None, opts()),
+        ],
+        1,
+    );
+    let all = read_f32(maps).await?;
+    let placements = all.len() / 3;
+    let (num, rest) = all.split_at(placements);
+    let (sum, sum2) = rest.split_at(placements);
     let n = t.weights.len() as f64;
     let side = 2 * radius + 1;
     let mut best: Option<(usize, f32)> = None;
-    for (idx, ((&c, &s), &s2)) in num.iter().zip(&sum).zip(&sum2).enumerate() {
+    for (idx, ((&c, &s), &s2)) in num.iter().zip(sum).zip(sum2).enumerate() {
         // Flat regions (also relative to the sums, below the f32 rounding of the sums).
         let var = s2 as f64 - (s as f64).powi(2) / n;
         if var < MIN_VARIANCE * n || var < 1e-4 * s2 as f64 {

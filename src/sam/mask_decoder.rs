@@ -153,9 +153,10 @@ impl MaskDecoder {
         .expand([b, 1 + n_masks, d]);
         let tokens = Tensor::cat(vec![output_tokens, sparse], 1);
 
-        let src = (image_embedding + dense).expand([b, d, e, e]);
-        let pos = image_pe.expand([b, d, e, e]);
-        let (hs, src) = self.transformer.forward(src, pos, tokens);
+        // Not expanded to the B prompts: the transformer's first block projects the shared
+        // image once (the image tokens become per prompt after its image → token attention).
+        let src = image_embedding + dense;
+        let (hs, src) = self.transformer.forward(src, image_pe, tokens);
 
         let upscaled = self
             .output_upscaling

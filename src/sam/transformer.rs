@@ -39,11 +39,18 @@ impl Attention {
     }
 
     /// Queries `[B, Nq, D]` attend to keys `[B, Nk, D]` with values `[B, Nk, D]` → `[B, Nq, D]`.
+    /// Any of the three may have a batch of 1 that the other B share (the image of a batch of
+    /// prompts): its projection is then computed once, not once per prompt.
     pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let q = self.heads(self.q_proj.forward(q));
-        let k = self.heads(self.k_proj.forward(k));
-        let v = self.heads(self.v_proj.forward(v));
-        let [b, h, n, c] = q.dims();
+        let b = q.dims()[0].max(k.dims()[0]).max(v.dims()[0]);
+        let shared = |x: Tensor<4>| {
+            let [_, h, n, c] = x.dims();
+            x.expand([b, h, n, c])
+        };
+        let q = shared(self.heads(self.q_proj.forward(q)));
+        let k = shared(self.heads(self.k_proj.forward(k)));
+        let v = shared(self.heads(self.v_proj.forward(v)));
+        let [_, h, n, c] = q.dims();
         let out = attention(q, k, v, None, None, Default::default());
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, n, h * c]))
@@ -89,7 +96,9 @@ impl TwoWayBlock {
         }
     }
 
-    /// One round of token/image attention; `query_pe` `[B, Nt, D]`, `key_pe` `[B, HW, D]`.
+    /// One round of token/image attention; `query_pe` `[B, Nt, D]`, `key_pe` `[1, HW, D]`.
+    /// The image tokens may come in with a batch of 1 (the first block: the image is the same
+    /// for every prompt); they leave with the prompts' batch B.
     pub fn forward(&self, s: TwoWayState, query_pe: &Tensor<3>, key_pe: &Tensor<3>) -> TwoWayState {
         let TwoWayState { queries, keys } = s;
         let queries = if self.skip_first_layer_pe {
@@ -142,17 +151,19 @@ impl TwoWayTransformer {
         }
     }
 
-    /// Image `[B, D, H, W]` with its positional encoding, tokens `[B, Nt, D]` →
-    /// (tokens `[B, Nt, D]`, image tokens `[B, HW, D]`).
+    /// Image `[1 or B, D, H, W]` with its positional encoding `[1, D, H, W]`, tokens `[B, Nt, D]`
+    /// → (tokens `[B, Nt, D]`, image tokens `[B, HW, D]`). An image of batch 1 is shared by
+    /// the B prompts: the first block projects it once.
     pub fn forward(
         &self,
         image: Tensor<4>,
         image_pe: Tensor<4>,
         tokens: Tensor<3>,
     ) -> (Tensor<3>, Tensor<3>) {
-        let [b, d, h, w] = image.dims();
-        let keys = image.reshape([b, d, h * w]).swap_dims(1, 2);
-        let key_pe = image_pe.reshape([b, d, h * w]).swap_dims(1, 2);
+        let [bi, d, h, w] = image.dims();
+        let keys = image.reshape([bi, d, h * w]).swap_dims(1, 2);
+        let [bp, ..] = image_pe.dims();
+        let key_pe = image_pe.reshape([bp, d, h * w]).swap_dims(1, 2);
         let mut s = TwoWayState {
             queries: tokens.clone(),
             keys,
