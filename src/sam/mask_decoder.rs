@@ -11,7 +11,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::common::{INIT, MlpRelu, layer_norm_2d, layer_norm_2d_init};
-use super::transformer::TwoWayTransformer;
+use super::transformer::{TransformerImage, TwoWayTransformer};
 
 /// Sizes of a mask decoder.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -142,8 +142,32 @@ impl MaskDecoder {
             sparse,
             dense,
         } = input;
+        let image = self.image(image_embedding, image_pe, dense);
+        self.forward_image(&image, sparse, multimask)
+    }
+
+    /// What the decoder computes from the image alone (embedding `[1, D, E, E]`, its positional
+    /// encoding `[1, D, E, E]`, the dense prompt embedding `[1, D, E, E]`): the same for every
+    /// prompt, so it is computed once per slice and reused by each decoded box.
+    pub fn image(
+        &self,
+        image_embedding: Tensor<4>,
+        image_pe: Tensor<4>,
+        dense: Tensor<4>,
+    ) -> TransformerImage {
+        self.transformer.image(image_embedding + dense, image_pe)
+    }
+
+    /// [`Self::forward`] for prompt tokens `[B, N, D]` on an image prepared by [`Self::image`].
+    pub fn forward_image(
+        &self,
+        image: &TransformerImage,
+        sparse: Tensor<3>,
+        multimask: bool,
+    ) -> DecoderOutput {
         let [b, _, d] = sparse.dims();
-        let [_, _, e, _] = image_embedding.dims();
+        let [_, hw, _] = image.keys.dims();
+        let e = (hw as f64).sqrt().round() as usize;
         let n_masks = self.mask_tokens.weight.dims()[0];
         let output_tokens = Tensor::cat(
             vec![self.iou_token.weight.val(), self.mask_tokens.weight.val()],
@@ -153,10 +177,9 @@ impl MaskDecoder {
         .expand([b, 1 + n_masks, d]);
         let tokens = Tensor::cat(vec![output_tokens, sparse], 1);
 
-        // Not expanded to the B prompts: the transformer's first block projects the shared
-        // image once (the image tokens become per prompt after its image → token attention).
-        let src = image_embedding + dense;
-        let (hs, src) = self.transformer.forward(src, image_pe, tokens);
+        // The image is not expanded to the B prompts: its first-block projections are shared
+        // (the image tokens become per prompt after that block's image → token attention).
+        let (hs, src) = self.transformer.forward_image(image, tokens);
 
         let upscaled = self
             .output_upscaling

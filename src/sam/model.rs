@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use super::mask_decoder::{DecoderInput, DecoderOutput, MaskDecoder, MaskDecoderConfig};
 use super::prompt_encoder::{PointBatch, PromptEncoder, PromptEncoderConfig};
 use super::tiny_vit::{TinyVit, TinyVitConfig};
+use super::transformer::TransformerImage;
 use super::vit::{Vit, VitConfig};
 
 /// Which image encoder.
@@ -170,5 +171,29 @@ impl Sam {
             },
             multimask,
         )
+    }
+
+    /// The decoder's image side for an embedding `[1, 256, E, E]` (no mask prompt): computed
+    /// once per slice, then [`Self::decode_image`] for each batch of prompts.
+    pub fn decoder_image(
+        &self,
+        image_embedding: Tensor<4>,
+        image_pe: Tensor<4>,
+    ) -> TransformerImage {
+        let dense = self.prompt_encoder.no_mask_dense();
+        self.mask_decoder.image(image_embedding, image_pe, dense)
+    }
+
+    /// [`Self::decode`] on an image prepared by [`Self::decoder_image`].
+    pub fn decode_image(
+        &self,
+        image: &TransformerImage,
+        prompts: PromptBatch,
+        multimask: bool,
+    ) -> DecoderOutput {
+        let sparse = self
+            .prompt_encoder
+            .sparse(prompts.points.as_ref(), prompts.boxes);
+        self.mask_decoder.forward_image(image, sparse, multimask)
     }
 }

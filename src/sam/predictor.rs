@@ -9,6 +9,8 @@
 //! All reads from the device are asynchronous (`into_data_async`), so the same
 //! code runs in the browser; native callers use `pollster::block_on`.
 
+use std::sync::OnceLock;
+
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -17,6 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::model::{PromptBatch, Sam};
 use super::preprocess::{PreparedSlice, Preprocess, prepare_slice};
 use super::prompt_encoder::{PointBatch, PointLabel};
+use super::transformer::TransformerImage;
 use crate::types::SliceSegmenter;
 use crate::{Error, Result};
 
@@ -61,6 +64,20 @@ pub struct SliceEmbedding {
     pub embedding: Tensor<4>,
     /// Preprocessing geometry (the input buffer is dropped after encoding).
     pub prep: PreparedSlice,
+    /// The mask decoder's image side, made by the first decode on this slice and reused by
+    /// the next ones (each box would otherwise project the 4096 image tokens again).
+    decoder_image: OnceLock<TransformerImage>,
+}
+
+impl SliceEmbedding {
+    /// An embedding and its preprocessing geometry.
+    pub fn new(embedding: Tensor<4>, prep: PreparedSlice) -> Self {
+        Self {
+            embedding,
+            prep,
+            decoder_image: OnceLock::new(),
+        }
+    }
 }
 
 /// A SAM-family model ready to segment slices on a device.
@@ -117,10 +134,7 @@ impl SamSegmenter {
     /// Preprocess and encode one slice (HU, row-major `[height][width]`).
     pub fn embed(&self, slice_hu: &[f32], width: usize, height: usize) -> Result<SliceEmbedding> {
         let (image, prep) = self.input_image(slice_hu, width, height)?;
-        Ok(SliceEmbedding {
-            embedding: self.model.encode(image),
-            prep,
-        })
+        Ok(SliceEmbedding::new(self.model.encode(image), prep))
     }
 
     /// [`Self::embed`] letting the page run between the encoder's blocks where that is
@@ -138,7 +152,7 @@ impl SamSegmenter {
             .image_encoder
             .forward_pausing(image, &mut move || crate::device::yield_on_cpu(device))
             .await;
-        Ok(SliceEmbedding { embedding, prep })
+        Ok(SliceEmbedding::new(embedding, prep))
     }
 
     /// Low-resolution mask logits `[B, 1, S, S]` (model input frame) of prompts
@@ -203,12 +217,13 @@ impl SamSegmenter {
                 labels,
             }
         });
-        let out = self.model.decode(
-            emb.embedding.clone(),
-            self.image_pe.clone(),
-            PromptBatch { points, boxes },
-            false,
-        );
+        let image = emb.decoder_image.get_or_init(|| {
+            self.model
+                .decoder_image(emb.embedding.clone(), self.image_pe.clone())
+        });
+        let out = self
+            .model
+            .decode_image(image, PromptBatch { points, boxes }, false);
         Ok(out.masks)
     }
 

@@ -42,14 +42,23 @@ impl Attention {
     /// Any of the three may have a batch of 1 that the other B share (the image of a batch of
     /// prompts): its projection is then computed once, not once per prompt.
     pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        self.attend(
+            self.q_proj.forward(q),
+            self.k_proj.forward(k),
+            self.v_proj.forward(v),
+        )
+    }
+
+    /// [`Self::forward`] on queries, keys and values already projected (`[B or 1, N, inner]`).
+    pub fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
         let b = q.dims()[0].max(k.dims()[0]).max(v.dims()[0]);
         let shared = |x: Tensor<4>| {
             let [_, h, n, c] = x.dims();
             x.expand([b, h, n, c])
         };
-        let q = shared(self.heads(self.q_proj.forward(q)));
-        let k = shared(self.heads(self.k_proj.forward(k)));
-        let v = shared(self.heads(self.v_proj.forward(v)));
+        let q = shared(self.heads(q));
+        let k = shared(self.heads(k));
+        let v = shared(self.heads(v));
         let [_, h, n, c] = q.dims();
         let out = attention(q, k, v, None, None, Default::default());
         self.out_proj
@@ -70,6 +79,21 @@ pub struct TwoWayBlock {
     pub cross_attn_image_to_token: Attention,
     /// The first block does not add the positional encoding before self-attention.
     pub skip_first_layer_pe: bool,
+}
+
+/// What the first two-way block computes from the image alone, the same for every prompt on
+/// it: kept with a slice's embedding, each decoded box reuses it ([`TwoWayTransformer::image`]).
+#[derive(Clone, Debug)]
+pub struct TransformerImage {
+    /// `[1, HW, D]` image tokens (the embedding plus the dense prompt embedding).
+    pub keys: Tensor<3>,
+    /// `[1, HW, D]` their positional encoding.
+    pub key_pe: Tensor<3>,
+    /// `[1, HW, D/2]` the first block's tokens → image keys (`k_proj(keys + key_pe)`) and
+    /// values (`v_proj(keys)`), and its image → tokens queries (`q_proj(keys + key_pe)`).
+    pub first_k: Tensor<3>,
+    pub first_v: Tensor<3>,
+    pub first_q_image: Tensor<3>,
 }
 
 /// Tokens and image tokens flowing through the transformer, with their positional encodings.
@@ -100,6 +124,25 @@ impl TwoWayBlock {
     /// The image tokens may come in with a batch of 1 (the first block: the image is the same
     /// for every prompt); they leave with the prompts' batch B.
     pub fn forward(&self, s: TwoWayState, query_pe: &Tensor<3>, key_pe: &Tensor<3>) -> TwoWayState {
+        let k = s.keys.clone() + key_pe.clone();
+        let image = (
+            self.cross_attn_token_to_image.k_proj.forward(k.clone()),
+            self.cross_attn_token_to_image
+                .v_proj
+                .forward(s.keys.clone()),
+            self.cross_attn_image_to_token.q_proj.forward(k),
+        );
+        self.forward_projected(s, query_pe, image)
+    }
+
+    /// [`Self::forward`] with the image tokens' projections given: (tokens → image keys,
+    /// tokens → image values, image → tokens queries).
+    fn forward_projected(
+        &self,
+        s: TwoWayState,
+        query_pe: &Tensor<3>,
+        (image_k, image_v, image_q): (Tensor<3>, Tensor<3>, Tensor<3>),
+    ) -> TwoWayState {
         let TwoWayState { queries, keys } = s;
         let queries = if self.skip_first_layer_pe {
             self.self_attn
@@ -111,21 +154,21 @@ impl TwoWayBlock {
         let queries = self.norm1.forward(queries);
 
         let q = queries.clone() + query_pe.clone();
-        let k = keys.clone() + key_pe.clone();
-        let queries = queries
-            + self
-                .cross_attn_token_to_image
-                .forward(q, k.clone(), keys.clone());
+        let attn = &self.cross_attn_token_to_image;
+        let queries = queries + attn.attend(attn.q_proj.forward(q), image_k, image_v);
         let queries = self.norm2.forward(queries);
 
         let queries = queries.clone() + self.mlp.forward_relu(queries);
         let queries = self.norm3.forward(queries);
 
         let q = queries.clone() + query_pe.clone();
-        let keys = keys.clone()
-            + self
-                .cross_attn_image_to_token
-                .forward(k, q, queries.clone());
+        let attn = &self.cross_attn_image_to_token;
+        let keys = keys
+            + attn.attend(
+                image_q,
+                attn.k_proj.forward(q),
+                attn.v_proj.forward(queries.clone()),
+            );
         let keys = self.norm4.forward(keys);
         TwoWayState { queries, keys }
     }
@@ -151,25 +194,61 @@ impl TwoWayTransformer {
         }
     }
 
+    /// The image side of the first block ([`TransformerImage`]) for an image `[1, D, H, W]`
+    /// and its positional encoding `[1, D, H, W]`.
+    pub fn image(&self, image: Tensor<4>, image_pe: Tensor<4>) -> TransformerImage {
+        let [bi, d, h, w] = image.dims();
+        let keys = image.reshape([bi, d, h * w]).swap_dims(1, 2);
+        let [bp, ..] = image_pe.dims();
+        let key_pe = image_pe.reshape([bp, d, h * w]).swap_dims(1, 2);
+        let first = self
+            .layers
+            .first()
+            .expect("SAM's two-way transformer has at least one block");
+        let k = keys.clone() + key_pe.clone();
+        TransformerImage {
+            first_k: first.cross_attn_token_to_image.k_proj.forward(k.clone()),
+            first_v: first.cross_attn_token_to_image.v_proj.forward(keys.clone()),
+            first_q_image: first.cross_attn_image_to_token.q_proj.forward(k),
+            keys,
+            key_pe,
+        }
+    }
+
     /// Image `[1 or B, D, H, W]` with its positional encoding `[1, D, H, W]`, tokens `[B, Nt, D]`
-    /// → (tokens `[B, Nt, D]`, image tokens `[B, HW, D]`). An image of batch 1 is shared by
-    /// the B prompts: the first block projects it once.
+    /// → (tokens `[B, Nt, D]`, image tokens `[B, HW, D]`).
     pub fn forward(
         &self,
         image: Tensor<4>,
         image_pe: Tensor<4>,
         tokens: Tensor<3>,
     ) -> (Tensor<3>, Tensor<3>) {
-        let [bi, d, h, w] = image.dims();
-        let keys = image.reshape([bi, d, h * w]).swap_dims(1, 2);
-        let [bp, ..] = image_pe.dims();
-        let key_pe = image_pe.reshape([bp, d, h * w]).swap_dims(1, 2);
+        self.forward_image(&self.image(image, image_pe), tokens)
+    }
+
+    /// [`Self::forward`] on an image prepared by [`Self::image`] (shared by the B prompts: the
+    /// first block's image projections are not computed again).
+    pub fn forward_image(
+        &self,
+        image: &TransformerImage,
+        tokens: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let key_pe = image.key_pe.clone();
         let mut s = TwoWayState {
             queries: tokens.clone(),
-            keys,
+            keys: image.keys.clone(),
         };
-        for layer in &self.layers {
-            s = layer.forward(s, &tokens, &key_pe);
+        for (i, layer) in self.layers.iter().enumerate() {
+            s = if i == 0 {
+                let projected = (
+                    image.first_k.clone(),
+                    image.first_v.clone(),
+                    image.first_q_image.clone(),
+                );
+                layer.forward_projected(s, &tokens, projected)
+            } else {
+                layer.forward(s, &tokens, &key_pe)
+            };
         }
         let q = s.queries.clone() + tokens;
         let k = s.keys.clone() + key_pe;
