@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::mask_decoder::{DecoderInput, DecoderOutput, MaskDecoder, MaskDecoderConfig};
+use super::mask_decoder::{DecoderOutput, MaskDecoder, MaskDecoderConfig};
 use super::prompt_encoder::{PointBatch, PromptEncoder, PromptEncoderConfig};
 use super::tiny_vit::{TinyVit, TinyVitConfig};
 use super::transformer::TransformerImage;
@@ -158,19 +158,8 @@ impl Sam {
         prompts: PromptBatch,
         multimask: bool,
     ) -> DecoderOutput {
-        let sparse = self
-            .prompt_encoder
-            .sparse(prompts.points.as_ref(), prompts.boxes);
-        let dense = self.prompt_encoder.no_mask_dense();
-        self.mask_decoder.forward(
-            DecoderInput {
-                image_embedding,
-                image_pe,
-                sparse,
-                dense,
-            },
-            multimask,
-        )
+        let image = self.decoder_image(image_embedding, image_pe);
+        self.decode_image(&image, prompts, multimask)
     }
 
     /// The decoder's image side for an embedding `[1, 256, E, E]` (no mask prompt): computed
