@@ -166,8 +166,7 @@ impl MaskDecoder {
         multimask: bool,
     ) -> DecoderOutput {
         let [b, _, d] = sparse.dims();
-        let [_, hw, _] = image.keys.dims();
-        let e = (hw as f64).sqrt().round() as usize;
+        let [eh, ew] = image.grid;
         let n_masks = self.mask_tokens.weight.dims()[0];
         let output_tokens = Tensor::cat(
             vec![self.iou_token.weight.val(), self.mask_tokens.weight.val()],
@@ -183,7 +182,7 @@ impl MaskDecoder {
 
         let upscaled = self
             .output_upscaling
-            .forward(src.swap_dims(1, 2).reshape([b, d, e, e]));
+            .forward(src.swap_dims(1, 2).reshape([b, d, eh, ew]));
         let [_, c, uh, uw] = upscaled.dims();
         let chosen: Vec<usize> = if multimask {
             (1..n_masks).collect()

@@ -89,11 +89,11 @@ pub struct TransformerImage {
     pub keys: Tensor<3>,
     /// `[1, HW, D]` their positional encoding.
     pub key_pe: Tensor<3>,
-    /// `[1, HW, D/2]` the first block's tokens → image keys (`k_proj(keys + key_pe)`) and
-    /// values (`v_proj(keys)`), and its image → tokens queries (`q_proj(keys + key_pe)`).
-    pub first_k: Tensor<3>,
-    pub first_v: Tensor<3>,
-    pub first_q_image: Tensor<3>,
+    /// `[1, HW, D/2]` each: the first block's tokens → image keys and values and its image →
+    /// tokens queries (`TwoWayBlock::project_image`).
+    pub first_block: (Tensor<3>, Tensor<3>, Tensor<3>),
+    /// `[H, W]` of the image grid.
+    pub grid: [usize; 2],
 }
 
 /// Tokens and image tokens flowing through the transformer, with their positional encodings.
@@ -124,15 +124,24 @@ impl TwoWayBlock {
     /// The image tokens may come in with a batch of 1 (the first block: the image is the same
     /// for every prompt); they leave with the prompts' batch B.
     pub fn forward(&self, s: TwoWayState, query_pe: &Tensor<3>, key_pe: &Tensor<3>) -> TwoWayState {
-        let k = s.keys.clone() + key_pe.clone();
-        let image = (
-            self.cross_attn_token_to_image.k_proj.forward(k.clone()),
-            self.cross_attn_token_to_image
-                .v_proj
-                .forward(s.keys.clone()),
-            self.cross_attn_image_to_token.q_proj.forward(k),
-        );
+        let image = self.project_image(&s.keys, key_pe);
         self.forward_projected(s, query_pe, image)
+    }
+
+    /// The image tokens' projections this block uses: (tokens → image keys
+    /// `k_proj(keys + key_pe)`, tokens → image values `v_proj(keys)`, image → tokens queries
+    /// `q_proj(keys + key_pe)`).
+    fn project_image(
+        &self,
+        keys: &Tensor<3>,
+        key_pe: &Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        let k = keys.clone() + key_pe.clone();
+        (
+            self.cross_attn_token_to_image.k_proj.forward(k.clone()),
+            self.cross_attn_token_to_image.v_proj.forward(keys.clone()),
+            self.cross_attn_image_to_token.q_proj.forward(k),
+        )
     }
 
     /// [`Self::forward`] with the image tokens' projections given: (tokens → image keys,
@@ -205,13 +214,11 @@ impl TwoWayTransformer {
             .layers
             .first()
             .expect("SAM's two-way transformer has at least one block");
-        let k = keys.clone() + key_pe.clone();
         TransformerImage {
-            first_k: first.cross_attn_token_to_image.k_proj.forward(k.clone()),
-            first_v: first.cross_attn_token_to_image.v_proj.forward(keys.clone()),
-            first_q_image: first.cross_attn_image_to_token.q_proj.forward(k),
+            first_block: first.project_image(&keys, &key_pe),
             keys,
             key_pe,
+            grid: [h, w],
         }
     }
 
@@ -238,17 +245,13 @@ impl TwoWayTransformer {
             queries: tokens.clone(),
             keys: image.keys.clone(),
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            s = if i == 0 {
-                let projected = (
-                    image.first_k.clone(),
-                    image.first_v.clone(),
-                    image.first_q_image.clone(),
-                );
-                layer.forward_projected(s, &tokens, projected)
-            } else {
-                layer.forward(s, &tokens, &key_pe)
-            };
+        let (first, rest) = self
+            .layers
+            .split_first()
+            .expect("SAM's two-way transformer has at least one block");
+        s = first.forward_projected(s, &tokens, image.first_block.clone());
+        for layer in rest {
+            s = layer.forward(s, &tokens, &key_pe);
         }
         let q = s.queries.clone() + tokens;
         let k = s.keys.clone() + key_pe;

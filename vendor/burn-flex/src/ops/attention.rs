@@ -426,14 +426,19 @@ trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// `row[i] = e^(row[i] - shift)` in place; returns the sum of the new values
     /// (a softmax row's exponentials; `shift` is the row's maximum).
     fn exp_shifted_sum(row: &mut [Self], shift: Self) -> Self {
-        let mut sum = Self::zero();
-        for s in row.iter_mut() {
-            let e = (*s - shift).exp();
-            *s = e;
-            sum += e;
-        }
-        sum
+        exp_shifted_sum_scalar(row, shift)
     }
+}
+
+/// [`FlashGemm::exp_shifted_sum`] one element at a time.
+fn exp_shifted_sum_scalar<T: Float + core::ops::AddAssign>(row: &mut [T], shift: T) -> T {
+    let mut sum = T::zero();
+    for s in row.iter_mut() {
+        let e = (*s - shift).exp();
+        *s = e;
+        sum += e;
+    }
+    sum
 }
 
 /// Arguments for a block matrix multiply: dst = alpha * dst + beta * (lhs @ rhs).
@@ -467,13 +472,7 @@ macro_rules! impl_flash_gemm {
                     // Short rows (e.g. 7 prompt tokens as keys) stay scalar: a SIMD
                     // dispatch and a padded tail per row cost more than they save.
                     if row.len() < SIMD_EXP_MIN_ROW {
-                        let mut sum = 0.0;
-                        for s in row.iter_mut() {
-                            let e = (*s - shift).exp();
-                            *s = e;
-                            sum += e;
-                        }
-                        sum
+                        exp_shifted_sum_scalar(row, shift)
                     } else {
                         $exp_shifted_sum(row, shift)
                     }
