@@ -7,10 +7,12 @@
 //!
 //! With a MedLAM fallback ([`RegisterLocalizer::with_fallback`]) MedLAM takes over when
 //! every registration fails (no overlap, flat image, loss not finite) and places the
-//! organs the prior does not find; with a single registered support (nothing to agree
-//! with) it also checks each organ and takes over where the two place it far apart
-//! ([`CROSS_CHECK_MM`]). Each such organ carries a warning, printed by the shells and
-//! written to `boxes.json`.
+//! organs the prior does not find. With a single registered support (nothing to agree
+//! with) MedLAM places the organs first; the support is registered from the body boxes
+//! and again also from MedLAM's organ points, and the registration whose organs agree
+//! better with MedLAM's goes on ([`agreement`]); MedLAM then checks each organ and takes
+//! over where the two place it far apart ([`CROSS_CHECK_MM`]). Each such organ carries a
+//! warning, printed by the shells and written to `boxes.json`.
 
 use std::sync::Arc;
 
@@ -21,15 +23,15 @@ use super::intensity::{
     DEFAULT_ALPHA, DEFAULT_BAND_MM, DEFAULT_KAPPA, IntensityModel, learn_models, model_for,
 };
 use super::{
-    FuseMode, OrganMaps, RegImage, RegisterOptions, Registration, fuse, prior_to_canonical_pausing,
-    register, warp_labels_pausing,
+    FuseMode, OrganMaps, OrganPoints, RegImage, RegisterOptions, Registration, fuse, label_points,
+    located_points, points_init, prior_to_canonical_pausing, register, warp_labels_pausing,
 };
 use crate::device::{Pacer, yield_on_cpu};
 use crate::medlam::{MedLamLocalizer, SupportCase, SupportOrgans};
 use crate::metrics::{box_centre_distance_mm, box_diagonal_mm};
 use crate::oracle::localize_from_labels;
 use crate::types::{BoxMode, Localizer, OrganLocalization};
-use crate::volume::{CtVolume, Volume};
+use crate::volume::{Affine, CtVolume, Volume};
 use crate::{Error, Result};
 
 /// The default fusion: votes weighted by the local similarity of each warped support
@@ -55,6 +57,8 @@ pub const CROSS_CHECK_FRACTION: f64 = 0.25;
 pub struct RegisterLocalizer {
     /// Each support with a label map: its 3 mm image and one-hot organ maps.
     supports: Arc<Vec<(String, RegImage, OrganMaps)>>,
+    /// Each support's organ extreme points (world mm), for starts from MedLAM's points.
+    points: Arc<Vec<Vec<OrganPoints>>>,
     /// Each organ's HU inside and around it in the supports ([`super::intensity`]).
     models: Arc<Vec<IntensityModel>>,
     /// Exponent of the intensity likelihood ratio (0: the fused prior as it is).
@@ -84,6 +88,7 @@ impl RegisterLocalizer {
     ) -> Result<Self> {
         let pacer = Pacer::default();
         let mut prepared = Vec::new();
+        let mut points = Vec::new();
         let mut labelled = Vec::new();
         for s in supports {
             if let SupportOrgans::Labels(labels) = &s.organs {
@@ -95,6 +100,7 @@ impl RegisterLocalizer {
                     })
                     .await?;
                 prepared.push((s.name.clone(), image, maps));
+                points.push(label_points(labels, organs));
                 labelled.push((&s.ct, labels));
             }
         }
@@ -107,6 +113,7 @@ impl RegisterLocalizer {
         }
         Ok(Self {
             supports: Arc::new(prepared),
+            points: Arc::new(points),
             models: Arc::new(models),
             alpha: DEFAULT_ALPHA,
             kappa: DEFAULT_KAPPA,
@@ -130,6 +137,17 @@ impl RegisterLocalizer {
     /// organs' intensities when [`Self::alpha`] > 0. Registrations that
     /// fail are skipped (noted in [`Self::report`]); `Err` when all fail.
     pub async fn priors(&mut self, query: &CtVolume) -> Result<Vec<(u16, Volume<f32>)>> {
+        self.priors_from(query, &[]).await
+    }
+
+    /// [`Self::priors`], each support's registration also starting from the affine through
+    /// `located` (organ points placed in `query`, e.g. by MedLAM) and the support's own
+    /// points of those organs ([`points_init`]), where at least two organs are shared.
+    pub async fn priors_from(
+        &mut self,
+        query: &CtVolume,
+        located: &[OrganPoints],
+    ) -> Result<Vec<(u16, Volume<f32>)>> {
         // In the browser on the CPU backend: the page gets a turn between steps.
         yield_on_cpu(&self.device).await;
         let pacer = Pacer::default();
@@ -137,7 +155,12 @@ impl RegisterLocalizer {
         pacer.tick(&self.device).await;
         self.report.clear();
         let mut warped = Vec::new();
-        let results = self.register_all(&fixed, &pacer).await;
+        let starts: Vec<Option<Affine>> = self
+            .points
+            .iter()
+            .map(|p| points_init(located, p))
+            .collect();
+        let results = self.register_all(&fixed, &starts, &pacer).await;
         for ((name, _, _), result) in self.supports.iter().zip(results) {
             match result {
                 Ok((r, w)) => {
@@ -179,9 +202,15 @@ type Registered = Result<(Registration, WarpedSupport)>;
 
 impl RegisterLocalizer {
     /// Support `i` registered to `fixed`, its organ maps warped onto it.
-    async fn register_one(&self, fixed: &RegImage, i: usize, pacer: &Pacer) -> Registered {
+    async fn register_one(
+        &self,
+        fixed: &RegImage,
+        i: usize,
+        start: Option<&Affine>,
+        pacer: &Pacer,
+    ) -> Registered {
         let (_, image, maps) = &self.supports[i];
-        let r = register(fixed, image, None, &self.options, &self.device, pacer).await?;
+        let r = register(fixed, image, start, &self.options, &self.device, pacer).await?;
         pacer.tick(&self.device).await;
         let w =
             warp_labels_pausing(fixed, image, maps, &r, &mut || pacer.tick(&self.device)).await?;
@@ -194,12 +223,17 @@ impl RegisterLocalizer {
     /// one registration's small tensors keep about one core busy (5 OpenKBP supports on 2
     /// cores: wall ≈ user time before). Each registration is computed alone as before, so
     /// the results do not depend on the threads.
-    async fn register_all(&self, fixed: &RegImage, pacer: &Pacer) -> Vec<Registered> {
+    async fn register_all(
+        &self,
+        fixed: &RegImage,
+        starts: &[Option<Affine>],
+        pacer: &Pacer,
+    ) -> Vec<Registered> {
         #[cfg(target_arch = "wasm32")]
         {
             let mut out = Vec::with_capacity(self.supports.len());
             for i in 0..self.supports.len() {
-                out.push(self.register_one(fixed, i, pacer).await);
+                out.push(self.register_one(fixed, i, starts[i].as_ref(), pacer).await);
             }
             out
         }
@@ -227,7 +261,12 @@ impl RegisterLocalizer {
                                 let pacer = Pacer::default();
                                 mine.push((
                                     i,
-                                    pollster::block_on(self.register_one(fixed, i, &pacer)),
+                                    pollster::block_on(self.register_one(
+                                        fixed,
+                                        i,
+                                        starts[i].as_ref(),
+                                        &pacer,
+                                    )),
                                 ));
                             }
                         })
@@ -267,37 +306,132 @@ pub fn prior_labels(priors: &[(u16, Volume<f32>)]) -> Result<crate::volume::Labe
     Ok(labels)
 }
 
+impl RegisterLocalizer {
+    /// The organs placed by the supports registered to `query` (see [`Self::priors_from`]),
+    /// each carrying its prior.
+    async fn registered(
+        &mut self,
+        query: &CtVolume,
+        organs: &[u16],
+        located: &[OrganPoints],
+    ) -> Result<Vec<OrganLocalization>> {
+        let priors = self.priors_from(query, located).await?;
+        // Whole-volume passes: the page gets a turn after each (browser, CPU backend).
+        yield_on_cpu(&self.device).await;
+        let labels = prior_labels(&priors)?;
+        yield_on_cpu(&self.device).await;
+        let mut found = localize_from_labels(&labels, organs, self.mode, "register");
+        yield_on_cpu(&self.device).await;
+        let priors: Vec<(u16, Arc<Volume<f32>>)> =
+            priors.into_iter().map(|(o, p)| (o, Arc::new(p))).collect();
+        for loc in &mut found {
+            loc.prior = priors
+                .iter()
+                .find(|(o, _)| *o == loc.label)
+                .map(|(_, p)| Arc::clone(p));
+        }
+        Ok(found)
+    }
+}
+
+/// How far MedLAM's box of `organ` (in view) lies from `loc`'s, and the distance beyond
+/// which the two disagree ([`CROSS_CHECK_MM`], [`CROSS_CHECK_FRACTION`]): `None` when
+/// MedLAM did not place the organ in view.
+fn medlam_distance(
+    loc: &OrganLocalization,
+    medlam: &[OrganLocalization],
+    query: &CtVolume,
+) -> Option<(f64, f64, OrganLocalization)> {
+    let m = medlam
+        .iter()
+        .find(|m| m.label == loc.label && !m.outside_view())?;
+    let d = box_centre_distance_mm(&loc.bbox, &m.bbox, &query.affine);
+    let limit = CROSS_CHECK_MM.max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, &query.affine));
+    Some((d, limit, m.clone()))
+}
+
+/// How well one registration's organs agree with MedLAM's (one support: the referee
+/// between the registration from the body boxes and the one also started from MedLAM's
+/// points): the organs MedLAM places in view whose registered box centre lies within the
+/// cross-check distance, then (higher is better) minus the summed centre distances, an
+/// organ the registration did not place counting 1000 mm. Compare with `>`: ties keep the
+/// first registration.
+pub fn agreement(
+    found: &[OrganLocalization],
+    medlam: &[OrganLocalization],
+    query: &CtVolume,
+) -> (usize, f64) {
+    let mut agree = 0;
+    let mut sum = 0.0;
+    for m in medlam.iter().filter(|m| !m.outside_view()) {
+        match found
+            .iter()
+            .find(|l| l.label == m.label)
+            .and_then(|l| medlam_distance(l, medlam, query))
+        {
+            Some((d, limit, _)) => {
+                agree += usize::from(d <= limit);
+                sum += d.min(1000.0);
+            }
+            None => sum += 1000.0,
+        }
+    }
+    (agree, -sum)
+}
+
 impl Localizer for RegisterLocalizer {
     async fn localize(
         &mut self,
         query: &CtVolume,
         organs: &[u16],
     ) -> Result<Vec<OrganLocalization>> {
-        let mut found = match self.priors(query).await {
-            Ok(priors) => {
-                // Whole-volume passes: the page gets a turn after each (browser, CPU backend).
-                yield_on_cpu(&self.device).await;
-                let labels = prior_labels(&priors)?;
-                yield_on_cpu(&self.device).await;
-                let mut found = localize_from_labels(&labels, organs, self.mode, "register");
-                yield_on_cpu(&self.device).await;
-                let priors: Vec<(u16, Arc<Volume<f32>>)> =
-                    priors.into_iter().map(|(o, p)| (o, Arc::new(p))).collect();
-                for loc in &mut found {
-                    loc.prior = priors
-                        .iter()
-                        .find(|(o, _)| *o == loc.label)
-                        .map(|(_, p)| Arc::clone(p));
-                }
-                found
-            }
+        // One registered support has nothing to agree with: MedLAM places every organ
+        // first, to check each registered organ and to start a second registration from
+        // its organ points; the registration agreeing better with MedLAM goes on (chosen
+        // on OpenKBP dev queries, `examples/single_support.rs`).
+        let one = self.supports.len() == 1 && self.fallback.is_some();
+        let medlam_first = match (&mut self.fallback, one) {
+            (Some(medlam), true) => Some(medlam.localize(query, organs).await?),
+            _ => None,
+        };
+        let mut failure = None;
+        let mut found = match self.registered(query, organs, &[]).await {
+            Ok(found) => found,
             Err(e) if self.fallback.is_some() => {
                 self.report
                     .push(format!("registration failed, MedLAM takes over: {e}"));
+                failure = Some(e.to_string());
                 Vec::new()
             }
             Err(e) => return Err(e),
         };
+        if let Some(medlam) = &medlam_first {
+            let points = located_points(medlam, &query.affine);
+            if points_init(&points, &self.points[0]).is_some() {
+                let body = self.report.clone();
+                match self.registered(query, organs, &points).await {
+                    Ok(started)
+                        if agreement(&started, medlam, query)
+                            > agreement(&found, medlam, query) =>
+                    {
+                        found = started;
+                        failure = None;
+                        self.report
+                            .push("the registration started from MedLAM's organ points agrees better with MedLAM: kept".into());
+                    }
+                    Ok(_) => {
+                        self.report = body;
+                        self.report.push("the registration started from MedLAM's organ points agrees no better with MedLAM: not kept".into());
+                    }
+                    Err(e) => {
+                        self.report = body;
+                        self.report.push(format!(
+                            "the registration started from MedLAM's organ points failed: {e}"
+                        ));
+                    }
+                }
+            }
+        }
         let missing: Vec<u16> = organs
             .iter()
             .copied()
@@ -306,43 +440,36 @@ impl Localizer for RegisterLocalizer {
         let Some(medlam) = &mut self.fallback else {
             return Ok(found);
         };
-        // One registered support has no other to agree with: MedLAM checks it.
-        let check = self.supports.len() == 1 && !found.is_empty();
+        let check = one && !found.is_empty();
         if missing.is_empty() && !check {
             return Ok(found);
         }
-        let asked = if check {
-            organs.to_vec()
-        } else {
-            missing.clone()
+        let located = match medlam_first {
+            Some(f) => f,
+            None => medlam.localize(query, &missing).await?,
         };
-        let located = medlam.localize(query, &asked).await?;
         if check {
             for loc in &mut found {
-                let Some(m) = located
-                    .iter()
-                    .find(|m| m.label == loc.label && !m.outside_view())
-                else {
-                    continue;
-                };
-                let d = box_centre_distance_mm(&loc.bbox, &m.bbox, &query.affine);
-                let limit = CROSS_CHECK_MM
-                    .max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, &query.affine));
-                if d > limit {
-                    *loc = m.clone();
-                    loc.warning = Some(format!(
-                        "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
-                    ));
+                match medlam_distance(loc, &located, query) {
+                    Some((d, limit, m)) if d > limit => {
+                        *loc = m;
+                        loc.warning = Some(format!(
+                            "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
-        let why = if found.is_empty() {
-            "registration failed: MedLAM placed this organ"
-        } else {
-            "the registered supports did not agree on this organ: MedLAM placed it"
+        let why = match &failure {
+            Some(e) => format!("registration failed ({e}): MedLAM placed this organ"),
+            None if found.is_empty() => {
+                "registration placed no organ: MedLAM placed this organ".into()
+            }
+            None => "the registered supports did not agree on this organ: MedLAM placed it".into(),
         };
         for mut loc in located.into_iter().filter(|l| missing.contains(&l.label)) {
-            loc.warning = Some(why.into());
+            loc.warning = Some(why.clone());
             found.push(loc);
         }
         found.sort_by_key(|l| organs.iter().position(|o| *o == l.label));
@@ -354,6 +481,45 @@ impl Localizer for RegisterLocalizer {
 mod tests {
     use super::*;
     use crate::volume::Affine;
+
+    /// Organs as boxes on a 100³ grid of 1 mm voxels: `(label, min corner)`, 10 mm cubes.
+    fn cubes(at: &[(u16, [usize; 3])]) -> Vec<OrganLocalization> {
+        let a = Affine::from_diagonal([1.0; 3], [0.0; 3]);
+        let mut labels = Volume::filled([100, 100, 100], 0u16, a).unwrap();
+        for &(o, m) in at {
+            for k in m[2]..m[2] + 10 {
+                for j in m[1]..m[1] + 10 {
+                    for i in m[0]..m[0] + 10 {
+                        labels.data[i + 100 * (j + 100 * k)] = o;
+                    }
+                }
+            }
+        }
+        let organs: Vec<u16> = at.iter().map(|(o, _)| *o).collect();
+        localize_from_labels(&labels, &organs, BoxMode::Wpl, "test")
+    }
+
+    #[test]
+    fn agreement_counts_organs_near_medlam_then_prefers_the_nearer() {
+        let query = Volume::filled([100, 100, 100], 0i16, Affine::identity()).unwrap();
+        let medlam = cubes(&[(1, [10, 10, 10]), (2, [60, 60, 60])]);
+        // Organ 1 near MedLAM's (5 mm), organ 2 far (45 mm along x).
+        let one_near = cubes(&[(1, [15, 10, 10]), (2, [15, 60, 60])]);
+        let both_near = cubes(&[(1, [15, 10, 10]), (2, [60, 70, 60])]);
+        let one_missing = cubes(&[(1, [10, 10, 10])]);
+        let a = agreement(&one_near, &medlam, &query);
+        let b = agreement(&both_near, &medlam, &query);
+        let c = agreement(&one_missing, &medlam, &query);
+        assert_eq!((a.0, b.0, c.0), (1, 2, 1), "{a:?} {b:?} {c:?}");
+        assert!((a.1 + 50.0).abs() < 1e-9, "{a:?}");
+        assert!(b > a && a > c, "{a:?} {b:?} {c:?}");
+        // A tie keeps the first registration (the caller compares with `>`).
+        assert!(agreement(&one_near, &medlam, &query) <= a);
+        // Organs MedLAM places outside the view are not counted.
+        let mut outside = medlam.clone();
+        outside[1].in_view = 0.2;
+        assert_eq!(agreement(&one_near, &outside, &query), (1, -5.0));
+    }
 
     #[test]
     fn prior_labels_take_the_highest_organ_at_or_above_one_half() {

@@ -49,7 +49,7 @@ pub use fuse::{
 pub use init::{
     OrganPoints, affine_from_points, body_box_init, label_points, located_points, points_init,
 };
-pub use localizer::{RegisterLocalizer, prior_labels};
+pub use localizer::{RegisterLocalizer, agreement, prior_labels};
 
 use crate::device::Pacer;
 use crate::medlam::prep::Prepared;
