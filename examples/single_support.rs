@@ -62,7 +62,7 @@ fn main() {
     let device = burn::tensor::Device::flex();
     println!(
         "support,query,organ,reg_dsc,reg_err_mm,medlam_err_mm,disagree_mm,truth_diag_mm,\
-         reg_start_dsc,reg_start_err_mm,disagree_start_mm,start_kept"
+         reg_start_dsc,reg_start_err_mm,disagree_start_mm,start_kept,ncc,ncc_start,medlam_conf"
     );
     // DSC sums of the registration from the body boxes, from MedLAM's points, as chosen.
     let mut sums = [0.0f64; 3];
@@ -111,6 +111,7 @@ fn main() {
                 }
             };
             let labels = prior_labels(&priors).expect("labels");
+            let ncc = reg.ncc.first().copied().unwrap_or(f64::NAN);
             let reg_boxes = localize_from_labels(&labels, organs, BoxMode::Wpl, "register");
             let located = located_points(&found, &ct.affine);
             let started = match pollster::block_on(reg.priors_from(&ct, &located)) {
@@ -120,6 +121,7 @@ fn main() {
                     continue;
                 }
             };
+            let ncc_start = reg.ncc.first().copied().unwrap_or(f64::NAN);
             let started_boxes = localize_from_labels(&started, organs, BoxMode::Wpl, "register");
             let keep = agreement(&started_boxes, &found, &ct) > agreement(&reg_boxes, &found, &ct);
             pairs += 1;
@@ -151,13 +153,17 @@ fn main() {
                 sums[2] += if keep { dsc_start } else { dsc };
                 rows += 1;
                 println!(
-                    "{s},{q},{o},{dsc:.1},{},{},{},{diag:.1},{dsc_start:.1},{},{},{}",
+                    "{s},{q},{o},{dsc:.1},{},{},{},{diag:.1},{dsc_start:.1},{},{},{},{ncc:.4},{ncc_start:.4},{}",
                     f(from_truth(rb)),
                     f(from_truth(mb)),
                     f(apart(rb)),
                     f(from_truth(sb)),
                     f(apart(sb)),
                     u8::from(keep),
+                    found
+                        .iter()
+                        .find(|x| x.label == o)
+                        .map_or(String::new(), |x| format!("{:.3}", x.confidence)),
                 );
             }
         }

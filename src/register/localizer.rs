@@ -74,6 +74,8 @@ pub struct RegisterLocalizer {
     pub fallback: Option<MedLamLocalizer>,
     /// What the last query's registrations did, one line per support (for logs).
     pub report: Vec<String>,
+    /// The final NCC of each support registered to the last query (failed ones left out).
+    pub ncc: Vec<f64>,
 }
 
 impl RegisterLocalizer {
@@ -123,6 +125,7 @@ impl RegisterLocalizer {
             device: device.clone(),
             fallback: None,
             report: Vec::new(),
+            ncc: Vec::new(),
         })
     }
 
@@ -154,6 +157,7 @@ impl RegisterLocalizer {
         let fixed = RegImage::from_canonical(query)?;
         pacer.tick(&self.device).await;
         self.report.clear();
+        self.ncc.clear();
         let mut warped = Vec::new();
         let starts: Vec<Option<Affine>> = self
             .points
@@ -168,6 +172,7 @@ impl RegisterLocalizer {
                         "{name}: NCC {:.3} → {:.3} → {:.3} in {:.1} s",
                         r.ncc[0], r.ncc[1], r.ncc[2], r.seconds
                     ));
+                    self.ncc.push(r.ncc[2]);
                     warped.push(w);
                 }
                 Err(e) => self
