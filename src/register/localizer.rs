@@ -339,20 +339,20 @@ impl RegisterLocalizer {
     }
 }
 
-/// How far MedLAM's box of `organ` (in view) lies from `loc`'s, and the distance beyond
-/// which the two disagree ([`CROSS_CHECK_MM`], [`CROSS_CHECK_FRACTION`]): `None` when
-/// MedLAM did not place the organ in view.
-fn medlam_distance(
+/// How far MedLAM's box of `loc`'s organ (in view) lies from `loc`'s, the distance beyond
+/// which the two disagree ([`CROSS_CHECK_MM`], [`CROSS_CHECK_FRACTION`]), and MedLAM's
+/// localization: `None` when MedLAM did not place the organ in view.
+fn medlam_distance<'a>(
     loc: &OrganLocalization,
-    medlam: &[OrganLocalization],
+    medlam: &'a [OrganLocalization],
     query: &CtVolume,
-) -> Option<(f64, f64, OrganLocalization)> {
+) -> Option<(f64, f64, &'a OrganLocalization)> {
     let m = medlam
         .iter()
         .find(|m| m.label == loc.label && !m.outside_view())?;
     let d = box_centre_distance_mm(&loc.bbox, &m.bbox, &query.affine);
     let limit = CROSS_CHECK_MM.max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, &query.affine));
-    Some((d, limit, m.clone()))
+    Some((d, limit, m))
 }
 
 /// How well one registration's organs agree with MedLAM's (one support: the referee
@@ -457,7 +457,7 @@ impl Localizer for RegisterLocalizer {
             for loc in &mut found {
                 match medlam_distance(loc, &located, query) {
                     Some((d, limit, m)) if d > limit => {
-                        *loc = m;
+                        *loc = m.clone();
                         loc.warning = Some(format!(
                             "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
                         ));
