@@ -339,20 +339,13 @@ impl RegisterLocalizer {
     }
 }
 
-/// How far MedLAM's box of `loc`'s organ (in view) lies from `loc`'s, the distance beyond
-/// which the two disagree ([`CROSS_CHECK_MM`], [`CROSS_CHECK_FRACTION`]), and MedLAM's
-/// localization: `None` when MedLAM did not place the organ in view.
-fn medlam_distance<'a>(
-    loc: &OrganLocalization,
-    medlam: &'a [OrganLocalization],
-    query: &CtVolume,
-) -> Option<(f64, f64, &'a OrganLocalization)> {
-    let m = medlam
-        .iter()
-        .find(|m| m.label == loc.label && !m.outside_view())?;
+/// How far MedLAM's box `m` lies from `loc`'s (box centres, mm) and the distance beyond
+/// which the two disagree ([`CROSS_CHECK_MM`], or [`CROSS_CHECK_FRACTION`] of MedLAM's box
+/// diagonal if more).
+fn medlam_distance(loc: &OrganLocalization, m: &OrganLocalization, query: &CtVolume) -> (f64, f64) {
     let d = box_centre_distance_mm(&loc.bbox, &m.bbox, &query.affine);
     let limit = CROSS_CHECK_MM.max(CROSS_CHECK_FRACTION * box_diagonal_mm(&m.bbox, &query.affine));
-    Some((d, limit, m))
+    (d, limit)
 }
 
 /// How well one registration's organs agree with MedLAM's (one support: the referee
@@ -369,12 +362,9 @@ pub fn agreement(
     let mut agree = 0;
     let mut sum = 0.0;
     for m in medlam.iter().filter(|m| !m.outside_view()) {
-        match found
-            .iter()
-            .find(|l| l.label == m.label)
-            .and_then(|l| medlam_distance(l, medlam, query))
-        {
-            Some((d, limit, _)) => {
+        match found.iter().find(|l| l.label == m.label) {
+            Some(l) => {
+                let (d, limit) = medlam_distance(l, m, query);
                 agree += usize::from(d <= limit);
                 sum += d.min(1000.0);
             }
@@ -413,7 +403,8 @@ impl Localizer for RegisterLocalizer {
         if let Some(medlam) = &medlam_first {
             let points = located_points(medlam, &query.affine);
             if points_init(&points, &self.points[0]).is_some() {
-                let body = self.report.clone();
+                // Reports and NCCs of the registration that goes on.
+                let body = (self.report.clone(), self.ncc.clone());
                 match self.registered(query, organs, &points).await {
                     Ok(started)
                         if agreement(&started, medlam, query)
@@ -425,11 +416,11 @@ impl Localizer for RegisterLocalizer {
                             .push("the registration started from MedLAM's organ points agrees better with MedLAM: kept".into());
                     }
                     Ok(_) => {
-                        self.report = body;
+                        (self.report, self.ncc) = body;
                         self.report.push("the registration started from MedLAM's organ points agrees no better with MedLAM: not kept".into());
                     }
                     Err(e) => {
-                        self.report = body;
+                        (self.report, self.ncc) = body;
                         self.report.push(format!(
                             "the registration started from MedLAM's organ points failed: {e}"
                         ));
@@ -455,14 +446,18 @@ impl Localizer for RegisterLocalizer {
         };
         if check {
             for loc in &mut found {
-                match medlam_distance(loc, &located, query) {
-                    Some((d, limit, m)) if d > limit => {
-                        *loc = m.clone();
-                        loc.warning = Some(format!(
-                            "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
-                        ));
-                    }
-                    _ => {}
+                let Some(m) = located
+                    .iter()
+                    .find(|m| m.label == loc.label && !m.outside_view())
+                else {
+                    continue;
+                };
+                let (d, limit) = medlam_distance(loc, m, query);
+                if d > limit {
+                    *loc = m.clone();
+                    loc.warning = Some(format!(
+                        "one support: its registration and MedLAM place this organ {d:.0} mm apart: MedLAM placed it"
+                    ));
                 }
             }
         }
